@@ -1,0 +1,9 @@
+//! syncnet node engine. See docs/architecture.md for where each concept lives.
+
+pub mod chain;
+pub mod config;
+pub mod keys;
+pub mod metrics;
+pub mod node;
+pub mod producer;
+pub mod store;

@@ -1,0 +1,221 @@
+//! The node runtime: opens the store, serves /metrics and /healthz, runs the producer loop, and stops
+//! cleanly on SIGINT/SIGTERM. Thin async glue; the logic lives in the modules it wires together.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{debug, error, info};
+
+use crate::config::Loaded;
+use crate::metrics::{NodeMetrics, ProcessCollector};
+use crate::producer::Producer;
+use crate::store::Store;
+
+/// Name of the file in the data dir where a running node writes the addresses it bound.
+pub const ADDRS_FILE: &str = "syncnode.addrs.json";
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct BoundAddrs {
+    pub pid: u32,
+    pub metrics: SocketAddr,
+}
+
+struct HttpState {
+    registry: Registry,
+    healthy: AtomicBool,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs the node until `shutdown` resolves or a component fails.
+pub async fn run(
+    loaded: Loaded,
+    producer: Option<Producer>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let cfg = &loaded.node;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    let store = Arc::new(Store::open_or_init(&cfg.store_path(), &loaded.spec)?);
+    let head = store.head();
+    info!(
+        network = %loaded.spec.network_id,
+        genesis = %loaded.spec.genesis_hash(),
+        height = head.height,
+        head = %head.hash,
+        "store opened"
+    );
+
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ProcessCollector));
+    let metrics = NodeMetrics::register(&mut registry, store.clone());
+    metrics.head_height.set(head.height as i64);
+    let state = Arc::new(HttpState {
+        registry,
+        healthy: AtomicBool::new(true),
+    });
+
+    let listener = tokio::net::TcpListener::bind(cfg.metrics.listen)
+        .await
+        .with_context(|| format!("metrics.listen: cannot bind {}", cfg.metrics.listen))?;
+    let metrics_addr = listener.local_addr()?;
+    write_addrs(
+        &cfg.data_dir,
+        &BoundAddrs {
+            pid: std::process::id(),
+            metrics: metrics_addr,
+        },
+    )?;
+    info!(%metrics_addr, "serving /metrics and /healthz");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let app = axum::Router::new()
+        .route("/metrics", get(serve_metrics))
+        .route("/healthz", get(serve_health))
+        .with_state(state.clone());
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    let producing = producer.map(|p| {
+        let interval = Duration::from_millis(
+            cfg.producer
+                .as_ref()
+                .map(|p| p.interval_ms)
+                .expect("producer config present with a producer"),
+        );
+        tokio::spawn(produce_loop(
+            p,
+            interval,
+            store.clone(),
+            loaded.spec.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ))
+    });
+
+    let mut failed = None;
+    tokio::select! {
+        _ = shutdown => info!("shutdown requested"),
+        r = async {
+            match producing {
+                Some(h) => h.await,
+                None => std::future::pending().await,
+            }
+        } => {
+            state.healthy.store(false, Ordering::Relaxed);
+            let e = match r {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => anyhow::anyhow!("producer stopped unexpectedly"),
+                Err(e) => anyhow::anyhow!("producer task panicked: {e}"),
+            };
+            error!("producer failed: {e:#}");
+            failed = Some(e);
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    let _ = std::fs::remove_file(cfg.data_dir.join(ADDRS_FILE));
+    info!(height = store.head().height, "stopped");
+    failed.map_or(Ok(()), Err)
+}
+
+async fn produce_loop(
+    producer: Producer,
+    interval: Duration,
+    store: Arc<Store>,
+    spec: crate::chain::ChainSpec,
+    metrics: NodeMetrics,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_report = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        let (store2, producer2, spec2) = (store.clone(), producer.clone(), spec.clone());
+        // Signing, hashing and the fsync'ing commit are blocking work.
+        let head = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let head = store2.head();
+            let block = producer2.next_block(&head.header, now_ms());
+            let verified = spec2
+                .verify(block, &head.header)
+                .context("own block does not verify")?;
+            Ok(store2.insert_batch(&[verified])?)
+        })
+        .await??;
+        metrics.blocks_produced.inc();
+        metrics.blocks_inserted.inc();
+        metrics.head_height.set(head.height as i64);
+        debug!(height = head.height, hash = %head.hash, "produced block");
+        if last_report.elapsed() >= Duration::from_secs(30) {
+            info!(height = head.height, "producing");
+            last_report = tokio::time::Instant::now();
+        }
+    }
+}
+
+async fn serve_metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::render(&state.registry),
+    )
+}
+
+async fn serve_health(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    if state.healthy.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
+    }
+}
+
+/// Written atomically (temp file + rename) so readers never see half a file.
+fn write_addrs(dir: &Path, addrs: &BoundAddrs) -> anyhow::Result<()> {
+    let tmp = dir.join(format!("{ADDRS_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(addrs)?)?;
+    std::fs::rename(&tmp, dir.join(ADDRS_FILE))?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
