@@ -159,8 +159,14 @@ fn dispatch(cmd: Cmd) -> Result<(), Failure> {
                 KeyKind::Producer => "producer",
                 KeyKind::Node => "node",
             };
-            keys::write(&out, &key, kind, force)
-                .map_err(|e| usage(format!("{}: {e}", out.display())))?;
+            keys::write(&out, &key, kind, force).map_err(|e| {
+                let hint = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    " (use --force to overwrite)"
+                } else {
+                    ""
+                };
+                usage(format!("{}: {e}{hint}", out.display()))
+            })?;
             println!("{}", keys::public_key(&key));
             Ok(())
         }

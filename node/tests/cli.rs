@@ -1,0 +1,193 @@
+//! End-to-end behaviour of the `syncnode` binary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn invalid_config_gives_one_line_and_exit_2() {
+    let net = Devnet::new("  interval_ms: 100\n  payload_bytes: 1024\n");
+    let good = std::fs::read_to_string(net.path("node.yaml")).unwrap();
+    let cases = [
+        (good.replace("interval_ms", "intervl_ms"), "intervl_ms"),
+        (
+            good.replace("interval_ms: 100", "interval_ms: 0"),
+            "producer.interval_ms",
+        ),
+        (
+            good.replace("payload_bytes: 1024", "payload_bytes: {min: 9, max: 2}"),
+            "producer.payload_bytes",
+        ),
+        (good.replace("network.yaml", "missing.yaml"), "missing.yaml"),
+        (good.replace("producer.key", "nokey"), "producer.key_file"),
+        (format!("{good}wat: true\n"), "wat"),
+    ];
+    for (yaml, needle) in cases {
+        std::fs::write(net.path("bad.yaml"), &yaml).unwrap();
+        let out = syncnode()
+            .args(["run", "--config"])
+            .arg(net.path("bad.yaml"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{needle}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "one line expected: {stderr}"
+        );
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(needle),
+            "{needle}: {stderr}"
+        );
+        assert!(
+            !net.path("data").exists(),
+            "a bad config must not create state"
+        );
+    }
+}
+
+#[test]
+fn key_of_another_producer_is_refused() {
+    let net = Devnet::new("  interval_ms: 100\n  payload_bytes: 1024\n");
+    let out = syncnode()
+        .args(["keygen", "--force", "--out"])
+        .arg(net.path("producer.key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = syncnode()
+        .args(["run", "--config"])
+        .arg(net.path("node.yaml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not this network's producer"), "{stderr}");
+}
+
+fn head_height(addr: std::net::SocketAddr) -> Option<f64> {
+    let (status, body) = http_get(addr, "/metrics").ok()?;
+    (status == 200).then_some(())?;
+    metric(&body, "syncnet_chain_head_height")
+}
+
+#[test]
+fn producer_serves_rising_head_and_resumes_after_restart() {
+    let net = Devnet::new("  interval_ms: 20\n  payload_bytes: {min: 512, max: 2048}\n  seed: 9\n");
+    let data = net.path("data");
+    let start = || {
+        ChildGuard(
+            syncnode()
+                .args(["run", "--log-filter", "warn", "--config"])
+                .arg(net.path("node.yaml"))
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut node = start();
+    let addr = metrics_addr(&data);
+    let first = wait_for("head >= 3", Duration::from_secs(30), || {
+        head_height(addr).filter(|h| *h >= 3.0)
+    });
+    let later = wait_for("head rising", Duration::from_secs(30), || {
+        head_height(addr).filter(|h| *h > first)
+    });
+    assert!(later > first);
+
+    let (status, body) = http_get(addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metric(&body, "process_resident_memory_bytes").unwrap() > 1e6,
+        "{body}"
+    );
+    assert!(metric(&body, "process_open_fds").unwrap() >= 3.0);
+    assert!(metric(&body, "syncnet_blocks_produced_total").unwrap() >= later);
+    assert!(metric(&body, "syncnet_store_bytes").unwrap() > 0.0);
+    assert_eq!(
+        http_get(addr, "/healthz").unwrap(),
+        (200, "ok\n".to_owned())
+    );
+
+    // SIGTERM: clean exit, addrs file removed.
+    unsafe { libc::kill(node.0.id() as i32, libc::SIGTERM) };
+    let status = wait_for("exit after SIGTERM", Duration::from_secs(20), || {
+        node.0.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status:?}");
+    assert!(!data.join("syncnode.addrs.json").exists());
+
+    let stopped_at = {
+        let out = syncnode()
+            .args(["inspect", "--json", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["height"].as_u64().unwrap()
+    };
+    assert!(stopped_at as f64 >= later);
+
+    // Restart resumes from the store: the head never goes back, and keeps rising.
+    let _node = start();
+    let addr = metrics_addr(&data);
+    let resumed = wait_for("head after restart", Duration::from_secs(30), || {
+        head_height(addr)
+    });
+    assert!(resumed >= stopped_at as f64, "{resumed} < {stopped_at}");
+    wait_for("head rising after restart", Duration::from_secs(30), || {
+        head_height(addr).filter(|h| *h > stopped_at as f64)
+    });
+}
+
+#[test]
+fn inspect_reports_missing_store_and_unknown_block() {
+    let net = Devnet::new("  interval_ms: 1000\n  payload_bytes: 100\n");
+    let out = syncnode()
+        .args(["inspect", "--data-dir"])
+        .arg(net.path("nowhere"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+
+    let out = syncnode()
+        .args(["gen-chain", "--blocks", "10", "--config"])
+        .arg(net.path("node.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = syncnode()
+        .args(["inspect", "--height", "11", "--data-dir"])
+        .arg(net.path("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no block at height 11"));
+    let out = syncnode()
+        .args(["inspect", "--height", "10", "--json", "--check"])
+        .arg(net.path("network.yaml"))
+        .arg("--data-dir")
+        .arg(net.path("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["header"]["height"], 10);
+    assert_eq!(v["header"]["producer"], net.producer_key().to_hex());
+}
