@@ -7,3 +7,6 @@ pub mod metrics;
 pub mod node;
 pub mod producer;
 pub mod store;
+pub mod streams;
+pub mod util;
+pub mod wire;

@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn process_sample_sees_allocations_and_fds() {
         let before = ProcessSample::read().unwrap();
-        let files: Vec<_> = (0..20).map(|_| tempfile::tempfile().unwrap()).collect();
+        let files: Vec<_> = (0..64).map(|_| tempfile::tempfile().unwrap()).collect();
         // Touch 64 MiB so it is resident, not just reserved.
         let big = vec![1u8; 64 << 20];
         std::hint::black_box(&big);

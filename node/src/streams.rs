@@ -1,0 +1,765 @@
+//! Stream manager: decides which peers we hold a sync stream with, when to discover, and when to
+//! back off. Sans-IO: the driver feeds [`Event`]s with the current time and executes [`Action`]s;
+//! [`StreamManager::poll_timeout`] says when to call back with [`Event::Tick`].
+//!
+//! What makes the original storm (both peers opening at once, every failure triggering discovery)
+//! impossible here:
+//! - only the peer with the lower id opens the sync stream; a conflicting inbound stream is reset and
+//!   the survivor is the one the lower id opened, on both sides;
+//! - discovery runs on a timer only, never as a reaction to a removal; an unproductive round doubles
+//!   the interval (with jitter) up to a cap;
+//! - a peer whose setup failed is not tried again for `failed_peer_ttl`;
+//! - a removed peer gets a cooldown that doubles with repeated removals, up to a cap;
+//! - setups in flight are bounded.
+//!
+//! `storm_canary` switches all of that off on purpose, so stressnet can prove it detects the storm.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+pub type StreamId = u64;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Below this many streams the downloader does not run.
+    pub hard_low: usize,
+    /// Below this many streams discovery runs on its timer and setups are started.
+    pub soft_low: usize,
+    /// Inbound streams beyond this are refused.
+    pub high: usize,
+    /// Base period between discovery rounds while below `soft_low`.
+    #[serde(with = "crate::util::millis")]
+    pub discovery_interval: Duration,
+    /// Cap of the exponential backoff after unproductive rounds.
+    #[serde(with = "crate::util::millis")]
+    pub discovery_backoff_max: Duration,
+    /// A round the driver never reports finished is considered over after this.
+    #[serde(with = "crate::util::millis")]
+    pub discovery_round_timeout: Duration,
+    /// Dial + open + handshake must finish within this.
+    #[serde(with = "crate::util::millis")]
+    pub setup_timeout: Duration,
+    pub max_concurrent_setups: usize,
+    /// A peer whose setup failed is not tried again for this long.
+    #[serde(with = "crate::util::millis")]
+    pub failed_peer_ttl: Duration,
+    #[serde(with = "crate::util::millis")]
+    pub removal_cooldown_base: Duration,
+    #[serde(with = "crate::util::millis")]
+    pub removal_cooldown_max: Duration,
+    /// Removals further apart than this do not compound the cooldown.
+    #[serde(with = "crate::util::millis")]
+    pub removal_memory: Duration,
+    /// Cap on each per-peer table (candidates, failed, cooldowns).
+    pub max_tracked_peers: usize,
+    /// Fault: run discovery this often regardless of stream count or backoff.
+    #[serde(with = "crate::util::opt_millis")]
+    pub forced_discovery: Option<Duration>,
+    /// CANARY, off by default: the original bug. Both sides open, conflicting setups kill both
+    /// streams, every removal triggers discovery at once, no backoff, no failed cache, no cooldown.
+    pub storm_canary: bool,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            hard_low: 2,
+            soft_low: 4,
+            high: 8,
+            discovery_interval: Duration::from_secs(10),
+            discovery_backoff_max: Duration::from_secs(300),
+            discovery_round_timeout: Duration::from_secs(15),
+            setup_timeout: Duration::from_secs(10),
+            max_concurrent_setups: 4,
+            failed_peer_ttl: Duration::from_secs(60),
+            removal_cooldown_base: Duration::from_secs(5),
+            removal_cooldown_max: Duration::from_secs(600),
+            removal_memory: Duration::from_secs(1800),
+            max_tracked_peers: 1024,
+            forced_discovery: None,
+            storm_canary: false,
+        }
+    }
+}
+
+impl StreamConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.hard_low <= self.soft_low && self.soft_low <= self.high && self.high >= 1) {
+            return Err(format!(
+                "thresholds must satisfy hard_low <= soft_low <= high, high >= 1 (got {} / {} / {})",
+                self.hard_low, self.soft_low, self.high
+            ));
+        }
+        for (name, d) in [
+            ("discovery_interval", self.discovery_interval),
+            ("discovery_round_timeout", self.discovery_round_timeout),
+            ("setup_timeout", self.setup_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{name}: must be > 0"));
+            }
+        }
+        if self.discovery_backoff_max < self.discovery_interval {
+            return Err("discovery_backoff_max: must be >= discovery_interval".into());
+        }
+        if self.removal_cooldown_max < self.removal_cooldown_base {
+            return Err("removal_cooldown_max: must be >= removal_cooldown_base".into());
+        }
+        if self.max_concurrent_setups == 0 || self.max_tracked_peers == 0 {
+            return Err("max_concurrent_setups and max_tracked_peers must be > 0".into());
+        }
+        if self.forced_discovery.is_some_and(|d| d.is_zero()) {
+            return Err("forced_discovery: must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event<P> {
+    /// Time passed; call at [`StreamManager::poll_timeout`] at the latest.
+    Tick,
+    /// A discovery mechanism (kad, identify, bootnodes) found a peer.
+    Discovered(P),
+    /// The discovery round the manager asked for is over.
+    DiscoveryFinished,
+    /// The first connection to the peer is up.
+    Connected(P),
+    /// The last connection to the peer is gone.
+    Disconnected(P),
+    DialFailed(P),
+    /// Our outbound stream is open and its handshake succeeded.
+    OutboundReady(P, StreamId),
+    /// Our outbound stream could not be opened or its handshake failed.
+    OutboundFailed(P),
+    /// The peer opened a stream to us and its handshake succeeded.
+    InboundReady(P, StreamId),
+    /// An established stream ended (error, reset, EOF).
+    StreamClosed(P, StreamId, RemovalReason),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action<P> {
+    Discover,
+    Dial(P),
+    OpenStream(P),
+    /// Hand the stream to the sync layer.
+    Use(P, StreamId),
+    /// Reset a stream that is not (or no longer) wanted.
+    Reset(P, StreamId, ResetReason),
+    /// For metrics and logs only.
+    Report(Report),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Report {
+    SetupSucceeded,
+    SetupFailed(SetupFailure),
+    Removed(RemovalReason),
+    DiscoveryRound { productive: bool },
+    PeerFound,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SetupFailure {
+    Dial,
+    Open,
+    Timeout,
+    Disconnected,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RemovalReason {
+    /// Stream error, reset by the peer, or EOF.
+    StreamError,
+    Disconnected,
+    /// Replaced or killed by a conflicting stream.
+    Conflict,
+    /// The sync layer dropped the peer (bad data, penalty).
+    Penalised,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResetReason {
+    Full,
+    Duplicate,
+    Cooldown,
+    /// Storm canary: a simultaneous open killed both streams.
+    Conflict,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Dialing,
+    Opening,
+    AwaitingInbound,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Setup {
+    stage: Stage,
+    deadline: Instant,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cooldown {
+    until: Instant,
+    removals: u32,
+    last: Instant,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Established {
+    id: StreamId,
+    /// Opened by the peer with the lower id (the rule's survivor on conflict).
+    opened_by_lower: bool,
+}
+
+#[derive(Debug)]
+struct Discovery {
+    running: bool,
+    round_deadline: Instant,
+    round_new: usize,
+    next_at: Instant,
+    backoff: Duration,
+}
+
+/// Snapshot of the manager's state for metrics and `/status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StreamStats {
+    pub streams: usize,
+    pub setups_in_flight: usize,
+    pub candidates: usize,
+    pub failed_cached: usize,
+    pub cooldowns_active: usize,
+    pub discovery_running: bool,
+    pub discovery_backoff_ms: u64,
+}
+
+pub struct StreamManager<P> {
+    cfg: StreamConfig,
+    local: P,
+    rng: SmallRng,
+    streams: HashMap<P, Established>,
+    setups: HashMap<P, Setup>,
+    connected: HashSet<P>,
+    candidates: VecDeque<P>,
+    failed: HashMap<P, Instant>,
+    cooldown: HashMap<P, Cooldown>,
+    /// Storm canary: our outbound open that must die when it lands, because an inbound one collided.
+    doomed: HashSet<P>,
+    discovery: Discovery,
+    actions: VecDeque<Action<P>>,
+}
+
+impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
+    pub fn new(cfg: StreamConfig, local: P, seed: u64, now: Instant) -> Self {
+        let backoff = cfg.discovery_interval;
+        StreamManager {
+            cfg,
+            local,
+            rng: SmallRng::seed_from_u64(seed),
+            streams: HashMap::new(),
+            setups: HashMap::new(),
+            connected: HashSet::new(),
+            candidates: VecDeque::new(),
+            failed: HashMap::new(),
+            cooldown: HashMap::new(),
+            doomed: HashSet::new(),
+            // First round right away: a fresh node has nobody.
+            discovery: Discovery {
+                running: false,
+                round_deadline: now,
+                round_new: 0,
+                next_at: now,
+                backoff,
+            },
+            actions: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &StreamConfig {
+        &self.cfg
+    }
+
+    /// Runtime switch (fault injection).
+    pub fn set_forced_discovery(&mut self, period: Option<Duration>, now: Instant) {
+        self.cfg.forced_discovery = period;
+        if let Some(p) = period {
+            self.discovery.next_at = self.discovery.next_at.min(now + p);
+        }
+    }
+
+    pub fn set_storm_canary(&mut self, on: bool) {
+        self.cfg.storm_canary = on;
+    }
+
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub fn streams(&self) -> impl Iterator<Item = (&P, StreamId)> {
+        self.streams.iter().map(|(p, e)| (p, e.id))
+    }
+
+    pub fn ready_for_sync(&self) -> bool {
+        self.streams.len() >= self.cfg.hard_low.max(1)
+    }
+
+    pub fn stats(&self, now: Instant) -> StreamStats {
+        StreamStats {
+            streams: self.streams.len(),
+            setups_in_flight: self.setups.len(),
+            candidates: self.candidates.len(),
+            failed_cached: self.failed.len(),
+            cooldowns_active: self.cooldown.values().filter(|c| c.until > now).count(),
+            discovery_running: self.discovery.running,
+            discovery_backoff_ms: self.discovery.backoff.as_millis() as u64,
+        }
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action<P>> {
+        self.actions.pop_front()
+    }
+
+    /// The next instant at which a [`Event::Tick`] may change something.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut consider = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
+        if self.discovery.running {
+            consider(self.discovery.round_deadline);
+        } else if self.wants_discovery() {
+            consider(self.discovery.next_at);
+        }
+        for s in self.setups.values() {
+            consider(s.deadline);
+        }
+        // Expiries that can unblock a setup.
+        if self.streams.len() < self.cfg.soft_low && !self.candidates.is_empty() {
+            for x in self.failed.values() {
+                consider(*x);
+            }
+            for c in self.cooldown.values() {
+                consider(c.until);
+            }
+        }
+        t
+    }
+
+    fn wants_discovery(&self) -> bool {
+        self.cfg.forced_discovery.is_some() || self.streams.len() < self.cfg.soft_low
+    }
+
+    /// Whether we open the stream to `peer` (the lower id opens).
+    fn we_open(&self, peer: &P) -> bool {
+        self.cfg.storm_canary || self.local < *peer
+    }
+
+    pub fn handle(&mut self, event: Event<P>, now: Instant) {
+        match event {
+            Event::Tick => {}
+            Event::Discovered(p) => self.on_discovered(p),
+            Event::DiscoveryFinished => self.finish_round(now),
+            Event::Connected(p) => self.on_connected(p, now),
+            Event::Disconnected(p) => self.on_disconnected(p, now),
+            Event::DialFailed(p) => {
+                if self
+                    .setups
+                    .get(&p)
+                    .is_some_and(|s| s.stage == Stage::Dialing)
+                {
+                    self.setup_failed(p, SetupFailure::Dial, now);
+                }
+            }
+            Event::OutboundReady(p, id) => self.on_outbound_ready(p, id, now),
+            Event::OutboundFailed(p) => {
+                self.doomed.remove(&p);
+                if self
+                    .setups
+                    .get(&p)
+                    .is_some_and(|s| s.stage == Stage::Opening)
+                {
+                    self.setup_failed(p, SetupFailure::Open, now);
+                }
+            }
+            Event::InboundReady(p, id) => self.on_inbound_ready(p, id, now),
+            Event::StreamClosed(p, id, reason) => {
+                if self.streams.get(&p).is_some_and(|e| e.id == id) {
+                    self.remove(p, reason, now);
+                }
+            }
+        }
+        self.drive(now);
+    }
+
+    fn on_discovered(&mut self, p: P) {
+        if p == self.local {
+            return;
+        }
+        let known = self.streams.contains_key(&p)
+            || self.setups.contains_key(&p)
+            || self.candidates.contains(&p);
+        if known {
+            return;
+        }
+        if self.discovery.running && !self.failed.contains_key(&p) {
+            self.discovery.round_new += 1;
+        }
+        if self.candidates.len() >= self.cfg.max_tracked_peers {
+            self.candidates.pop_front();
+        }
+        self.candidates.push_back(p);
+        self.actions.push_back(Action::Report(Report::PeerFound));
+    }
+
+    fn on_connected(&mut self, p: P, now: Instant) {
+        if self.connected.len() < self.cfg.max_tracked_peers * 2 {
+            self.connected.insert(p.clone());
+        }
+        match self.setups.get_mut(&p) {
+            Some(s) if s.stage == Stage::Dialing => {
+                if self.cfg.storm_canary || self.local < p {
+                    s.stage = Stage::Opening;
+                    self.actions.push_back(Action::OpenStream(p));
+                } else {
+                    s.stage = Stage::AwaitingInbound;
+                }
+            }
+            Some(_) => {}
+            None => {
+                // An inbound connection: the opener side starts the setup if it has room.
+                let room = self.streams.len() + self.setups.len() < self.cfg.high
+                    && self.setups.len() < self.cfg.max_concurrent_setups;
+                if self.we_open(&p)
+                    && !self.streams.contains_key(&p)
+                    && room
+                    && self.may_setup(&p, now)
+                {
+                    self.start_setup(p.clone(), Stage::Opening, now);
+                    self.actions.push_back(Action::OpenStream(p));
+                }
+            }
+        }
+    }
+
+    fn on_disconnected(&mut self, p: P, now: Instant) {
+        self.connected.remove(&p);
+        if self.streams.contains_key(&p) {
+            self.remove(p.clone(), RemovalReason::Disconnected, now);
+        }
+        if self.setups.contains_key(&p) {
+            self.setup_failed(p, SetupFailure::Disconnected, now);
+        }
+    }
+
+    fn on_outbound_ready(&mut self, p: P, id: StreamId, now: Instant) {
+        self.setups.remove(&p);
+        if self.doomed.remove(&p) {
+            // Storm canary: the inbound one collided with this; both die, like the original bug.
+            self.actions
+                .push_back(Action::Reset(p.clone(), id, ResetReason::Conflict));
+            self.actions
+                .push_back(Action::Report(Report::SetupFailed(SetupFailure::Open)));
+            self.removal_side_effects(p, now);
+            return;
+        }
+        let ours_by_lower = self.local < p;
+        if let Some(existing) = self.streams.get(&p).copied() {
+            if self.cfg.storm_canary {
+                self.kill_both(p, existing.id, id, now);
+                return;
+            }
+            // Keep the stream the lower id opened.
+            if ours_by_lower && !existing.opened_by_lower {
+                self.actions.push_back(Action::Reset(
+                    p.clone(),
+                    existing.id,
+                    ResetReason::Duplicate,
+                ));
+            } else {
+                self.actions
+                    .push_back(Action::Reset(p, id, ResetReason::Duplicate));
+                return;
+            }
+        } else if self.streams.len() >= self.cfg.high {
+            self.actions
+                .push_back(Action::Reset(p, id, ResetReason::Full));
+            return;
+        }
+        self.establish(p, id, ours_by_lower);
+    }
+
+    fn on_inbound_ready(&mut self, p: P, id: StreamId, now: Instant) {
+        let theirs_by_lower = p < self.local;
+        if let Some(existing) = self.streams.get(&p).copied() {
+            if self.cfg.storm_canary {
+                self.kill_both(p, existing.id, id, now);
+                return;
+            }
+            if theirs_by_lower {
+                // The rightful opener opened again: its old stream is dead on its side. Replace.
+                self.actions.push_back(Action::Reset(
+                    p.clone(),
+                    existing.id,
+                    ResetReason::Duplicate,
+                ));
+                self.actions
+                    .push_back(Action::Report(Report::Removed(RemovalReason::Conflict)));
+                self.establish(p, id, true);
+            } else {
+                self.actions
+                    .push_back(Action::Reset(p, id, ResetReason::Duplicate));
+            }
+            return;
+        }
+        if self
+            .setups
+            .get(&p)
+            .is_some_and(|s| s.stage == Stage::Opening)
+        {
+            if self.cfg.storm_canary {
+                // Both sent INIT at once: both setups fail.
+                self.doomed.insert(p.clone());
+                self.actions
+                    .push_back(Action::Reset(p, id, ResetReason::Conflict));
+                return;
+            }
+            if !theirs_by_lower {
+                // We are the opener and our open is under way: ours wins.
+                self.actions
+                    .push_back(Action::Reset(p, id, ResetReason::Duplicate));
+                return;
+            }
+            // They are the lower id: theirs wins; ours will be reset when it lands.
+        }
+        if self.streams.len() >= self.cfg.high {
+            self.actions
+                .push_back(Action::Reset(p, id, ResetReason::Full));
+            return;
+        }
+        if !self.cfg.storm_canary && self.cooldown.get(&p).is_some_and(|c| c.until > now) {
+            self.actions
+                .push_back(Action::Reset(p, id, ResetReason::Cooldown));
+            return;
+        }
+        self.setups.remove(&p);
+        self.establish(p, id, theirs_by_lower);
+    }
+
+    fn establish(&mut self, p: P, id: StreamId, opened_by_lower: bool) {
+        self.candidates.retain(|c| *c != p);
+        self.streams.insert(
+            p.clone(),
+            Established {
+                id,
+                opened_by_lower,
+            },
+        );
+        self.actions
+            .push_back(Action::Report(Report::SetupSucceeded));
+        self.actions.push_back(Action::Use(p, id));
+    }
+
+    fn kill_both(&mut self, p: P, existing: StreamId, new: StreamId, now: Instant) {
+        self.streams.remove(&p);
+        self.actions
+            .push_back(Action::Reset(p.clone(), existing, ResetReason::Conflict));
+        self.actions
+            .push_back(Action::Reset(p.clone(), new, ResetReason::Conflict));
+        self.actions
+            .push_back(Action::Report(Report::Removed(RemovalReason::Conflict)));
+        self.removal_side_effects(p, now);
+    }
+
+    fn remove(&mut self, p: P, reason: RemovalReason, now: Instant) {
+        self.streams.remove(&p);
+        self.actions
+            .push_back(Action::Report(Report::Removed(reason)));
+        self.removal_side_effects(p, now);
+    }
+
+    fn removal_side_effects(&mut self, p: P, now: Instant) {
+        if self.cfg.storm_canary {
+            // The original bug: discovery immediately after every removal, and the peer retried.
+            self.discovery.next_at = now;
+            if !self.candidates.contains(&p) {
+                self.candidates.push_back(p);
+            }
+            return;
+        }
+        let (base, max, memory) = (
+            self.cfg.removal_cooldown_base,
+            self.cfg.removal_cooldown_max,
+            self.cfg.removal_memory,
+        );
+        let removals = match self.cooldown.get(&p) {
+            Some(c) if now.saturating_duration_since(c.last) < memory => {
+                c.removals.saturating_add(1)
+            }
+            _ => 1,
+        };
+        let cooldown = base.saturating_mul(1u32 << (removals - 1).min(20)).min(max);
+        if !self.cooldown.contains_key(&p) && self.cooldown.len() >= self.cfg.max_tracked_peers {
+            evict_earliest(&mut self.cooldown, |c| c.until);
+        }
+        self.cooldown.insert(
+            p.clone(),
+            Cooldown {
+                until: now + cooldown,
+                removals,
+                last: now,
+            },
+        );
+        // Eligible again after the cooldown, if still wanted.
+        if !self.candidates.contains(&p) && self.candidates.len() < self.cfg.max_tracked_peers {
+            self.candidates.push_back(p);
+        }
+    }
+
+    /// The cooldown currently applied to `p`, if any (for tests and /status).
+    pub fn cooldown_remaining(&self, p: &P, now: Instant) -> Option<Duration> {
+        self.cooldown
+            .get(p)
+            .map(|c| c.until.saturating_duration_since(now))
+            .filter(|d| !d.is_zero())
+    }
+
+    fn setup_failed(&mut self, p: P, why: SetupFailure, now: Instant) {
+        self.setups.remove(&p);
+        self.actions
+            .push_back(Action::Report(Report::SetupFailed(why)));
+        if self.cfg.storm_canary {
+            self.discovery.next_at = now;
+            return;
+        }
+        if !self.failed.contains_key(&p) && self.failed.len() >= self.cfg.max_tracked_peers {
+            evict_earliest(&mut self.failed, |t| *t);
+        }
+        self.failed.insert(p, now + self.cfg.failed_peer_ttl);
+    }
+
+    fn may_setup(&self, p: &P, now: Instant) -> bool {
+        if self.cfg.storm_canary {
+            return true;
+        }
+        let failed = self.failed.get(p).is_some_and(|t| *t > now);
+        let cooling = self.cooldown.get(p).is_some_and(|c| c.until > now);
+        !failed && !cooling
+    }
+
+    fn start_setup(&mut self, p: P, stage: Stage, now: Instant) {
+        self.setups.insert(
+            p,
+            Setup {
+                stage,
+                deadline: now + self.cfg.setup_timeout,
+            },
+        );
+    }
+
+    fn finish_round(&mut self, now: Instant) {
+        if !self.discovery.running {
+            return;
+        }
+        self.discovery.running = false;
+        let productive = self.discovery.round_new > 0 || self.streams.len() >= self.cfg.soft_low;
+        self.actions
+            .push_back(Action::Report(Report::DiscoveryRound { productive }));
+        let d = &mut self.discovery;
+        d.backoff = if productive || self.cfg.storm_canary {
+            self.cfg.discovery_interval
+        } else {
+            (d.backoff * 2).min(self.cfg.discovery_backoff_max)
+        };
+        let base = match self.cfg.forced_discovery {
+            Some(f) => f,
+            None => d.backoff,
+        };
+        // ±20% jitter so nodes started together do not discover in lockstep.
+        let jitter = if self.cfg.storm_canary {
+            1.0
+        } else {
+            self.rng.random_range(0.8..1.2)
+        };
+        d.next_at = now + base.mul_f64(jitter);
+    }
+
+    fn drive(&mut self, now: Instant) {
+        // Setups past their deadline fail.
+        let expired: Vec<P> = self
+            .setups
+            .iter()
+            .filter(|(_, s)| s.deadline <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in expired {
+            self.setup_failed(p, SetupFailure::Timeout, now);
+        }
+        self.failed.retain(|_, t| *t > now);
+        let memory = self.cfg.removal_memory;
+        self.cooldown
+            .retain(|_, c| c.until > now || now.saturating_duration_since(c.last) < memory);
+
+        // Discovery on its timer.
+        if self.discovery.running && now >= self.discovery.round_deadline {
+            self.finish_round(now);
+        }
+        if !self.discovery.running && self.wants_discovery() && now >= self.discovery.next_at {
+            self.discovery.running = true;
+            self.discovery.round_new = 0;
+            self.discovery.round_deadline = now + self.cfg.discovery_round_timeout;
+            self.actions.push_back(Action::Discover);
+        }
+
+        // Setups towards soft_low from the candidates, bounded in concurrency.
+        let target = self.cfg.soft_low;
+        let mut skipped = VecDeque::new();
+        while self.streams.len() + self.setups.len() < target
+            && self.setups.len() < self.cfg.max_concurrent_setups
+        {
+            let Some(p) = self.candidates.pop_front() else {
+                break;
+            };
+            if self.streams.contains_key(&p) || self.setups.contains_key(&p) {
+                continue;
+            }
+            if !self.may_setup(&p, now) {
+                skipped.push_back(p);
+                continue;
+            }
+            let connected = self.connected.contains(&p);
+            if !connected {
+                self.start_setup(p.clone(), Stage::Dialing, now);
+                self.actions.push_back(Action::Dial(p));
+            } else if self.we_open(&p) {
+                self.start_setup(p.clone(), Stage::Opening, now);
+                self.actions.push_back(Action::OpenStream(p));
+            } else {
+                self.start_setup(p, Stage::AwaitingInbound, now);
+            }
+        }
+        // Peers waiting out a TTL or cooldown stay candidates, in order.
+        while let Some(p) = skipped.pop_back() {
+            self.candidates.push_front(p);
+        }
+    }
+}
+
+fn evict_earliest<P: Clone + Eq + Hash, V>(map: &mut HashMap<P, V>, key: impl Fn(&V) -> Instant) {
+    if let Some(p) = map
+        .iter()
+        .min_by_key(|(_, v)| key(v))
+        .map(|(p, _)| p.clone())
+    {
+        map.remove(&p);
+    }
+}
+
+#[cfg(test)]
+mod tests;

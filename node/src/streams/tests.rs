@@ -1,0 +1,408 @@
+use super::*;
+
+type M = StreamManager<u32>;
+
+fn cfg() -> StreamConfig {
+    StreamConfig {
+        hard_low: 1,
+        soft_low: 2,
+        high: 4,
+        discovery_interval: Duration::from_secs(10),
+        discovery_backoff_max: Duration::from_secs(80),
+        discovery_round_timeout: Duration::from_secs(5),
+        setup_timeout: Duration::from_secs(3),
+        max_concurrent_setups: 3,
+        failed_peer_ttl: Duration::from_secs(60),
+        removal_cooldown_base: Duration::from_secs(2),
+        removal_cooldown_max: Duration::from_secs(16),
+        removal_memory: Duration::from_secs(600),
+        max_tracked_peers: 64,
+        forced_discovery: None,
+        storm_canary: false,
+    }
+}
+
+fn drain(m: &mut M) -> Vec<Action<u32>> {
+    std::iter::from_fn(|| m.poll_action()).collect()
+}
+
+fn non_reports(m: &mut M) -> Vec<Action<u32>> {
+    drain(m)
+        .into_iter()
+        .filter(|a| !matches!(a, Action::Report(_)))
+        .collect()
+}
+
+fn count(actions: &[Action<u32>], f: impl Fn(&Action<u32>) -> bool) -> usize {
+    actions.iter().filter(|a| f(a)).count()
+}
+
+/// Runs the manager through `secs` of time in 100 ms ticks, finishing each discovery round at once
+/// with no finds; returns the instants at which discovery started.
+fn discovery_times(m: &mut M, t0: Instant, secs: u64) -> Vec<Duration> {
+    let mut starts = vec![];
+    for i in 0..=secs * 10 {
+        let now = t0 + Duration::from_millis(i * 100);
+        m.handle(Event::Tick, now);
+        if drain(m).contains(&Action::Discover) {
+            starts.push(now - t0);
+            m.handle(Event::DiscoveryFinished, now);
+            drain(m);
+        }
+    }
+    starts
+}
+
+#[test]
+fn fresh_node_discovers_at_once_and_sets_up_found_peers() {
+    let t0 = Instant::now();
+    let mut m = M::new(cfg(), 10, 1, t0);
+    m.handle(Event::Tick, t0);
+    assert_eq!(non_reports(&mut m), vec![Action::Discover]);
+    m.handle(Event::Discovered(20), t0);
+    m.handle(Event::Discovered(5), t0);
+    m.handle(Event::Discovered(10), t0); // ourselves: ignored
+    assert_eq!(non_reports(&mut m), vec![Action::Dial(20), Action::Dial(5)]);
+    // We are lower than 20: we open. 5 is lower than us: it opens, we wait.
+    m.handle(Event::Connected(20), t0);
+    assert_eq!(non_reports(&mut m), vec![Action::OpenStream(20)]);
+    m.handle(Event::Connected(5), t0);
+    assert_eq!(non_reports(&mut m), vec![]);
+    m.handle(Event::OutboundReady(20, 1), t0);
+    m.handle(Event::InboundReady(5, 2), t0);
+    assert_eq!(
+        non_reports(&mut m),
+        vec![Action::Use(20, 1), Action::Use(5, 2)]
+    );
+    assert_eq!(m.stream_count(), 2);
+    assert!(m.ready_for_sync());
+}
+
+#[test]
+fn thresholds_drive_discovery() {
+    let t0 = Instant::now();
+    let mut m = M::new(cfg(), 10, 1, t0);
+    // Below soft_low, rounds keep coming (backing off, since none finds anything).
+    assert!(discovery_times(&mut m, t0, 60).len() >= 2);
+
+    // At soft_low, the timer stops asking for discovery.
+    let mut m = M::new(cfg(), 10, 1, t0);
+    m.handle(Event::InboundReady(1, 1), t0);
+    m.handle(Event::InboundReady(2, 2), t0);
+    assert_eq!(m.stream_count(), 2);
+    let d = discovery_times(&mut m, t0, 300);
+    assert!(d.len() <= 1, "{d:?}"); // at most the round due at start, before streams counted
+
+    // Dropping below soft_low does not trigger discovery immediately, only on the timer.
+    let t1 = t0 + Duration::from_secs(301);
+    m.handle(Event::StreamClosed(1, 1, RemovalReason::StreamError), t1);
+    let a = non_reports(&mut m);
+    assert!(a.contains(&Action::Discover), "timer long overdue: {a:?}");
+    m.handle(Event::DiscoveryFinished, t1);
+    m.handle(
+        Event::StreamClosed(2, 2, RemovalReason::StreamError),
+        t1 + Duration::from_millis(1),
+    );
+    assert!(
+        !non_reports(&mut m).contains(&Action::Discover),
+        "removal must not trigger discovery"
+    );
+}
+
+#[test]
+fn unproductive_rounds_back_off_exponentially_up_to_the_cap() {
+    let t0 = Instant::now();
+    let mut m = M::new(cfg(), 10, 7, t0);
+    let starts = discovery_times(&mut m, t0, 600);
+    let gaps: Vec<f64> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    // interval 10 s doubled per unproductive round, ±20% jitter, capped at 80 s.
+    let expected = [20.0, 40.0, 80.0, 80.0, 80.0];
+    for (g, e) in gaps.iter().zip(expected) {
+        assert!(
+            *g >= e * 0.8 - 0.11 && *g <= e * 1.2 + 0.11,
+            "gaps {gaps:?}"
+        );
+    }
+    assert!(
+        gaps.iter().all(|g| *g <= 80.0 * 1.2 + 0.11),
+        "cap exceeded: {gaps:?}"
+    );
+
+    // A productive round resets the interval.
+    let now = t0 + Duration::from_secs(700);
+    m.handle(Event::Tick, now);
+    assert!(drain(&mut m).contains(&Action::Discover));
+    m.handle(Event::Discovered(99), now);
+    m.handle(Event::DiscoveryFinished, now);
+    assert_eq!(m.stats(now).discovery_backoff_ms, 10_000);
+}
+
+#[test]
+fn forced_discovery_ignores_backoff_but_not_setup_rules() {
+    let t0 = Instant::now();
+    let mut c = cfg();
+    c.forced_discovery = Some(Duration::from_secs(1));
+    let mut m = M::new(c, 10, 3, t0);
+    let starts = discovery_times(&mut m, t0, 20);
+    assert!(starts.len() >= 16, "{starts:?}");
+}
+
+#[test]
+fn failed_peer_is_not_redialled_within_ttl() {
+    let t0 = Instant::now();
+    let mut m = M::new(cfg(), 10, 1, t0);
+    m.handle(Event::Discovered(20), t0);
+    assert!(non_reports(&mut m).contains(&Action::Dial(20)));
+    m.handle(Event::DialFailed(20), t0);
+    let reports = drain(&mut m);
+    assert!(reports.contains(&Action::Report(Report::SetupFailed(SetupFailure::Dial))));
+    // Rediscovered again and again within the TTL: never dialled.
+    for s in 1..60 {
+        let now = t0 + Duration::from_secs(s);
+        m.handle(Event::Discovered(20), now);
+        m.handle(Event::Tick, now);
+        assert!(
+            !drain(&mut m).contains(&Action::Dial(20)),
+            "redialled at {s}s"
+        );
+    }
+    let now = t0 + Duration::from_secs(61);
+    m.handle(Event::Tick, now);
+    assert!(drain(&mut m).contains(&Action::Dial(20)));
+}
+
+#[test]
+fn setup_timeout_counts_as_failure() {
+    let t0 = Instant::now();
+    let mut m = M::new(cfg(), 10, 1, t0);
+    m.handle(Event::Discovered(5), t0);
+    m.handle(Event::Connected(5), t0); // 5 < 10: we wait for its stream, which never comes
+    drain(&mut m);
+    assert_eq!(
+        m.poll_timeout(),
+        Some(t0 + Duration::from_secs(3)).min(m.poll_timeout())
+    );
+    m.handle(Event::Tick, t0 + Duration::from_secs(3));
+    assert!(drain(&mut m).contains(&Action::Report(Report::SetupFailed(SetupFailure::Timeout))));
+    assert_eq!(m.stats(t0 + Duration::from_secs(3)).failed_cached, 1);
+}
+
+#[test]
+fn removal_cooldown_grows_and_caps() {
+    let t0 = Instant::now();
+    let mut m = M::new(cfg(), 10, 1, t0);
+    let mut now = t0;
+    let mut seen = vec![];
+    for id in 1..=6 {
+        m.handle(Event::InboundReady(5, id), now);
+        assert_eq!(m.stream_count(), 1, "round {id}");
+        m.handle(Event::StreamClosed(5, id, RemovalReason::StreamError), now);
+        let cd = m.cooldown_remaining(&5, now).unwrap();
+        seen.push(cd.as_secs());
+        // A new inbound stream during the cooldown is refused.
+        m.handle(Event::InboundReady(5, 100 + id), now);
+        assert!(drain(&mut m).contains(&Action::Reset(5, 100 + id, ResetReason::Cooldown)));
+        now += cd;
+    }
+    assert_eq!(seen, vec![2, 4, 8, 16, 16, 16]);
+    // Removals far apart do not compound.
+    let later = now + Duration::from_secs(601);
+    m.handle(Event::InboundReady(5, 50), later);
+    m.handle(
+        Event::StreamClosed(5, 50, RemovalReason::StreamError),
+        later,
+    );
+    assert_eq!(
+        m.cooldown_remaining(&5, later),
+        Some(Duration::from_secs(2))
+    );
+}
+
+#[test]
+fn concurrency_bound_holds() {
+    let t0 = Instant::now();
+    let mut c = cfg();
+    c.soft_low = 50;
+    c.high = 60;
+    let mut m = M::new(c, 0, 1, t0);
+    for p in 1..=100 {
+        m.handle(Event::Discovered(p), t0);
+    }
+    let dials = count(&drain(&mut m), |a| matches!(a, Action::Dial(_)));
+    assert_eq!(dials, 3);
+    assert_eq!(m.stats(t0).setups_in_flight, 3);
+    // Each completion frees exactly one slot.
+    for p in 1..=3 {
+        m.handle(Event::Connected(p), t0);
+        m.handle(Event::OutboundReady(p, p as u64), t0);
+        let a = drain(&mut m);
+        assert_eq!(count(&a, |a| matches!(a, Action::Dial(_))), 1);
+        assert!(m.stats(t0).setups_in_flight <= 3);
+    }
+}
+
+#[test]
+fn streams_beyond_high_are_refused() {
+    let t0 = Instant::now();
+    let mut m = M::new(cfg(), 100, 1, t0);
+    for p in 1..=4 {
+        m.handle(Event::InboundReady(p, p as u64), t0);
+    }
+    drain(&mut m);
+    m.handle(Event::InboundReady(5, 5), t0);
+    assert_eq!(
+        non_reports(&mut m),
+        vec![Action::Reset(5, 5, ResetReason::Full)]
+    );
+    assert_eq!(m.stream_count(), 4);
+}
+
+#[test]
+fn bounded_tables_stay_bounded() {
+    let t0 = Instant::now();
+    let mut c = cfg();
+    c.max_tracked_peers = 16;
+    c.soft_low = 0;
+    c.hard_low = 0;
+    let mut m = M::new(c, 0, 1, t0);
+    for p in 1..=1000 {
+        m.handle(Event::Discovered(p), t0);
+        m.handle(Event::InboundReady(p, p as u64), t0);
+        m.handle(
+            Event::StreamClosed(p, p as u64, RemovalReason::StreamError),
+            t0,
+        );
+    }
+    let s = m.stats(t0);
+    assert!(s.candidates <= 16 && s.cooldowns_active <= 16, "{s:?}");
+}
+
+/// Two managers wired together: actions of one become events of the other, as the driver and the
+/// network would deliver them (dials connect both sides; opened streams appear on both).
+struct Pair {
+    a: M,
+    b: M,
+    next_id: StreamId,
+    setups: usize,
+}
+
+impl Pair {
+    fn new(c: StreamConfig, t0: Instant) -> Pair {
+        Pair {
+            a: M::new(c.clone(), 1, 1, t0),
+            b: M::new(c, 2, 2, t0),
+            next_id: 1,
+            setups: 0,
+        }
+    }
+
+    fn side(&mut self, which: u32) -> &mut M {
+        if which == 1 { &mut self.a } else { &mut self.b }
+    }
+
+    /// Delivers all pending actions, both ways, until quiet. Opens issued in the same step are
+    /// delivered "simultaneously": both land before either side learns of the other's.
+    fn settle(&mut self, now: Instant) {
+        for _ in 0..100 {
+            let mut acts = vec![];
+            for me in [1u32, 2] {
+                while let Some(a) = self.side(me).poll_action() {
+                    acts.push((me, a));
+                }
+            }
+            if acts.is_empty() {
+                return;
+            }
+            let mut inbound = vec![];
+            for (me, a) in acts {
+                let other = 3 - me;
+                match a {
+                    Action::Dial(_) => {
+                        self.side(me).handle(Event::Connected(other), now);
+                        self.side(other).handle(Event::Connected(me), now);
+                    }
+                    Action::OpenStream(_) => {
+                        self.setups += 1;
+                        let id = self.next_id;
+                        self.next_id += 1;
+                        inbound.push((me, id));
+                    }
+                    Action::Reset(_, id, _) => {
+                        self.side(other)
+                            .handle(Event::StreamClosed(me, id, RemovalReason::StreamError), now);
+                    }
+                    Action::Discover => {
+                        self.side(me).handle(Event::Discovered(other), now);
+                        self.side(me).handle(Event::DiscoveryFinished, now);
+                    }
+                    Action::Use(..) | Action::Report(_) => {}
+                }
+            }
+            for (opener, id) in &inbound {
+                self.side(3 - opener)
+                    .handle(Event::InboundReady(*opener, *id), now);
+            }
+            for (opener, id) in inbound {
+                self.side(opener)
+                    .handle(Event::OutboundReady(3 - opener, id), now);
+            }
+        }
+    }
+
+    fn stream_ids(&self) -> (Vec<StreamId>, Vec<StreamId>) {
+        (
+            self.a.streams().map(|(_, id)| id).collect(),
+            self.b.streams().map(|(_, id)| id).collect(),
+        )
+    }
+}
+
+#[test]
+fn simultaneous_open_from_both_sides_ends_with_exactly_one_stream() {
+    let t0 = Instant::now();
+    let mut p = Pair::new(cfg(), t0);
+    // Both discover each other and dial in the same instant.
+    p.a.handle(Event::Discovered(2), t0);
+    p.b.handle(Event::Discovered(1), t0);
+    p.settle(t0);
+    let (a, b) = p.stream_ids();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a, b, "both sides must keep the same stream");
+
+    // A misbehaving peer (higher id) also opens: its stream is reset, the original survives.
+    p.b.set_storm_canary(true);
+    p.b.handle(Event::Connected(1), t0);
+    p.settle(t0);
+    p.b.set_storm_canary(false);
+    let (a2, _) = p.stream_ids();
+    assert_eq!(a2, a);
+}
+
+#[test]
+fn storm_canary_churns_where_the_fix_settles() {
+    let t0 = Instant::now();
+    let run = |storm: bool| {
+        let mut c = cfg();
+        c.storm_canary = storm;
+        c.forced_discovery = Some(Duration::from_secs(1));
+        let mut p = Pair::new(c, t0);
+        for s in 0..60 {
+            let now = t0 + Duration::from_secs(s);
+            p.a.handle(Event::Tick, now);
+            p.b.handle(Event::Tick, now);
+            p.settle(now);
+        }
+        (p.setups, p.stream_ids())
+    };
+    let (fixed_setups, (a, b)) = run(false);
+    assert_eq!(fixed_setups, 1);
+    assert_eq!((a.len(), b.len()), (1, 1));
+    let (storm_setups, _) = run(true);
+    assert!(
+        storm_setups >= 10 * fixed_setups * 6,
+        "storm made only {storm_setups} setups"
+    );
+}
