@@ -6,6 +6,8 @@ pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod producer;
+pub mod ratelimit;
+pub mod requests;
 pub mod store;
 pub mod streams;
 pub mod util;
