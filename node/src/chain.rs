@@ -323,6 +323,26 @@ impl ChainSpec {
         Ok(VerifiedBlock { block, hash })
     }
 
+    /// Checks a head a peer claims: genesis itself, or a header signed by the producer. Says nothing
+    /// about the payload (the peer has not sent it).
+    pub fn verify_head(&self, header: &Header, signature: &Sig) -> Result<H256, VerifyError> {
+        if header.height == 0 {
+            return if *header == self.genesis.header {
+                Ok(self.genesis_hash())
+            } else {
+                Err(VerifyError::ParentHash)
+            };
+        }
+        if header.producer.0 != self.producer.to_bytes() {
+            return Err(VerifyError::UnknownProducer);
+        }
+        let hash = header.hash();
+        self.producer
+            .verify_strict(&hash.0, &Signature::from_bytes(&signature.0))
+            .map_err(|_| VerifyError::Signature)?;
+        Ok(hash)
+    }
+
     /// Verifies a contiguous run of blocks on top of `parent`. On failure returns the index of the first
     /// bad block and why.
     pub fn verify_chain(
@@ -491,6 +511,31 @@ pub(crate) mod tests {
             .verify_chain(&spec.genesis().header, chain)
             .unwrap_err();
         assert_eq!(err, (6, VerifyError::Signature));
+    }
+
+    #[test]
+    fn claimed_heads_are_checked() {
+        let k = key(1);
+        let spec = spec_for(&k);
+        let chain = make_chain(&spec, &k, 3, 10);
+        let h = &chain[2];
+        assert_eq!(spec.verify_head(&h.header, &h.signature), Ok(h.hash()));
+        let g = spec.genesis();
+        assert_eq!(
+            spec.verify_head(&g.header, &g.signature),
+            Ok(spec.genesis_hash())
+        );
+        let mut forged = h.header.clone();
+        forged.height = 1_000_000;
+        assert_eq!(
+            spec.verify_head(&forged, &h.signature),
+            Err(VerifyError::Signature)
+        );
+        let other = make_chain(&spec_for(&key(2)), &key(2), 1, 10).remove(0);
+        assert_eq!(
+            spec.verify_head(&other.header, &other.signature),
+            Err(VerifyError::UnknownProducer)
+        );
     }
 
     #[test]

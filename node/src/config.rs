@@ -112,6 +112,8 @@ pub struct NodeConfig {
     /// Present on the network's producer only.
     #[serde(default)]
     pub producer: Option<ProducerConfig>,
+    #[serde(default)]
+    pub p2p: crate::p2p::P2pConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -248,6 +250,9 @@ impl NodeConfig {
         if let Some(p) = &mut node.producer {
             p.key_file = base.join(&p.key_file);
         }
+        if let Some(k) = &mut node.p2p.key_file {
+            *k = base.join(&*k);
+        }
         if let Some(d) = &overrides.data_dir {
             node.data_dir = d.clone();
         }
@@ -315,6 +320,13 @@ impl NodeConfig {
 
     pub fn store_path(&self) -> PathBuf {
         self.data_dir.join("chain.redb")
+    }
+
+    pub fn node_key_path(&self) -> PathBuf {
+        self.p2p
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("node.key"))
     }
 }
 

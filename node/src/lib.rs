@@ -5,6 +5,7 @@ pub mod config;
 pub mod keys;
 pub mod metrics;
 pub mod node;
+pub mod p2p;
 pub mod producer;
 pub mod ratelimit;
 pub mod requests;

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::store::Store;
@@ -148,6 +150,189 @@ impl Collector for ProcessCollector {
             Some(&Unit::Seconds),
             c.metric_type(),
         )?)
+    }
+}
+
+/// A label set whose values are `&'static str` constants from closed enums (see each `label()`).
+pub type L1 = [(&'static str, &'static str); 1];
+pub type L2 = [(&'static str, &'static str); 2];
+
+/// Metrics of the p2p layer (stream manager, dials, sync requests). Clone = same underlying metrics.
+#[derive(Clone, Debug)]
+pub struct P2pMetrics {
+    pub streams: Gauge,
+    pub connections: Gauge,
+    pub setups: Family<L1, Counter>,
+    pub removals: Family<L1, Counter>,
+    pub resets: Family<L1, Counter>,
+    pub discovery_rounds: Family<L1, Counter>,
+    pub peers_found: Counter,
+    pub cooldowns_active: Gauge,
+    pub failed_peers_cached: Gauge,
+    pub candidates: Gauge,
+    pub dials: Family<L1, Counter>,
+    pub requests_in_flight: Gauge,
+    pub requests_queued: Gauge,
+    pub requests: Family<L2, Counter>,
+    pub request_duration: Family<L1, Histogram>,
+    pub served: Family<L2, Counter>,
+    pub rate_limited: Family<L1, Counter>,
+    pub bytes: Family<L2, Counter>,
+    pub frame_errors: Family<L1, Counter>,
+    pub foreign_peers: Counter,
+    pub tracked: Family<L1, Gauge>,
+    pub faults_injected: Family<L1, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Default for P2pMetrics {
+    fn default() -> Self {
+        P2pMetrics {
+            streams: Gauge::default(),
+            connections: Gauge::default(),
+            setups: Family::default(),
+            removals: Family::default(),
+            resets: Family::default(),
+            discovery_rounds: Family::default(),
+            peers_found: Counter::default(),
+            cooldowns_active: Gauge::default(),
+            failed_peers_cached: Gauge::default(),
+            candidates: Gauge::default(),
+            dials: Family::default(),
+            requests_in_flight: Gauge::default(),
+            requests_queued: Gauge::default(),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            served: Family::default(),
+            rate_limited: Family::default(),
+            bytes: Family::default(),
+            frame_errors: Family::default(),
+            foreign_peers: Counter::default(),
+            tracked: Family::default(),
+            faults_injected: Family::default(),
+        }
+    }
+}
+
+impl P2pMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("syncnet");
+        r.register(
+            "p2p_streams",
+            "Established sync streams",
+            self.streams.clone(),
+        );
+        r.register(
+            "p2p_connections",
+            "Open connections",
+            self.connections.clone(),
+        );
+        r.register(
+            "p2p_stream_setups",
+            "Stream setups by outcome",
+            self.setups.clone(),
+        );
+        r.register(
+            "p2p_stream_removals",
+            "Established streams removed, by reason",
+            self.removals.clone(),
+        );
+        r.register(
+            "p2p_stream_resets",
+            "Streams refused or reset, by reason",
+            self.resets.clone(),
+        );
+        r.register(
+            "p2p_discovery_rounds",
+            "Discovery rounds by outcome",
+            self.discovery_rounds.clone(),
+        );
+        r.register(
+            "p2p_peers_found",
+            "New candidate peers from discovery",
+            self.peers_found.clone(),
+        );
+        r.register(
+            "p2p_cooldowns_active",
+            "Peers in removal cooldown",
+            self.cooldowns_active.clone(),
+        );
+        r.register(
+            "p2p_failed_peers_cached",
+            "Peers in the failed-setup cache",
+            self.failed_peers_cached.clone(),
+        );
+        r.register(
+            "p2p_candidates",
+            "Candidate peers known to the stream manager",
+            self.candidates.clone(),
+        );
+        r.register(
+            "p2p_dials",
+            "Dial decisions and outcomes",
+            self.dials.clone(),
+        );
+        r.register(
+            "sync_requests_in_flight",
+            "Sync requests awaiting a reply",
+            self.requests_in_flight.clone(),
+        );
+        r.register(
+            "sync_requests_queued",
+            "Sync requests waiting for a stream",
+            self.requests_queued.clone(),
+        );
+        r.register(
+            "sync_requests",
+            "Sync requests by kind and outcome",
+            self.requests.clone(),
+        );
+        r.register_with_unit(
+            "sync_request_duration",
+            "Sync request latency by kind",
+            Unit::Seconds,
+            self.request_duration.clone(),
+        );
+        r.register(
+            "sync_served",
+            "Sync requests served by kind and outcome",
+            self.served.clone(),
+        );
+        r.register(
+            "sync_rate_limited",
+            "RateLimited replies, sent or received",
+            self.rate_limited.clone(),
+        );
+        r.register_with_unit(
+            "p2p",
+            "Application bytes by protocol and direction",
+            Unit::Bytes,
+            self.bytes.clone(),
+        );
+        r.register(
+            "p2p_frame_errors",
+            "Frames rejected by reason",
+            self.frame_errors.clone(),
+        );
+        r.register(
+            "p2p_foreign_peers",
+            "Peers refused for belonging to another network",
+            self.foreign_peers.clone(),
+        );
+        r.register(
+            "p2p_tracked_entries",
+            "Entries in bounded per-peer tables",
+            self.tracked.clone(),
+        );
+        r.register(
+            "faults_injected",
+            "Faults injected on purpose, by kind",
+            self.faults_injected.clone(),
+        );
     }
 }
 

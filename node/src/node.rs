@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info};
 
 use crate::config::Loaded;
-use crate::metrics::{NodeMetrics, ProcessCollector};
+use crate::metrics::{NodeMetrics, P2pMetrics, ProcessCollector};
 use crate::producer::Producer;
 use crate::store::Store;
 
@@ -28,6 +28,9 @@ pub const ADDRS_FILE: &str = "syncnode.addrs.json";
 pub struct BoundAddrs {
     pub pid: u32,
     pub metrics: SocketAddr,
+    pub peer_id: String,
+    /// p2p listen addresses, each ending in /p2p/<peer id> (usable as bootnodes).
+    pub p2p: Vec<String>,
 }
 
 struct HttpState {
@@ -65,6 +68,21 @@ pub async fn run(
     registry.register_collector(Box::new(ProcessCollector));
     let metrics = NodeMetrics::register(&mut registry, store.clone());
     metrics.head_height.set(head.height as i64);
+    let p2p_metrics = P2pMetrics::default();
+    p2p_metrics.register(&mut registry);
+    let keypair = crate::p2p::load_or_create_identity(&cfg.node_key_path())?;
+    let p2p = crate::p2p::spawn(
+        cfg.p2p.clone(),
+        keypair,
+        loaded.spec.clone(),
+        store.clone(),
+        p2p_metrics,
+    )
+    .await?;
+    let listening = p2p
+        .wait_for(Duration::from_secs(10), |s| !s.listen_addrs.is_empty())
+        .await
+        .context("p2p.listen: no listen address came up within 10 s")?;
     let state = Arc::new(HttpState {
         registry,
         healthy: AtomicBool::new(true),
@@ -79,6 +97,12 @@ pub async fn run(
         &BoundAddrs {
             pid: std::process::id(),
             metrics: metrics_addr,
+            peer_id: p2p.local_peer_id.to_string(),
+            p2p: listening
+                .listen_addrs
+                .iter()
+                .map(|a| format!("{a}/p2p/{}", p2p.local_peer_id))
+                .collect(),
         },
     )?;
     info!(%metrics_addr, "serving /metrics and /healthz");
@@ -134,6 +158,7 @@ pub async fn run(
         }
     }
     let _ = stop_tx.send(true);
+    p2p.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     let _ = std::fs::remove_file(cfg.data_dir.join(ADDRS_FILE));
     info!(height = store.head().height, "stopped");

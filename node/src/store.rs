@@ -18,7 +18,9 @@ use std::sync::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 
-use crate::chain::{Block, ChainSpec, H256, Header, VerifiedBlock, VerifyError};
+use bytes::Bytes;
+
+use crate::chain::{Block, ChainSpec, H256, Header, Sig, VerifiedBlock, VerifyError};
 
 const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 const HASHES: TableDefinition<u64, [u8; 32]> = TableDefinition::new("hashes");
@@ -72,6 +74,8 @@ pub struct Head {
     pub height: u64,
     pub hash: H256,
     pub header: Header,
+    #[serde(skip)]
+    pub signature: Sig,
 }
 
 pub struct Store {
@@ -186,6 +190,7 @@ impl Store {
                     producer: H256::ZERO,
                     ida_root: None,
                 },
+                signature: Sig([0; 64]),
             }),
         };
         let block = store
@@ -195,6 +200,7 @@ impl Store {
             height: head_height,
             hash: block.hash(),
             header: block.header,
+            signature: block.signature,
         };
         Ok(store)
     }
@@ -252,6 +258,7 @@ impl Store {
             height: last.block().header.height,
             hash: last.hash(),
             header: last.block().header.clone(),
+            signature: last.block().signature,
         };
         Ok(head.clone())
     }
@@ -268,6 +275,30 @@ impl Store {
         let txn = self.db.begin_read()?;
         let blocks = txn.open_table(BLOCKS)?;
         Ok(blocks.get(height)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Stored encodings of blocks `from..from+count`, stopping before the total would pass
+    /// `max_bytes` (but always at least one block if `from` exists). One read transaction.
+    pub fn block_bytes_range(
+        &self,
+        from: u64,
+        count: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let blocks = txn.open_table(BLOCKS)?;
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for entry in blocks.range(from..from.saturating_add(count as u64))? {
+            let (_, v) = entry?;
+            let bytes = v.value();
+            if !out.is_empty() && total + bytes.len() > max_bytes {
+                break;
+            }
+            total += bytes.len();
+            out.push(Bytes::copy_from_slice(bytes));
+        }
+        Ok(out)
     }
 
     pub fn height_of(&self, hash: &H256) -> Result<Option<u64>, StoreError> {
@@ -393,6 +424,16 @@ mod tests {
         );
         assert_eq!(store.check(&spec).unwrap(), 300);
         assert!(store.size_bytes() > 300 * 512);
+        assert_eq!(store.head().signature, chain[299].signature);
+        // Range reads stop at the byte cap but always return at least one block.
+        let enc = |b: &Block| postcard::to_stdvec(b).unwrap();
+        let one = enc(&chain[9]).len();
+        let r = store.block_bytes_range(10, 50, one * 3).unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].as_ref(), enc(&chain[9]).as_slice());
+        assert_eq!(store.block_bytes_range(10, 50, 1).unwrap().len(), 1);
+        assert_eq!(store.block_bytes_range(299, 50, 1 << 20).unwrap().len(), 2);
+        assert!(store.block_bytes_range(301, 5, 1 << 20).unwrap().is_empty());
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //!
 //! What makes the original storm (both peers opening at once, every failure triggering discovery)
 //! impossible here:
-//! - only the peer with the lower id opens the sync stream; a conflicting inbound stream is reset and
-//!   the survivor is the one the lower id opened, on both sides;
+//! - a peer opens a sync stream only while it is below `soft_low` (inbound streams are accepted up to
+//!   `high`); when both peers open at once, the stream the lower id opened survives and the other is
+//!   reset — the same decision on both sides, so exactly one stream remains;
 //! - discovery runs on a timer only, never as a reaction to a removal; an unproductive round doubles
 //!   the interval (with jitter) up to a cap;
 //! - a peer whose setup failed is not tried again for `failed_peer_ttl`;
@@ -198,7 +199,6 @@ pub enum ResetReason {
 enum Stage {
     Dialing,
     Opening,
-    AwaitingInbound,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -217,8 +217,7 @@ struct Cooldown {
 #[derive(Clone, Copy, Debug)]
 struct Established {
     id: StreamId,
-    /// Opened by the peer with the lower id (the rule's survivor on conflict).
-    opened_by_lower: bool,
+    opened_by_us: bool,
 }
 
 #[derive(Debug)]
@@ -356,9 +355,13 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
         self.cfg.forced_discovery.is_some() || self.streams.len() < self.cfg.soft_low
     }
 
-    /// Whether we open the stream to `peer` (the lower id opens).
-    fn we_open(&self, peer: &P) -> bool {
-        self.cfg.storm_canary || self.local < *peer
+    /// Whether the stream `opener` opened wins a tie against the other one (the lower id's wins).
+    fn opened_by_lower(&self, peer: &P, opened_by_us: bool) -> bool {
+        if opened_by_us {
+            self.local < *peer
+        } else {
+            *peer < self.local
+        }
     }
 
     pub fn handle(&mut self, event: Event<P>, now: Instant) {
@@ -402,9 +405,10 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
         if p == self.local {
             return;
         }
-        let known = self.streams.contains_key(&p)
-            || self.setups.contains_key(&p)
-            || self.candidates.contains(&p);
+        // Storm canary: like the original code, a discovered peer is set up again even when a
+        // stream exists, which is what made both ends send INIT.
+        let streamed = self.streams.contains_key(&p) && !self.cfg.storm_canary;
+        let known = streamed || self.setups.contains_key(&p) || self.candidates.contains(&p);
         if known {
             return;
         }
@@ -424,26 +428,16 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
         }
         match self.setups.get_mut(&p) {
             Some(s) if s.stage == Stage::Dialing => {
-                if self.cfg.storm_canary || self.local < p {
-                    s.stage = Stage::Opening;
-                    self.actions.push_back(Action::OpenStream(p));
-                } else {
-                    s.stage = Stage::AwaitingInbound;
-                }
+                s.stage = Stage::Opening;
+                self.actions.push_back(Action::OpenStream(p));
             }
             Some(_) => {}
             None => {
-                // An inbound connection: the opener side starts the setup if it has room.
-                let room = self.streams.len() + self.setups.len() < self.cfg.high
-                    && self.setups.len() < self.cfg.max_concurrent_setups;
-                if self.we_open(&p)
-                    && !self.streams.contains_key(&p)
-                    && room
-                    && self.may_setup(&p, now)
-                {
-                    self.start_setup(p.clone(), Stage::Opening, now);
-                    self.actions.push_back(Action::OpenStream(p));
+                // A connection someone else made (kad, the peer): a candidate if we need streams.
+                if !self.streams.contains_key(&p) || self.cfg.storm_canary {
+                    self.on_discovered(p);
                 }
+                let _ = now;
             }
         }
     }
@@ -469,14 +463,13 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             self.removal_side_effects(p, now);
             return;
         }
-        let ours_by_lower = self.local < p;
         if let Some(existing) = self.streams.get(&p).copied() {
             if self.cfg.storm_canary {
                 self.kill_both(p, existing.id, id, now);
                 return;
             }
-            // Keep the stream the lower id opened.
-            if ours_by_lower && !existing.opened_by_lower {
+            // Both opened: keep the stream the lower id opened, as the peer will.
+            if self.opened_by_lower(&p, true) {
                 self.actions.push_back(Action::Reset(
                     p.clone(),
                     existing.id,
@@ -492,26 +485,24 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
                 .push_back(Action::Reset(p, id, ResetReason::Full));
             return;
         }
-        self.establish(p, id, ours_by_lower);
+        self.establish(p, id, true);
     }
 
     fn on_inbound_ready(&mut self, p: P, id: StreamId, now: Instant) {
-        let theirs_by_lower = p < self.local;
         if let Some(existing) = self.streams.get(&p).copied() {
             if self.cfg.storm_canary {
                 self.kill_both(p, existing.id, id, now);
                 return;
             }
-            if theirs_by_lower {
-                // The rightful opener opened again: its old stream is dead on its side. Replace.
+            // The peer opened again (its old stream is dead on its side), or both opened at once
+            // and theirs is the lower id's: replace. Otherwise ours stays.
+            if !existing.opened_by_us || self.opened_by_lower(&p, false) {
                 self.actions.push_back(Action::Reset(
                     p.clone(),
                     existing.id,
                     ResetReason::Duplicate,
                 ));
-                self.actions
-                    .push_back(Action::Report(Report::Removed(RemovalReason::Conflict)));
-                self.establish(p, id, true);
+                self.establish(p, id, false);
             } else {
                 self.actions
                     .push_back(Action::Reset(p, id, ResetReason::Duplicate));
@@ -530,13 +521,13 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
                     .push_back(Action::Reset(p, id, ResetReason::Conflict));
                 return;
             }
-            if !theirs_by_lower {
-                // We are the opener and our open is under way: ours wins.
+            if self.opened_by_lower(&p, true) {
+                // Ours is under way and wins the tie.
                 self.actions
                     .push_back(Action::Reset(p, id, ResetReason::Duplicate));
                 return;
             }
-            // They are the lower id: theirs wins; ours will be reset when it lands.
+            // Theirs wins; ours is reset when it lands.
         }
         if self.streams.len() >= self.cfg.high {
             self.actions
@@ -548,19 +539,13 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
                 .push_back(Action::Reset(p, id, ResetReason::Cooldown));
             return;
         }
-        self.setups.remove(&p);
-        self.establish(p, id, theirs_by_lower);
+        self.establish(p, id, false);
     }
 
-    fn establish(&mut self, p: P, id: StreamId, opened_by_lower: bool) {
+    fn establish(&mut self, p: P, id: StreamId, opened_by_us: bool) {
         self.candidates.retain(|c| *c != p);
-        self.streams.insert(
-            p.clone(),
-            Established {
-                id,
-                opened_by_lower,
-            },
-        );
+        self.streams
+            .insert(p.clone(), Established { id, opened_by_us });
         self.actions
             .push_back(Action::Report(Report::SetupSucceeded));
         self.actions.push_back(Action::Use(p, id));
@@ -733,15 +718,12 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
                 skipped.push_back(p);
                 continue;
             }
-            let connected = self.connected.contains(&p);
-            if !connected {
-                self.start_setup(p.clone(), Stage::Dialing, now);
-                self.actions.push_back(Action::Dial(p));
-            } else if self.we_open(&p) {
+            if self.connected.contains(&p) {
                 self.start_setup(p.clone(), Stage::Opening, now);
                 self.actions.push_back(Action::OpenStream(p));
             } else {
-                self.start_setup(p, Stage::AwaitingInbound, now);
+                self.start_setup(p.clone(), Stage::Dialing, now);
+                self.actions.push_back(Action::Dial(p));
             }
         }
         // Peers waiting out a TTL or cooldown stay candidates, in order.

@@ -1,0 +1,1252 @@
+//! libp2p driver: owns the swarm and feeds the sans-IO cores (stream manager, request manager, dial
+//! manager) with events, executing their actions. One task, one loop; sessions run in their own
+//! tasks and talk to the loop over bounded channels.
+//!
+//! Connection rules (see docs/protocol.md):
+//! - every dial goes through the dial manager and uses a fresh port (`allocate_new_port`), so two
+//!   peers dialling each other at once get two TCP connections instead of one broken one;
+//! - with two connections to a peer, the one dialled by the lower peer id is kept, on both sides;
+//! - the stream manager hears "connected" only once a peer has exactly one connection and no dial
+//!   of ours to it is pending, so the sync stream is never opened on a connection about to close.
+
+mod dial;
+mod gate;
+pub mod session;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity, noise, ping, tcp, yamux,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+pub use dial::{DialConfig, DialDecision, DialManager};
+
+use crate::chain::ChainSpec;
+use crate::metrics::P2pMetrics;
+use crate::ratelimit::{RateLimitConfig, ServerLimiter};
+use crate::requests::{FailKind, GiveUp, ReqAction, ReqId, RequestConfig, RequestManager};
+use crate::store::Store;
+use crate::streams::{
+    self, Action as SmAction, Event as SmEvent, RemovalReason, Report, StreamConfig, StreamManager,
+    StreamStats,
+};
+use crate::wire::{self, ErrorReply, Limits, Message, Request, Response};
+use session::{CloseReason, SessionCtx, SessionEvent, SetupError};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct P2pConfig {
+    /// Multiaddrs to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Multiaddrs of bootnodes, each ending in `/p2p/<peer id>`.
+    pub bootnodes: Vec<Multiaddr>,
+    /// Node identity key (`syncnode keygen --kind node`); default `<data_dir>/node.key`, created
+    /// on first start.
+    pub key_file: Option<std::path::PathBuf>,
+    pub streams: StreamConfig,
+    pub requests: RequestConfig,
+    pub rate_limit: RateLimitConfig,
+    pub max_frame_bytes: usize,
+    pub max_blocks_per_request: u32,
+    pub max_bytes_per_response: u32,
+    pub max_connections: usize,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        P2pConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid")],
+            bootnodes: vec![],
+            key_file: None,
+            streams: StreamConfig::default(),
+            requests: RequestConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            max_frame_bytes: wire::DEFAULT_MAX_FRAME,
+            max_blocks_per_request: 1024,
+            max_bytes_per_response: 8 * 1024 * 1024,
+            max_connections: 128,
+        }
+    }
+}
+
+impl P2pConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        self.streams
+            .validate()
+            .map_err(|e| format!("p2p.streams: {e}"))?;
+        self.requests
+            .validate()
+            .map_err(|e| format!("p2p.requests: {e}"))?;
+        self.rate_limit
+            .validate()
+            .map_err(|e| format!("p2p.rate_limit: {e}"))?;
+        if self.listen.is_empty() {
+            return Err("p2p.listen: at least one address is needed".into());
+        }
+        for (i, b) in self.bootnodes.iter().enumerate() {
+            if peer_of(b).is_none() {
+                return Err(format!(
+                    "p2p.bootnodes[{i}]: {b} does not end in /p2p/<peer id>"
+                ));
+            }
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&self.max_frame_bytes) {
+            return Err("p2p.max_frame_bytes: must be within 1 KiB..=256 MiB".into());
+        }
+        if self.max_bytes_per_response as usize + 4096 > self.max_frame_bytes {
+            return Err(
+                "p2p.max_bytes_per_response: must leave 4 KiB of room below max_frame_bytes".into(),
+            );
+        }
+        if self.max_blocks_per_request == 0 || self.max_connections < 2 {
+            return Err("p2p.max_blocks_per_request must be > 0 and max_connections >= 2".into());
+        }
+        Ok(())
+    }
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(p)) => Some(p),
+        _ => None,
+    }
+}
+
+pub fn sync_protocol(network: &str) -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("/syncnet/{network}/sync/1")).expect("starts with /")
+}
+
+/// The identify protocol version; peers announcing another one are refused.
+pub fn network_version(network: &str) -> String {
+    format!("/syncnet/{network}/1")
+}
+
+/// Loads the node identity from `path`, creating it if missing.
+pub fn load_or_create_identity(path: &Path) -> anyhow::Result<identity::Keypair> {
+    if !path.exists() {
+        crate::keys::write(path, &crate::keys::generate(), "node", false)
+            .with_context(|| format!("creating node key {}", path.display()))?;
+    }
+    let key = crate::keys::read(path).map_err(anyhow::Error::msg)?;
+    Ok(identity::Keypair::ed25519_from_bytes(key.to_bytes()).expect("32 bytes"))
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: libp2p::connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: gate::DialGate<kad::Behaviour<MemoryStore>>,
+    stream: gate::DialGate<libp2p_stream::Behaviour>,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("request queue full")]
+    QueueFull,
+    #[error("gave up: {0:?}")]
+    GaveUp(GiveUp),
+    #[error("peer answered with an error: {0}")]
+    Remote(ErrorReply),
+    #[error("no sync stream to that peer")]
+    NoStream,
+    #[error("the p2p layer stopped")]
+    Stopped,
+}
+
+/// Counters the tests and `/status` read without scraping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SetupCounters {
+    pub started: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub removed: u64,
+    pub discovery_rounds: u64,
+}
+
+/// Snapshot of the p2p layer, published after every loop turn that changed something.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NetState {
+    #[serde(serialize_with = "ser_display_vec")]
+    pub listen_addrs: Vec<Multiaddr>,
+    #[serde(serialize_with = "ser_display_vec")]
+    pub stream_peers: Vec<PeerId>,
+    pub connections: usize,
+    pub stats: StreamStats,
+    pub counters: SetupCounters,
+    pub ready_for_sync: bool,
+    /// Highest verified head height reported by a peer with a stream.
+    pub best_peer_height: u64,
+}
+
+fn ser_display_vec<S: serde::Serializer, T: std::fmt::Display>(
+    v: &[T],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|x| x.to_string()))
+}
+
+enum Command {
+    Request {
+        req: Request,
+        only: Option<Vec<PeerId>>,
+        reply: oneshot::Sender<Result<(PeerId, Response), RequestError>>,
+    },
+    Direct {
+        peer: PeerId,
+        req: Request,
+        reply: oneshot::Sender<Result<Response, RequestError>>,
+    },
+    Dial(Multiaddr),
+    ForcedDiscovery(Option<Duration>),
+    StormCanary(bool),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Handle to a running p2p layer. Cheap to clone.
+#[derive(Clone)]
+pub struct P2pHandle {
+    tx: mpsc::Sender<Command>,
+    state: watch::Receiver<NetState>,
+    ctx: Arc<SessionCtx>,
+    pub local_peer_id: PeerId,
+}
+
+impl P2pHandle {
+    /// Sends a request through the request manager (pacing, retries, stream choice).
+    pub async fn request(
+        &self,
+        req: Request,
+        only: Option<Vec<PeerId>>,
+    ) -> Result<(PeerId, Response), RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Request { req, only, reply })
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Sends a request straight onto the stream to `peer`, bypassing pacing, retries and
+    /// rate-limit handling. For tools and tests (e.g. a deliberately misbehaving client).
+    pub async fn request_direct(
+        &self,
+        peer: PeerId,
+        req: Request,
+    ) -> Result<Response, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Direct { peer, req, reply })
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Dials an address ending in `/p2p/<peer id>` through the dial manager.
+    pub async fn dial(&self, addr: Multiaddr) {
+        let _ = self.tx.send(Command::Dial(addr)).await;
+    }
+
+    pub async fn set_forced_discovery(&self, period: Option<Duration>) {
+        let _ = self.tx.send(Command::ForcedDiscovery(period)).await;
+    }
+
+    pub async fn set_storm_canary(&self, on: bool) {
+        let _ = self.tx.send(Command::StormCanary(on)).await;
+    }
+
+    pub fn set_setup_failure_rate(&self, p: f64) {
+        self.ctx.set_setup_failure_rate(p);
+    }
+
+    pub fn state(&self) -> NetState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until `f` holds for the published state, or the timeout passes.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        f: impl Fn(&NetState) -> bool,
+    ) -> Option<NetState> {
+        let mut rx = self.state.clone();
+        tokio::time::timeout(timeout, async {
+            loop {
+                {
+                    let s = rx.borrow_and_update();
+                    if f(&s) {
+                        return s.clone();
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await
+        .ok()
+    }
+
+    /// Stops the p2p layer: sessions answer `Shutdown`, then everything closes.
+    pub async fn shutdown(&self) {
+        self.ctx.shutting_down.store(true, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct Session {
+    peer: PeerId,
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Dropped with the session, which closes the stream.
+    _close: oneshot::Sender<()>,
+    in_use: bool,
+    head_height: u64,
+}
+
+struct ConnInfo {
+    id: ConnectionId,
+    dialer: PeerId,
+}
+
+/// Most direct (unmanaged) requests awaiting replies at once.
+const MAX_DIRECT: usize = 4096;
+/// Period of housekeeping (rate limiter pruning, gauges).
+const HOUSEKEEPING: Duration = Duration::from_secs(10);
+
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    local: PeerId,
+    sm: StreamManager<PeerId>,
+    rm: RequestManager<PeerId, Request>,
+    dials: DialManager<PeerId, Multiaddr>,
+    ctx: Arc<SessionCtx>,
+    metrics: P2pMetrics,
+    protocol: StreamProtocol,
+    control: libp2p_stream::Control,
+    sessions: HashMap<u64, Session>,
+    next_stream_id: Arc<AtomicU64>,
+    session_tx: mpsc::Sender<SessionEvent>,
+    pending: HashMap<ReqId, oneshot::Sender<Result<(PeerId, Response), RequestError>>>,
+    direct: HashMap<ReqId, (PeerId, oneshot::Sender<Result<Response, RequestError>>)>,
+    next_direct: ReqId,
+    conns: HashMap<PeerId, Vec<ConnInfo>>,
+    reported: HashSet<PeerId>,
+    bootnodes: Vec<(PeerId, Multiaddr)>,
+    discovery_query: Option<kad::QueryId>,
+    counters: SetupCounters,
+    state_tx: watch::Sender<NetState>,
+    listen_addrs: Vec<Multiaddr>,
+    next_housekeeping: Instant,
+}
+
+/// Starts the p2p layer on the current tokio runtime.
+pub async fn spawn(
+    cfg: P2pConfig,
+    keypair: identity::Keypair,
+    spec: ChainSpec,
+    store: Arc<Store>,
+    metrics: P2pMetrics,
+) -> anyhow::Result<P2pHandle> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let local = keypair.public().to_peer_id();
+    let network = spec.network_id.clone();
+    let kad_protocol =
+        StreamProtocol::try_from_owned(format!("/syncnet/{network}/kad/1")).expect("starts with /");
+    let max_conns = cfg.max_connections as u32;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_behaviour(|key| {
+            let mut kcfg = kad::Config::new(kad_protocol);
+            kcfg.set_query_timeout(Duration::from_secs(10));
+            let mut kad = kad::Behaviour::with_config(local, MemoryStore::new(local), kcfg);
+            kad.set_mode(Some(kad::Mode::Server));
+            let stream = libp2p_stream::Behaviour::new();
+            Behaviour {
+                limits: libp2p::connection_limits::Behaviour::new(
+                    libp2p::connection_limits::ConnectionLimits::default()
+                        .with_max_established(Some(max_conns))
+                        .with_max_pending_incoming(Some(max_conns))
+                        .with_max_pending_outgoing(Some(max_conns))
+                        // Two: a simultaneous dial yields one each way; the rule closes one.
+                        .with_max_established_per_peer(Some(2)),
+                ),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(network_version(&network), key.public())
+                        .with_agent_version(format!("syncnode/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                kad: gate::DialGate { inner: kad },
+                stream: gate::DialGate { inner: stream },
+            }
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    for a in &cfg.listen {
+        swarm
+            .listen_on(a.clone())
+            .with_context(|| format!("p2p.listen: {a}"))?;
+    }
+    let control = swarm.behaviour().stream.inner.new_control();
+    let protocol = sync_protocol(&network);
+    let mut incoming = control
+        .clone()
+        .accept(protocol.clone())
+        .map_err(|e| anyhow::anyhow!("registering {protocol}: {e}"))?;
+
+    let limits = Limits {
+        max_blocks_per_request: cfg.max_blocks_per_request,
+        max_bytes_per_response: cfg.max_bytes_per_response,
+        peer_cost_per_sec: cfg.rate_limit.peer_cost_per_sec,
+        peer_burst: cfg.rate_limit.peer_burst,
+    };
+    let ctx = Arc::new(SessionCtx {
+        spec,
+        store,
+        limiter: ServerLimiter::new(&cfg.rate_limit),
+        limits,
+        max_frame: cfg.max_frame_bytes,
+        metrics: metrics.clone(),
+        setup_timeout: cfg.streams.setup_timeout,
+        setup_failure_rate: AtomicU64::new(0f64.to_bits()),
+        shutting_down: AtomicBool::new(false),
+    });
+    let (session_tx, session_rx) = mpsc::channel(1024);
+    let next_stream_id = Arc::new(AtomicU64::new(1));
+
+    // Accept loop: hand each inbound stream to its own task at once (libp2p-stream drops inbound
+    // streams when this loop lags, its channel holds one).
+    {
+        let (ctx, tx, ids) = (ctx.clone(), session_tx.clone(), next_stream_id.clone());
+        tokio::spawn(async move {
+            while let Some((peer, stream)) = incoming.next().await {
+                let id = ids.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(session::run(
+                    ctx.clone(),
+                    peer,
+                    id,
+                    stream,
+                    false,
+                    tx.clone(),
+                ));
+            }
+        });
+    }
+
+    let now = Instant::now();
+    let seed = u64::from_le_bytes(
+        local.to_bytes()[local.to_bytes().len() - 8..]
+            .try_into()
+            .expect("8"),
+    );
+    let mut driver = Driver {
+        swarm,
+        local,
+        sm: StreamManager::new(cfg.streams.clone(), local, seed, now),
+        rm: RequestManager::new(cfg.requests),
+        dials: DialManager::new(DialConfig::default()),
+        ctx: ctx.clone(),
+        metrics,
+        protocol,
+        control,
+        sessions: HashMap::new(),
+        next_stream_id,
+        session_tx,
+        pending: HashMap::new(),
+        direct: HashMap::new(),
+        next_direct: 1 << 62,
+        conns: HashMap::new(),
+        reported: HashSet::new(),
+        bootnodes: vec![],
+        discovery_query: None,
+        counters: SetupCounters::default(),
+        state_tx: watch::channel(NetState::default()).0,
+        listen_addrs: vec![],
+        next_housekeeping: now + HOUSEKEEPING,
+    };
+    for b in &cfg.bootnodes {
+        let peer = peer_of(b).expect("validated");
+        let addr: Multiaddr = b
+            .iter()
+            .filter(|p| !matches!(p, Protocol::P2p(_)))
+            .collect();
+        driver.bootnodes.push((peer, addr));
+    }
+    driver.seed_bootnodes(now);
+    let state = driver.state_tx.subscribe();
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(driver.run(rx, session_rx));
+    info!(peer_id = %local, "p2p layer started");
+    Ok(P2pHandle {
+        tx,
+        state,
+        ctx,
+        local_peer_id: local,
+    })
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut sessions: mpsc::Receiver<SessionEvent>,
+    ) {
+        let mut shutdown_reply = None;
+        loop {
+            let deadline = [
+                self.sm.poll_timeout(),
+                self.rm.poll_timeout(),
+                Some(self.next_housekeeping),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("housekeeping is always set");
+            let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                Some(ev) = sessions.recv() => self.on_session(ev),
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Shutdown(reply)) => { shutdown_reply = Some(reply); break; }
+                    None => break,
+                    Some(c) => self.on_command(c),
+                },
+                _ = sleep => {}
+            }
+            let now = Instant::now();
+            self.sm.handle(SmEvent::Tick, now);
+            self.rm.tick(now);
+            if now >= self.next_housekeeping {
+                self.housekeeping(now);
+            }
+            self.process_actions();
+            self.publish();
+        }
+        self.sessions.clear();
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(RequestError::Stopped));
+        }
+        if let Some(r) = shutdown_reply {
+            let _ = r.send(());
+        }
+    }
+
+    fn seed_bootnodes(&mut self, now: Instant) {
+        for (peer, addr) in self.bootnodes.clone() {
+            if peer == self.local {
+                continue;
+            }
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .inner
+                .add_address(&peer, addr.clone());
+            self.dials.add_address(peer, addr);
+            self.sm.handle(SmEvent::Discovered(peer), now);
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        self.next_housekeeping = now + HOUSEKEEPING;
+        self.ctx.limiter.prune();
+        let t = &self.metrics.tracked;
+        t.get_or_create(&[("table", "rate_limiter_peers")])
+            .set(self.ctx.limiter.tracked_peers() as i64);
+        t.get_or_create(&[("table", "dial_book")])
+            .set(self.dials.tracked_peers() as i64);
+        t.get_or_create(&[("table", "sessions")])
+            .set(self.sessions.len() as i64);
+        t.get_or_create(&[("table", "direct_requests")])
+            .set(self.direct.len() as i64);
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Request { req, only, reply } => {
+                let cost = req.cost();
+                match self.rm.submit(req, cost, only, now) {
+                    Ok(id) => {
+                        self.pending.insert(id, reply);
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(RequestError::QueueFull));
+                    }
+                }
+            }
+            Command::Direct { peer, req, reply } => {
+                let Some(s) = self.sessions.values().find(|s| s.peer == peer && s.in_use) else {
+                    let _ = reply.send(Err(RequestError::NoStream));
+                    return;
+                };
+                if self.direct.len() >= MAX_DIRECT {
+                    let _ = reply.send(Err(RequestError::QueueFull));
+                    return;
+                }
+                let id = self.next_direct;
+                self.next_direct += 1;
+                let frame = wire::encode(&Message::Request { id, req }, self.ctx.max_frame);
+                match frame.map(|f| s.tx.try_send(f)) {
+                    Ok(Ok(())) => {
+                        self.direct.insert(id, (peer, reply));
+                    }
+                    _ => {
+                        let _ = reply.send(Err(RequestError::NoStream));
+                    }
+                }
+            }
+            Command::Dial(addr) => {
+                if let Some(peer) = peer_of(&addr) {
+                    let a: Multiaddr = addr
+                        .iter()
+                        .filter(|p| !matches!(p, Protocol::P2p(_)))
+                        .collect();
+                    self.dials.add_address(peer, a);
+                    self.sm.handle(SmEvent::Discovered(peer), now);
+                    self.dial(peer, now);
+                }
+            }
+            Command::ForcedDiscovery(p) => self.sm.set_forced_discovery(p, now),
+            Command::StormCanary(on) => self.sm.set_storm_canary(on),
+            Command::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    /// Dials through the dial manager. Returns false if no dial is under way afterwards.
+    fn dial(&mut self, peer: PeerId, now: Instant) -> bool {
+        if self.conns.contains_key(&peer) {
+            return true;
+        }
+        let decision = self.dials.request(&peer, now);
+        self.metrics
+            .dials
+            .get_or_create(&[("outcome", decision.label())])
+            .inc();
+        match decision {
+            DialDecision::Dial(addrs) => {
+                // Our book's addresses plus whatever the behaviours (kad's routing table and
+                // query results) know for this peer.
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .extend_addresses_through_behaviour()
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .allocate_new_port()
+                    .build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    debug!(%peer, "dial refused: {e}");
+                    self.dials.on_failed(&peer, now);
+                    return false;
+                }
+                true
+            }
+            DialDecision::AlreadyDialing => true,
+            _ => false,
+        }
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        let now = Instant::now();
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                self.metrics.connections.inc();
+                if self.dials.is_blocked(&peer_id) {
+                    self.swarm.close_connection(connection_id);
+                    return;
+                }
+                let dialer = if endpoint.is_dialer() {
+                    self.dials.on_connected(&peer_id);
+                    self.metrics
+                        .dials
+                        .get_or_create(&[("outcome", "connected")])
+                        .inc();
+                    self.local
+                } else {
+                    peer_id
+                };
+                let list = self.conns.entry(peer_id).or_default();
+                list.push(ConnInfo {
+                    id: connection_id,
+                    dialer,
+                });
+                if list.len() > 1 {
+                    // Keep the (first) connection dialled by the lower peer id; close the rest.
+                    let lower = self.local.min(peer_id);
+                    let keep = list.iter().position(|c| c.dialer == lower).unwrap_or(0);
+                    let close: Vec<ConnectionId> = list
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != keep)
+                        .map(|(_, c)| c.id)
+                        .collect();
+                    for id in close {
+                        debug!(peer = %peer_id, ?id, "closing duplicate connection");
+                        self.swarm.close_connection(id);
+                    }
+                }
+                self.maybe_report_connected(peer_id, now);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                self.metrics.connections.dec();
+                if let Some(list) = self.conns.get_mut(&peer_id) {
+                    list.retain(|c| c.id != connection_id);
+                }
+                if num_established == 0 {
+                    self.conns.remove(&peer_id);
+                    if self.reported.remove(&peer_id) {
+                        self.sm.handle(SmEvent::Disconnected(peer_id), now);
+                    }
+                } else {
+                    self.maybe_report_connected(peer_id, now);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                debug!(%peer, "dial failed: {error}");
+                self.metrics
+                    .dials
+                    .get_or_create(&[("outcome", "failed")])
+                    .inc();
+                self.dials.on_failed(&peer, now);
+                if self.conns.contains_key(&peer) {
+                    self.maybe_report_connected(peer, now);
+                } else {
+                    self.sm.handle(SmEvent::DialFailed(peer), now);
+                }
+            }
+            SwarmEvent::Behaviour(ev) => self.on_behaviour(ev, now),
+            _ => {}
+        }
+    }
+
+    /// Tells the stream manager about a peer once its connection set is settled.
+    fn maybe_report_connected(&mut self, peer: PeerId, now: Instant) {
+        let settled =
+            self.conns.get(&peer).is_some_and(|l| l.len() == 1) && !self.dials.is_dialing(&peer);
+        if settled && self.reported.insert(peer) {
+            self.sm.handle(SmEvent::Connected(peer), now);
+        }
+    }
+
+    fn on_behaviour(&mut self, ev: BehaviourEvent, now: Instant) {
+        match ev {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let expected = network_version(&self.ctx.spec.network_id);
+                if info.protocol_version != expected {
+                    warn!(peer = %peer_id, theirs = %info.protocol_version, "refusing peer of another network");
+                    self.metrics.foreign_peers.inc();
+                    self.dials.block(peer_id);
+                    self.swarm.behaviour_mut().kad.inner.remove_peer(&peer_id);
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                for a in info.listen_addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .inner
+                        .add_address(&peer_id, a.clone());
+                    self.dials.add_address(peer_id, a);
+                }
+            }
+            BehaviourEvent::Kad(gate::Gated::DialRequest(peer))
+            | BehaviourEvent::Stream(gate::Gated::DialRequest(peer)) => {
+                self.dial(peer, now);
+            }
+            BehaviourEvent::Kad(gate::Gated::Inner(ev)) => self.on_kad(ev, now),
+            _ => {}
+        }
+    }
+
+    fn on_kad(&mut self, ev: kad::Event, now: Instant) {
+        match ev {
+            kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            } => {
+                if self.dials.is_blocked(&peer) {
+                    return;
+                }
+                for a in addresses.iter() {
+                    self.dials.add_address(peer, a.clone());
+                }
+                self.sm.handle(SmEvent::Discovered(peer), now);
+            }
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => {
+                let peers = match result {
+                    kad::QueryResult::GetClosestPeers(Ok(ok)) => ok.peers,
+                    kad::QueryResult::GetClosestPeers(Err(
+                        kad::GetClosestPeersError::Timeout { peers, .. },
+                    )) => peers,
+                    _ => vec![],
+                };
+                for p in peers {
+                    if self.dials.is_blocked(&p.peer_id) {
+                        continue;
+                    }
+                    for a in p.addrs {
+                        self.dials.add_address(p.peer_id, a);
+                    }
+                    self.sm.handle(SmEvent::Discovered(p.peer_id), now);
+                }
+                if step.last && self.discovery_query == Some(id) {
+                    self.discovery_query = None;
+                    self.sm.handle(SmEvent::DiscoveryFinished, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_session(&mut self, ev: SessionEvent) {
+        let now = Instant::now();
+        match ev {
+            SessionEvent::Ready {
+                peer,
+                id,
+                outbound,
+                status,
+                tx,
+                close,
+            } => {
+                self.sessions.insert(
+                    id,
+                    Session {
+                        peer,
+                        tx,
+                        _close: close,
+                        in_use: false,
+                        head_height: status.head.height,
+                    },
+                );
+                let e = if outbound {
+                    SmEvent::OutboundReady(peer, id)
+                } else {
+                    SmEvent::InboundReady(peer, id)
+                };
+                self.sm.handle(e, now);
+            }
+            SessionEvent::SetupFailed {
+                peer,
+                outbound,
+                why,
+                ..
+            } => {
+                debug!(%peer, ?why, outbound, "stream setup failed");
+                if why == SetupError::WrongNetwork {
+                    self.metrics.foreign_peers.inc();
+                    self.dials.block(peer);
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+                if outbound {
+                    self.sm.handle(SmEvent::OutboundFailed(peer), now);
+                }
+            }
+            SessionEvent::Response {
+                peer, req_id, resp, ..
+            } => self.on_response(peer, req_id, resp, now),
+            SessionEvent::Closed { peer, id, why } => {
+                if let Some(s) = self.sessions.remove(&id) {
+                    if s.in_use {
+                        self.rm.remove_stream(&peer, now);
+                    }
+                    self.fail_direct(peer);
+                    let reason = match why {
+                        CloseReason::Malformed => RemovalReason::Penalised,
+                        CloseReason::Eof | CloseReason::Io => RemovalReason::StreamError,
+                    };
+                    self.sm.handle(SmEvent::StreamClosed(peer, id, reason), now);
+                }
+            }
+        }
+    }
+
+    fn fail_direct(&mut self, peer: PeerId) {
+        let ids: Vec<ReqId> = self
+            .direct
+            .iter()
+            .filter(|(_, (p, _))| *p == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some((_, r)) = self.direct.remove(&id) {
+                let _ = r.send(Err(RequestError::NoStream));
+            }
+        }
+    }
+
+    fn on_response(&mut self, peer: PeerId, req_id: ReqId, resp: Response, now: Instant) {
+        if let Response::Error(ErrorReply::RateLimited { .. }) = &resp {
+            self.metrics
+                .rate_limited
+                .get_or_create(&[("direction", "received")])
+                .inc();
+        }
+        if let Some((p, reply)) = self.direct.remove(&req_id) {
+            if p == peer {
+                let _ = reply.send(Ok(resp));
+            } else {
+                self.direct.insert(req_id, (p, reply));
+            }
+            return;
+        }
+        match resp {
+            Response::Error(ErrorReply::RateLimited { retry_after_ms }) => {
+                self.rm.on_rate_limited(
+                    req_id,
+                    &peer,
+                    Duration::from_millis(retry_after_ms as u64),
+                    now,
+                );
+            }
+            Response::Error(e) => {
+                // NotFound/TooLarge/Shutdown: this peer cannot serve it; try another.
+                self.rm.on_failure(req_id, &peer, FailKind::Refused, now);
+                self.metrics
+                    .requests
+                    .get_or_create(&[("kind", "any"), ("outcome", e.label())])
+                    .inc();
+            }
+            resp => {
+                if let Some((_, latency)) = self.rm.on_success(req_id, &peer, now) {
+                    if let Response::Status(s) = &resp
+                        && self
+                            .ctx
+                            .spec
+                            .verify_head(&s.head, &s.head_signature)
+                            .is_ok()
+                    {
+                        for sess in self.sessions.values_mut().filter(|x| x.peer == peer) {
+                            sess.head_height = sess.head_height.max(s.head.height);
+                        }
+                    }
+                    let kind = response_kind(&resp);
+                    self.metrics
+                        .request_duration
+                        .get_or_create(&[("kind", kind)])
+                        .observe(latency.as_secs_f64());
+                    self.metrics
+                        .requests
+                        .get_or_create(&[("kind", kind), ("outcome", "ok")])
+                        .inc();
+                    if let Some(reply) = self.pending.remove(&req_id) {
+                        let _ = reply.send(Ok((peer, resp)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn process_actions(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(a) = self.sm.poll_action() {
+                progressed = true;
+                self.on_sm_action(a);
+            }
+            while let Some(a) = self.rm.poll_action() {
+                progressed = true;
+                self.on_rm_action(a);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn on_sm_action(&mut self, a: SmAction<PeerId>) {
+        let now = Instant::now();
+        match a {
+            SmAction::Discover => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .inner
+                    .kbuckets()
+                    .next()
+                    .is_none()
+                {
+                    self.seed_bootnodes(now);
+                }
+                for (peer, _) in self.bootnodes.clone() {
+                    if peer != self.local {
+                        self.sm.handle(SmEvent::Discovered(peer), now);
+                    }
+                }
+                let q = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .inner
+                    .get_closest_peers(PeerId::random());
+                self.discovery_query = Some(q);
+            }
+            SmAction::Dial(peer) => {
+                self.counters.started += 1;
+                if !self.dial(peer, now) {
+                    self.sm.handle(SmEvent::DialFailed(peer), now);
+                }
+            }
+            SmAction::OpenStream(peer) => {
+                if !self.conns.contains_key(&peer) {
+                    self.counters.started += 1;
+                }
+                let id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
+                let (ctx, tx, mut control, proto) = (
+                    self.ctx.clone(),
+                    self.session_tx.clone(),
+                    self.control.clone(),
+                    self.protocol.clone(),
+                );
+                tokio::spawn(async move {
+                    let open =
+                        tokio::time::timeout(ctx.setup_timeout, control.open_stream(peer, proto))
+                            .await;
+                    match open {
+                        Ok(Ok(stream)) => session::run(ctx, peer, id, stream, true, tx).await,
+                        _ => {
+                            let _ = tx
+                                .send(SessionEvent::SetupFailed {
+                                    peer,
+                                    id,
+                                    outbound: true,
+                                    why: SetupError::Open,
+                                })
+                                .await;
+                        }
+                    }
+                });
+            }
+            SmAction::Use(peer, id) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.in_use = true;
+                    let pace = (
+                        self.ctx.limits.peer_cost_per_sec,
+                        self.ctx.limits.peer_burst,
+                    );
+                    self.rm.add_stream(peer, Some(pace), now);
+                } else {
+                    // The session ended between Ready and Use.
+                    self.sm.handle(
+                        SmEvent::StreamClosed(peer, id, RemovalReason::StreamError),
+                        now,
+                    );
+                }
+            }
+            SmAction::Reset(peer, id, reason) => {
+                self.metrics
+                    .resets
+                    .get_or_create(&[("reason", reset_label(reason))])
+                    .inc();
+                if let Some(s) = self.sessions.remove(&id)
+                    && s.in_use
+                {
+                    self.rm.remove_stream(&peer, now);
+                }
+            }
+            SmAction::Report(r) => self.on_report(r),
+        }
+    }
+
+    fn on_report(&mut self, r: Report) {
+        let m = &self.metrics;
+        match r {
+            Report::SetupSucceeded => {
+                self.counters.succeeded += 1;
+                m.setups.get_or_create(&[("outcome", "ok")]).inc();
+            }
+            Report::SetupFailed(why) => {
+                self.counters.failed += 1;
+                let label = match why {
+                    streams::SetupFailure::Dial => "dial",
+                    streams::SetupFailure::Open => "open",
+                    streams::SetupFailure::Timeout => "timeout",
+                    streams::SetupFailure::Disconnected => "disconnected",
+                };
+                m.setups.get_or_create(&[("outcome", label)]).inc();
+            }
+            Report::Removed(why) => {
+                self.counters.removed += 1;
+                let label = match why {
+                    RemovalReason::StreamError => "stream_error",
+                    RemovalReason::Disconnected => "disconnected",
+                    RemovalReason::Conflict => "conflict",
+                    RemovalReason::Penalised => "penalised",
+                };
+                m.removals.get_or_create(&[("reason", label)]).inc();
+            }
+            Report::DiscoveryRound { productive } => {
+                self.counters.discovery_rounds += 1;
+                let label = if productive {
+                    "productive"
+                } else {
+                    "unproductive"
+                };
+                m.discovery_rounds
+                    .get_or_create(&[("outcome", label)])
+                    .inc();
+            }
+            Report::PeerFound => {
+                m.peers_found.inc();
+            }
+        }
+    }
+
+    fn on_rm_action(&mut self, a: ReqAction<PeerId, Request>) {
+        let now = Instant::now();
+        match a {
+            ReqAction::Send { id, peer, req } => {
+                let sent = self
+                    .sessions
+                    .values()
+                    .find(|s| s.peer == peer && s.in_use)
+                    .map(|s| {
+                        wire::encode(&Message::Request { id, req }, self.ctx.max_frame)
+                            .map(|f| s.tx.try_send(f).is_ok())
+                            .unwrap_or(false)
+                    })
+                    .unwrap_or(false);
+                if !sent {
+                    self.rm.on_failure(id, &peer, FailKind::Transport, now);
+                }
+            }
+            ReqAction::Abandon { .. } => {
+                self.metrics
+                    .requests
+                    .get_or_create(&[("kind", "any"), ("outcome", "timeout")])
+                    .inc();
+            }
+            ReqAction::Failed { id, why, .. } => {
+                if let Some(reply) = self.pending.remove(&id) {
+                    let _ = reply.send(Err(RequestError::GaveUp(why)));
+                }
+            }
+            ReqAction::Penalise(peer) => {
+                let ids: Vec<u64> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.peer == peer)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    if let Some(s) = self.sessions.remove(&id) {
+                        if s.in_use {
+                            self.rm.remove_stream(&peer, now);
+                        }
+                        self.sm.handle(
+                            SmEvent::StreamClosed(peer, id, RemovalReason::Penalised),
+                            now,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let now = Instant::now();
+        let stats = self.sm.stats(now);
+        let m = &self.metrics;
+        m.streams.set(stats.streams as i64);
+        m.cooldowns_active.set(stats.cooldowns_active as i64);
+        m.failed_peers_cached.set(stats.failed_cached as i64);
+        m.candidates.set(stats.candidates as i64);
+        m.requests_in_flight.set(self.rm.in_flight() as i64);
+        m.requests_queued.set(self.rm.queued() as i64);
+        let mut stream_peers: Vec<PeerId> = self.sm.streams().map(|(p, _)| *p).collect();
+        stream_peers.sort();
+        let best_peer_height = self
+            .sessions
+            .values()
+            .filter(|s| s.in_use)
+            .map(|s| s.head_height)
+            .max()
+            .unwrap_or(0);
+        let state = NetState {
+            listen_addrs: self.listen_addrs.clone(),
+            stream_peers,
+            connections: self.conns.values().map(Vec::len).sum(),
+            stats,
+            counters: self.counters,
+            ready_for_sync: self.sm.ready_for_sync(),
+            best_peer_height,
+        };
+        self.state_tx.send_if_modified(|s| {
+            if *s != state {
+                *s = state;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+fn reset_label(r: streams::ResetReason) -> &'static str {
+    match r {
+        streams::ResetReason::Full => "full",
+        streams::ResetReason::Duplicate => "duplicate",
+        streams::ResetReason::Cooldown => "cooldown",
+        streams::ResetReason::Conflict => "conflict",
+    }
+}
+
+fn response_kind(r: &Response) -> &'static str {
+    match r {
+        Response::Status(_) => "status",
+        Response::BlockHashes(_) => "block_hashes",
+        Response::Blocks(_) => "blocks",
+        Response::Error(_) => "error",
+    }
+}
+
+impl ErrorReply {
+    /// Closed set of label values for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ErrorReply::RateLimited { .. } => "rate_limited",
+            ErrorReply::TooLarge => "too_large",
+            ErrorReply::NotFound => "not_found",
+            ErrorReply::Invalid => "invalid",
+            ErrorReply::Shutdown => "shutdown",
+        }
+    }
+}

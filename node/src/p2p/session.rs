@@ -1,0 +1,412 @@
+//! One sync stream: handshake, then full duplex. Each side first sends `Response{id: 0, Status}`
+//! and expects the peer's; the status must name our genesis and carry a head the producer signed.
+//! After that, a reader loop dispatches frames (requests are served concurrently, bounded per
+//! stream; responses go to the driver) and a writer drains a bounded queue of encoded frames.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::PeerId;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::chain::ChainSpec;
+use crate::metrics::P2pMetrics;
+use crate::ratelimit::ServerLimiter;
+use crate::store::Store;
+use crate::wire::{
+    self, CodecError, ErrorReply, FrameDecoder, Limits, MAX_HASHES_PER_REQUEST, Message, Request,
+    Response, Status,
+};
+
+/// Frames queued for writing on one stream before senders wait.
+const WRITE_QUEUE: usize = 64;
+/// Requests from one peer served concurrently on one stream.
+const SERVE_CONCURRENCY: usize = 8;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What a session needs from the node; shared by all sessions.
+pub struct SessionCtx {
+    pub spec: ChainSpec,
+    pub store: Arc<Store>,
+    pub limiter: ServerLimiter<PeerId>,
+    pub limits: Limits,
+    pub max_frame: usize,
+    pub metrics: P2pMetrics,
+    pub setup_timeout: Duration,
+    /// Probability (f64 bits) that our outbound setup fails on purpose (fault injection).
+    pub setup_failure_rate: AtomicU64,
+    pub shutting_down: AtomicBool,
+}
+
+impl SessionCtx {
+    pub fn status(&self) -> Status {
+        let head = self.store.head();
+        Status {
+            genesis: self.spec.genesis_hash(),
+            head: head.header,
+            head_signature: head.signature,
+            limits: self.limits,
+        }
+    }
+
+    pub fn set_setup_failure_rate(&self, p: f64) {
+        self.setup_failure_rate
+            .store(p.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+    }
+
+    fn setup_failure_rate(&self) -> f64 {
+        f64::from_bits(self.setup_failure_rate.load(Ordering::Relaxed))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetupError {
+    Open,
+    Timeout,
+    Io,
+    Malformed,
+    /// The peer's genesis is not ours: another network.
+    WrongNetwork,
+    /// The peer's head signature does not verify.
+    BadHead,
+    /// Fault injection.
+    Injected,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    Eof,
+    Io,
+    /// Oversize or undecodable frame: the peer is penalised.
+    Malformed,
+}
+
+#[derive(Debug)]
+pub enum SessionEvent {
+    Ready {
+        peer: PeerId,
+        id: u64,
+        outbound: bool,
+        status: Status,
+        tx: mpsc::Sender<Vec<u8>>,
+        /// Dropping (or firing) this closes the session.
+        close: oneshot::Sender<()>,
+    },
+    SetupFailed {
+        peer: PeerId,
+        id: u64,
+        outbound: bool,
+        why: SetupError,
+    },
+    Response {
+        peer: PeerId,
+        id: u64,
+        req_id: wire::RequestId,
+        resp: Response,
+    },
+    Closed {
+        peer: PeerId,
+        id: u64,
+        why: CloseReason,
+    },
+}
+
+enum ReadError {
+    Eof,
+    Io,
+    Codec(CodecError),
+}
+
+/// Reads until the decoder yields a message. Cancel-safe: bytes are fed as soon as they are read.
+async fn read_message<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    dec: &mut FrameDecoder,
+    buf: &mut [u8],
+    metrics: &P2pMetrics,
+) -> Result<Message, ReadError> {
+    loop {
+        if let Some(m) = dec.next_message().map_err(ReadError::Codec)? {
+            return Ok(m);
+        }
+        let want = dec.wanted().clamp(1, buf.len());
+        let n = rd.read(&mut buf[..want]).await.map_err(|_| ReadError::Io)?;
+        if n == 0 {
+            return Err(ReadError::Eof);
+        }
+        metrics
+            .bytes
+            .get_or_create(&[("protocol", "sync"), ("direction", "in")])
+            .inc_by(n as u64);
+        dec.feed(&buf[..n]);
+    }
+}
+
+fn codec_label(e: &CodecError) -> &'static str {
+    match e {
+        CodecError::Oversize { .. } => "oversize",
+        CodecError::Decode(_) => "decode",
+        CodecError::Trailing(_) => "trailing",
+        CodecError::Poisoned => "poisoned",
+    }
+}
+
+/// Runs one stream from handshake to close, reporting to the driver through `events`.
+pub async fn run<S>(
+    ctx: Arc<SessionCtx>,
+    peer: PeerId,
+    id: u64,
+    stream: S,
+    outbound: bool,
+    events: mpsc::Sender<SessionEvent>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = stream.split();
+    let mut dec = FrameDecoder::new(ctx.max_frame);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let fail = |why| SessionEvent::SetupFailed {
+        peer,
+        id,
+        outbound,
+        why,
+    };
+
+    // Handshake.
+    let hello = Message::Response {
+        id: 0,
+        resp: Response::Status(ctx.status()),
+    };
+    let handshake = async {
+        let frame = wire::encode(&hello, ctx.max_frame).map_err(|_| SetupError::Malformed)?;
+        wr.write_all(&frame).await.map_err(|_| SetupError::Io)?;
+        wr.flush().await.map_err(|_| SetupError::Io)?;
+        match read_message(&mut rd, &mut dec, &mut buf, &ctx.metrics).await {
+            Ok(Message::Response {
+                id: 0,
+                resp: Response::Status(s),
+            }) => Ok(s),
+            Ok(_) | Err(ReadError::Codec(_)) => Err(SetupError::Malformed),
+            Err(_) => Err(SetupError::Io),
+        }
+    };
+    let status = match tokio::time::timeout(ctx.setup_timeout, handshake).await {
+        Err(_) => return drop(events.send(fail(SetupError::Timeout)).await),
+        Ok(Err(e)) => return drop(events.send(fail(e)).await),
+        Ok(Ok(s)) => s,
+    };
+    if status.genesis != ctx.spec.genesis_hash() {
+        return drop(events.send(fail(SetupError::WrongNetwork)).await);
+    }
+    if ctx
+        .spec
+        .verify_head(&status.head, &status.head_signature)
+        .is_err()
+    {
+        return drop(events.send(fail(SetupError::BadHead)).await);
+    }
+    if outbound {
+        let p = ctx.setup_failure_rate();
+        if p > 0.0 && rand::random::<f64>() < p {
+            ctx.metrics
+                .faults_injected
+                .get_or_create(&[("kind", "setup_failure")])
+                .inc();
+            return drop(events.send(fail(SetupError::Injected)).await);
+        }
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let (close, closed) = oneshot::channel();
+    let ready = SessionEvent::Ready {
+        peer,
+        id,
+        outbound,
+        status,
+        tx: tx.clone(),
+        close,
+    };
+    if events.send(ready).await.is_err() {
+        return;
+    }
+
+    let metrics = ctx.metrics.clone();
+    let writer = async move {
+        while let Some(frame) = rx.recv().await {
+            wr.write_all(&frame).await?;
+            let mut n = frame.len();
+            // Drain what is queued before one flush.
+            while let Ok(more) = rx.try_recv() {
+                wr.write_all(&more).await?;
+                n += more.len();
+            }
+            wr.flush().await?;
+            metrics
+                .bytes
+                .get_or_create(&[("protocol", "sync"), ("direction", "out")])
+                .inc_by(n as u64);
+        }
+        wr.close().await
+    };
+    let serving = Arc::new(Semaphore::new(SERVE_CONCURRENCY));
+    let reader = async {
+        loop {
+            match read_message(&mut rd, &mut dec, &mut buf, &ctx.metrics).await {
+                Ok(Message::Request { id: req_id, req }) => {
+                    let permit = serving.clone().acquire_owned().await.expect("never closed");
+                    let (ctx, tx) = (ctx.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let resp = serve(&ctx, &peer, req).await;
+                        let msg = Message::Response { id: req_id, resp };
+                        let frame = wire::encode(&msg, ctx.max_frame).unwrap_or_else(|_| {
+                            let e = Message::Response {
+                                id: req_id,
+                                resp: Response::Error(ErrorReply::TooLarge),
+                            };
+                            wire::encode(&e, ctx.max_frame).expect("tiny")
+                        });
+                        let _ = tx.send(frame).await;
+                        drop(permit);
+                    });
+                }
+                Ok(Message::Response { id: req_id, resp }) => {
+                    let ev = SessionEvent::Response {
+                        peer,
+                        id,
+                        req_id,
+                        resp,
+                    };
+                    if events.send(ev).await.is_err() {
+                        return CloseReason::Eof;
+                    }
+                }
+                Err(ReadError::Eof) => return CloseReason::Eof,
+                Err(ReadError::Io) => return CloseReason::Io,
+                Err(ReadError::Codec(e)) => {
+                    ctx.metrics
+                        .frame_errors
+                        .get_or_create(&[("reason", codec_label(&e))])
+                        .inc();
+                    tracing::debug!(%peer, "malformed frame: {e}");
+                    return CloseReason::Malformed;
+                }
+            }
+        }
+    };
+    let why = tokio::select! {
+        r = reader => r,
+        r = writer => if r.is_ok() { CloseReason::Eof } else { CloseReason::Io },
+        // The driver dropped the session: it no longer exists there, so report nothing.
+        _ = closed => return,
+    };
+    let _ = events.send(SessionEvent::Closed { peer, id, why }).await;
+}
+
+/// Answers one request from the store, after the rate limiter.
+async fn serve(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Response {
+    let kind = match req.kind() {
+        wire::RequestKind::Status => "status",
+        wire::RequestKind::BlockHashes => "block_hashes",
+        wire::RequestKind::BlocksByRange => "blocks_by_range",
+        wire::RequestKind::BlocksByHashes => "blocks_by_hashes",
+    };
+    let resp = serve_inner(ctx, peer, req).await;
+    let outcome = match &resp {
+        Response::Error(ErrorReply::RateLimited { .. }) => {
+            ctx.metrics
+                .rate_limited
+                .get_or_create(&[("direction", "sent")])
+                .inc();
+            "rate_limited"
+        }
+        Response::Error(_) => "error",
+        _ => "ok",
+    };
+    ctx.metrics
+        .served
+        .get_or_create(&[("kind", kind), ("outcome", outcome)])
+        .inc();
+    resp
+}
+
+async fn serve_inner(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Response {
+    if ctx.shutting_down.load(Ordering::Relaxed) {
+        return Response::Error(ErrorReply::Shutdown);
+    }
+    let limits = ctx.limits;
+    let too_large = match &req {
+        Request::Status => false,
+        Request::GetBlockHashes { count, .. } => *count > MAX_HASHES_PER_REQUEST,
+        Request::GetBlocksByRange { count, .. } => *count > limits.max_blocks_per_request,
+        Request::GetBlocksByHashes { hashes } => {
+            hashes.len() > limits.max_blocks_per_request.min(MAX_HASHES_PER_REQUEST) as usize
+        }
+    };
+    if too_large {
+        return Response::Error(ErrorReply::TooLarge);
+    }
+    if let Err(e) = ctx.limiter.check(peer, req.cost()) {
+        return Response::Error(e);
+    }
+    if let Request::Status = req {
+        return Response::Status(ctx.status());
+    }
+    let c = ctx.clone();
+    let r = tokio::task::spawn_blocking(move || -> Result<Response, crate::store::StoreError> {
+        let head = c.store.head().height;
+        let max_bytes = c.limits.max_bytes_per_response as usize;
+        Ok(match req {
+            Request::Status => unreachable!("answered above"),
+            Request::GetBlockHashes { from, count } => {
+                if from > head {
+                    Response::Error(ErrorReply::NotFound)
+                } else {
+                    Response::BlockHashes(c.store.hashes(from, count as u64)?)
+                }
+            }
+            Request::GetBlocksByRange {
+                from,
+                count,
+                max_bytes: asked,
+            } => {
+                if from > head || count == 0 {
+                    Response::Error(ErrorReply::NotFound)
+                } else {
+                    let cap = max_bytes.min(asked as usize);
+                    Response::Blocks(c.store.block_bytes_range(from, count, cap)?)
+                }
+            }
+            Request::GetBlocksByHashes { hashes } => {
+                let mut out = Vec::new();
+                let mut total = 0;
+                for h in hashes {
+                    let Some(height) = c.store.height_of(&h)? else {
+                        continue;
+                    };
+                    if let Some(b) = c.store.block_bytes(height)? {
+                        if !out.is_empty() && total + b.len() > max_bytes {
+                            break;
+                        }
+                        total += b.len();
+                        out.push(b.into());
+                    }
+                }
+                if out.is_empty() {
+                    Response::Error(ErrorReply::NotFound)
+                } else {
+                    Response::Blocks(out)
+                }
+            }
+        })
+    })
+    .await;
+    match r {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            tracing::warn!("serving a sync request: {e}");
+            Response::Error(ErrorReply::NotFound)
+        }
+        Err(_) => Response::Error(ErrorReply::Shutdown),
+    }
+}

@@ -1,0 +1,546 @@
+//! Real libp2p swarms on 127.0.0.1, in one process. Every wait is bounded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{Multiaddr, PeerId};
+use syncnet_node::chain::ChainSpec;
+use syncnet_node::config::PayloadSize;
+use syncnet_node::keys;
+use syncnet_node::metrics::P2pMetrics;
+use syncnet_node::p2p::{self, P2pConfig, P2pHandle};
+use syncnet_node::producer::{Producer, generate_chain};
+use syncnet_node::ratelimit::RateLimitConfig;
+use syncnet_node::store::Store;
+use syncnet_node::streams::StreamConfig;
+use syncnet_node::wire::{self, ErrorReply, Message, Request, Response};
+
+struct Net {
+    spec: ChainSpec,
+    producer: Producer,
+}
+
+impl Net {
+    fn new(id: &str) -> Net {
+        let key = keys::generate();
+        let spec = ChainSpec::new(id, &keys::public_key(&key), 1_700_000_000_000).unwrap();
+        Net {
+            spec,
+            producer: Producer::new(key, PayloadSize::fixed(16 * 1024), 1),
+        }
+    }
+}
+
+struct Node {
+    h: P2pHandle,
+    addr: Multiaddr,
+    metrics: P2pMetrics,
+    _store: Arc<Store>,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn id(&self) -> PeerId {
+        self.h.local_peer_id
+    }
+}
+
+async fn start(net: &Net, cfg: P2pConfig, blocks: u64) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open_or_init(&dir.path().join("chain.redb"), &net.spec).unwrap());
+    if blocks > 0 {
+        generate_chain(&store, &net.spec, &net.producer, blocks, 256, 1000, |_| {}).unwrap();
+    }
+    let metrics = P2pMetrics::default();
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let h = p2p::spawn(cfg, key, net.spec.clone(), store.clone(), metrics.clone())
+        .await
+        .unwrap();
+    let s = h
+        .wait_for(Duration::from_secs(10), |s| !s.listen_addrs.is_empty())
+        .await
+        .unwrap();
+    let addr = format!("{}/p2p/{}", s.listen_addrs[0], h.local_peer_id)
+        .parse()
+        .unwrap();
+    Node {
+        h,
+        addr,
+        metrics,
+        _store: store,
+        _dir: dir,
+    }
+}
+
+fn streams_cfg() -> StreamConfig {
+    StreamConfig {
+        hard_low: 1,
+        soft_low: 2,
+        high: 4,
+        discovery_interval: Duration::from_secs(1),
+        discovery_backoff_max: Duration::from_secs(8),
+        discovery_round_timeout: Duration::from_secs(5),
+        setup_timeout: Duration::from_secs(5),
+        max_concurrent_setups: 4,
+        failed_peer_ttl: Duration::from_secs(10),
+        removal_cooldown_base: Duration::from_secs(1),
+        removal_cooldown_max: Duration::from_secs(30),
+        ..StreamConfig::default()
+    }
+}
+
+fn cfg(bootnodes: Vec<Multiaddr>) -> P2pConfig {
+    P2pConfig {
+        bootnodes,
+        streams: streams_cfg(),
+        ..P2pConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_discover_each_other_from_one_bootnode_and_settle() {
+    let net = Net::new("testnet");
+    let boot = start(&net, cfg(vec![]), 0).await;
+    let mut nodes = vec![];
+    for _ in 0..4 {
+        nodes.push(start(&net, cfg(vec![boot.addr.clone()]), 0).await);
+    }
+    nodes.push(boot);
+    let c = streams_cfg();
+    for (i, n) in nodes.iter().enumerate() {
+        let s =
+            n.h.wait_for(Duration::from_secs(60), |s| {
+                (c.soft_low..=c.high).contains(&s.stream_peers.len())
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} did not settle: {:?}", n.h.state()));
+        assert!(s.ready_for_sync);
+    }
+    // Non-bootnodes needed at least one peer besides the bootnode to reach soft_low: discovery works.
+    let boot_id = nodes[4].id();
+    for n in &nodes[..4] {
+        let s = n.h.state();
+        assert!(s.stream_peers.iter().any(|p| *p != boot_id), "{s:?}");
+    }
+    // Streams are symmetric: if a holds one with b, b holds one with a.
+    let ids: Vec<PeerId> = nodes.iter().map(Node::id).collect();
+    let wait = Instant::now() + Duration::from_secs(20);
+    loop {
+        let states: Vec<_> = nodes.iter().map(|n| n.h.state()).collect();
+        let symmetric = states.iter().enumerate().all(|(i, s)| {
+            s.stream_peers.iter().all(|p| {
+                let j = ids.iter().position(|x| x == p).unwrap();
+                states[j].stream_peers.contains(&ids[i])
+            })
+        });
+        let bounded = states
+            .iter()
+            .all(|s| (c.soft_low..=c.high).contains(&s.stream_peers.len()));
+        if symmetric && bounded {
+            break;
+        }
+        assert!(
+            Instant::now() < wait,
+            "streams never became symmetric and bounded: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_dials_always_end_with_one_connection_and_one_stream() {
+    let net = Net::new("testnet");
+    let mut c = cfg(vec![]);
+    c.streams.soft_low = 1;
+    c.streams.hard_low = 1;
+    for round in 0..50 {
+        let a = start(&net, c.clone(), 0).await;
+        let b = start(&net, c.clone(), 0).await;
+        tokio::join!(a.h.dial(b.addr.clone()), b.h.dial(a.addr.clone()));
+        let one = |me: &Node, other: PeerId| {
+            let h = me.h.clone();
+            async move {
+                h.wait_for(Duration::from_secs(15), |s| {
+                    s.stream_peers == [other] && s.connections == 1
+                })
+                .await
+            }
+        };
+        let (sa, sb) = tokio::join!(one(&a, b.id()), one(&b, a.id()));
+        assert!(
+            sa.is_some() && sb.is_some(),
+            "round {round}: a={:?} b={:?}",
+            a.h.state(),
+            b.h.state()
+        );
+        a.h.shutdown().await;
+        b.h.shutdown().await;
+    }
+}
+
+fn counter(
+    m: &prometheus_client::metrics::family::Family<
+        [(&'static str, &'static str); 1],
+        prometheus_client::metrics::counter::Counter,
+    >,
+    label: (&'static str, &'static str),
+) -> u64 {
+    m.get_or_create(&[label]).get()
+}
+
+/// Setups (successful or not) over 60 s with discovery forced every second and 20% of setups failing.
+/// Documented bound (docs/protocol.md): at most 20 setups per node per minute for the fixed stream
+/// manager; the storm canary must exceed 10x that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_discovery_with_failures_stays_bounded_while_storm_canary_explodes() {
+    const NODES: usize = 4;
+    const BOUND_PER_NODE: u64 = 20;
+    async fn network(net: &Net, storm: bool) -> Vec<Node> {
+        let mut c = cfg(vec![]);
+        c.streams.forced_discovery = Some(Duration::from_secs(1));
+        c.streams.storm_canary = storm;
+        let boot = start(net, c.clone(), 0).await;
+        c.bootnodes = vec![boot.addr.clone()];
+        let mut nodes = vec![boot];
+        for _ in 1..NODES {
+            nodes.push(start(net, c.clone(), 0).await);
+        }
+        for n in &nodes {
+            n.h.set_setup_failure_rate(0.2);
+        }
+        nodes
+    }
+    let setups = |nodes: &[Node]| -> u64 {
+        nodes
+            .iter()
+            .map(|n| n.h.state().counters.succeeded + n.h.state().counters.failed)
+            .sum()
+    };
+    let net = Net::new("testnet");
+    let fixed = network(&net, false).await;
+    let storm_net = Net::new("stormnet");
+    let storm = network(&storm_net, true).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let (f, s) = (setups(&fixed), setups(&storm));
+    let injected: u64 = fixed
+        .iter()
+        .map(|n| counter(&n.metrics.faults_injected, ("kind", "setup_failure")))
+        .sum();
+    eprintln!("setups in 60 s: fixed {f}, storm {s}; injected failures (fixed) {injected}");
+    assert!(f > 0, "the fixed network made no setups at all");
+    assert!(
+        f <= BOUND_PER_NODE * NODES as u64,
+        "fixed network: {f} setups in 60 s"
+    );
+    assert!(
+        s >= 10 * BOUND_PER_NODE * NODES as u64,
+        "storm canary made only {s} setups"
+    );
+    for n in &fixed {
+        assert!(
+            n.h.state().stream_peers.len() >= 1,
+            "fixed node without streams: {:?}",
+            n.h.state()
+        );
+    }
+    for n in fixed.iter().chain(&storm) {
+        n.h.shutdown().await;
+    }
+}
+
+async fn connect_pair(a: &Node, b: &Node) {
+    a.h.dial(b.addr.clone()).await;
+    let bid = b.id();
+    a.h.wait_for(Duration::from_secs(15), |s| s.stream_peers.contains(&bid))
+        .await
+        .expect("stream up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_answers_status_and_block_requests_from_its_store() {
+    let net = Net::new("testnet");
+    let server = start(&net, cfg(vec![]), 300).await;
+    let client = start(&net, cfg(vec![]), 0).await;
+    connect_pair(&client, &server).await;
+
+    let (from, resp) = client.h.request(Request::Status, None).await.unwrap();
+    assert_eq!(from, server.id());
+    let Response::Status(st) = resp else {
+        panic!("{resp:?}")
+    };
+    assert_eq!(st.head.height, 300);
+    assert_eq!(st.genesis, net.spec.genesis_hash());
+    assert!(net.spec.verify_head(&st.head, &st.head_signature).is_ok());
+
+    let (_, resp) = client
+        .h
+        .request(Request::GetBlockHashes { from: 1, count: 10 }, None)
+        .await
+        .unwrap();
+    let Response::BlockHashes(hashes) = resp else {
+        panic!()
+    };
+    assert_eq!(hashes.len(), 10);
+
+    let req = Request::GetBlocksByRange {
+        from: 1,
+        count: 50,
+        max_bytes: 4 << 20,
+    };
+    let (_, resp) = client.h.request(req, None).await.unwrap();
+    let Response::Blocks(raw) = resp else {
+        panic!()
+    };
+    assert_eq!(raw.len(), 50);
+    let blocks: Vec<syncnet_node::chain::Block> = raw
+        .iter()
+        .map(|b| postcard::from_bytes(b).unwrap())
+        .collect();
+    assert_eq!(blocks[0].hash(), hashes[0]);
+    let verified = net
+        .spec
+        .verify_chain(&net.spec.genesis().header, blocks)
+        .unwrap();
+    assert_eq!(verified.len(), 50);
+
+    // The byte cap of the request is honoured (but at least one block comes back).
+    let req = Request::GetBlocksByRange {
+        from: 1,
+        count: 50,
+        max_bytes: 40 * 1024,
+    };
+    let Response::Blocks(raw) = client.h.request(req, None).await.unwrap().1 else {
+        panic!()
+    };
+    assert_eq!(raw.len(), 2);
+
+    let req = Request::GetBlocksByHashes {
+        hashes: vec![hashes[3], hashes[7], syncnet_node::chain::H256([9; 32])],
+    };
+    let Response::Blocks(raw) = client.h.request(req, None).await.unwrap().1 else {
+        panic!()
+    };
+    assert_eq!(raw.len(), 2);
+
+    // Beyond the head: NotFound; too many: TooLarge (explicit errors, via the direct path).
+    let r = client
+        .h
+        .request_direct(
+            server.id(),
+            Request::GetBlocksByRange {
+                from: 301,
+                count: 1,
+                max_bytes: 1 << 20,
+            },
+        )
+        .await;
+    assert_eq!(r, Ok(Response::Error(ErrorReply::NotFound)));
+    let r = client
+        .h
+        .request_direct(
+            server.id(),
+            Request::GetBlocksByRange {
+                from: 1,
+                count: 100_000,
+                max_bytes: 1 << 20,
+            },
+        )
+        .await;
+    assert_eq!(r, Ok(Response::Error(ErrorReply::TooLarge)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooding_client_is_rate_limited_and_polite_client_keeps_its_latency() {
+    let net = Net::new("testnet");
+    let mut scfg = cfg(vec![]);
+    scfg.streams.high = 8;
+    scfg.rate_limit = RateLimitConfig {
+        peer_cost_per_sec: 1_000,
+        peer_burst: 200,
+        global_cost_per_sec: 20_000,
+        global_burst: 4_000,
+    };
+    let server = start(&net, scfg, 512).await;
+    let polite = start(&net, cfg(vec![]), 0).await;
+    let flooder = start(&net, cfg(vec![]), 0).await;
+    connect_pair(&polite, &server).await;
+    connect_pair(&flooder, &server).await;
+
+    // 32 blocks of 16 KiB per request (cost 33), 4 per second: well under the polite peer's budget.
+    let measure = |h: P2pHandle| async move {
+        let mut lat = vec![];
+        for i in 0..24u64 {
+            let t = Instant::now();
+            let req = Request::GetBlocksByRange {
+                from: 1 + (i * 32) % 480,
+                count: 32,
+                max_bytes: 8 << 20,
+            };
+            let (_, r) = h.request(req, None).await.unwrap();
+            assert!(
+                matches!(r, Response::Blocks(ref b) if b.len() == 32),
+                "{r:?}"
+            );
+            lat.push(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        lat.sort();
+        lat[lat.len() / 2]
+    };
+    let baseline = measure(polite.h.clone()).await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = vec![];
+    for _ in 0..8 {
+        let (h, stop, sid) = (flooder.h.clone(), stop.clone(), server.id());
+        flood.push(tokio::spawn(async move {
+            let (mut limited, mut served) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let req = Request::GetBlocksByRange {
+                    from: 1,
+                    count: 64,
+                    max_bytes: 8 << 20,
+                };
+                match h.request_direct(sid, req).await {
+                    Ok(Response::Error(ErrorReply::RateLimited { .. })) => limited += 1,
+                    Ok(Response::Blocks(_)) => served += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+            (limited, served)
+        }));
+    }
+    let loaded = measure(polite.h.clone()).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut limited, mut served) = (0, 0);
+    for f in flood {
+        let (l, s) = f.await.unwrap();
+        limited += l;
+        served += s;
+    }
+    eprintln!(
+        "baseline p50 {baseline:?}, under flood p50 {loaded:?}; flooder: {limited} limited, {served} served"
+    );
+    assert!(
+        limited > 10 * served.max(1),
+        "flooder was not limited: {limited} limited, {served} served"
+    );
+    assert!(
+        loaded <= baseline * 2,
+        "polite latency {loaded:?} vs baseline {baseline:?}"
+    );
+    let sent = server
+        .metrics
+        .rate_limited
+        .get_or_create(&[("direction", "sent")])
+        .get();
+    assert_eq!(sent, limited);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_of_another_network_are_refused() {
+    let a_net = Net::new("alpha");
+    let b_net = Net::new("beta");
+    let a = start(&a_net, cfg(vec![]), 0).await;
+    let b = start(&b_net, cfg(vec![]), 0).await;
+    b.h.dial(a.addr.clone()).await;
+    let refused = tokio::time::timeout(Duration::from_secs(15), async {
+        while a.metrics.foreign_peers.get() + b.metrics.foreign_peers.get() == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "nobody noticed the foreign peer");
+    let none =
+        a.h.wait_for(Duration::from_secs(10), |s| s.connections == 0)
+            .await;
+    assert!(none.is_some(), "{:?}", a.h.state());
+    assert!(a.h.state().stream_peers.is_empty() && b.h.state().stream_peers.is_empty());
+}
+
+/// A raw client: completes the handshake, then sends an oversize frame. The server must reset the
+/// stream, count the frame error and remove the peer's stream as penalised, without panicking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_frame_resets_the_stream_and_penalises() {
+    let net = Net::new("testnet");
+    let server = start(&net, cfg(vec![]), 5).await;
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            Default::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .build();
+    let mut control = swarm.behaviour().new_control();
+    swarm.dial(server.addr.clone()).unwrap();
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(10),
+        control.open_stream(server.id(), p2p::sync_protocol("testnet")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let g = net.spec.genesis();
+    let hello = Message::Response {
+        id: 0,
+        resp: Response::Status(wire::Status {
+            genesis: net.spec.genesis_hash(),
+            head: g.header.clone(),
+            head_signature: g.signature,
+            limits: wire::Limits {
+                max_blocks_per_request: 1,
+                max_bytes_per_response: 1,
+                peer_cost_per_sec: 1,
+                peer_burst: 1,
+            },
+        }),
+    };
+    s.write_all(&wire::encode(&hello, 1 << 20).unwrap())
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    let sid = PeerId::random();
+    let _ = sid;
+    server
+        .h
+        .wait_for(Duration::from_secs(10), |st| st.stream_peers.len() == 1)
+        .await
+        .expect("accepted");
+    s.write_all(&(u32::MAX).to_le_bytes()).await.unwrap();
+    s.flush().await.unwrap();
+    // The server closes: our reads end (after its hello) within the bound.
+    let mut sink = vec![];
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await;
+    assert!(r.is_ok(), "stream was not closed by the server");
+    server
+        .h
+        .wait_for(Duration::from_secs(10), |st| st.stream_peers.is_empty())
+        .await
+        .expect("removed");
+    assert_eq!(
+        server
+            .metrics
+            .frame_errors
+            .get_or_create(&[("reason", "oversize")])
+            .get(),
+        1
+    );
+    assert_eq!(
+        server
+            .metrics
+            .removals
+            .get_or_create(&[("reason", "penalised")])
+            .get(),
+        1
+    );
+}
