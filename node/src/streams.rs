@@ -25,6 +25,9 @@ use serde::{Deserialize, Serialize};
 
 pub type StreamId = u64;
 
+/// Storm canary only: the delay that stands in for the original discovery RPC's latency.
+pub const STORM_REDISCOVERY: Duration = Duration::from_millis(100);
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamConfig {
@@ -173,6 +176,8 @@ pub enum SetupFailure {
     Open,
     Timeout,
     Disconnected,
+    /// The stream came up but was reset at once (duplicate, full, cooldown, storm conflict).
+    Refused,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -456,10 +461,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
         self.setups.remove(&p);
         if self.doomed.remove(&p) {
             // Storm canary: the inbound one collided with this; both die, like the original bug.
-            self.actions
-                .push_back(Action::Reset(p.clone(), id, ResetReason::Conflict));
-            self.actions
-                .push_back(Action::Report(Report::SetupFailed(SetupFailure::Open)));
+            self.refuse(p.clone(), id, ResetReason::Conflict);
             self.removal_side_effects(p, now);
             return;
         }
@@ -476,13 +478,11 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
                     ResetReason::Duplicate,
                 ));
             } else {
-                self.actions
-                    .push_back(Action::Reset(p, id, ResetReason::Duplicate));
+                self.refuse(p, id, ResetReason::Duplicate);
                 return;
             }
         } else if self.streams.len() >= self.cfg.high {
-            self.actions
-                .push_back(Action::Reset(p, id, ResetReason::Full));
+            self.refuse(p, id, ResetReason::Full);
             return;
         }
         self.establish(p, id, true);
@@ -504,8 +504,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
                 ));
                 self.establish(p, id, false);
             } else {
-                self.actions
-                    .push_back(Action::Reset(p, id, ResetReason::Duplicate));
+                self.refuse(p, id, ResetReason::Duplicate);
             }
             return;
         }
@@ -517,29 +516,32 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             if self.cfg.storm_canary {
                 // Both sent INIT at once: both setups fail.
                 self.doomed.insert(p.clone());
-                self.actions
-                    .push_back(Action::Reset(p, id, ResetReason::Conflict));
+                self.refuse(p, id, ResetReason::Conflict);
                 return;
             }
             if self.opened_by_lower(&p, true) {
                 // Ours is under way and wins the tie.
-                self.actions
-                    .push_back(Action::Reset(p, id, ResetReason::Duplicate));
+                self.refuse(p, id, ResetReason::Duplicate);
                 return;
             }
             // Theirs wins; ours is reset when it lands.
         }
         if self.streams.len() >= self.cfg.high {
-            self.actions
-                .push_back(Action::Reset(p, id, ResetReason::Full));
+            self.refuse(p, id, ResetReason::Full);
             return;
         }
         if !self.cfg.storm_canary && self.cooldown.get(&p).is_some_and(|c| c.until > now) {
-            self.actions
-                .push_back(Action::Reset(p, id, ResetReason::Cooldown));
+            self.refuse(p, id, ResetReason::Cooldown);
             return;
         }
         self.establish(p, id, false);
+    }
+
+    /// Resets a stream that just came up, counting it as a refused setup.
+    fn refuse(&mut self, p: P, id: StreamId, why: ResetReason) {
+        self.actions.push_back(Action::Reset(p, id, why));
+        self.actions
+            .push_back(Action::Report(Report::SetupFailed(SetupFailure::Refused)));
     }
 
     fn establish(&mut self, p: P, id: StreamId, opened_by_us: bool) {
@@ -555,8 +557,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
         self.streams.remove(&p);
         self.actions
             .push_back(Action::Reset(p.clone(), existing, ResetReason::Conflict));
-        self.actions
-            .push_back(Action::Reset(p.clone(), new, ResetReason::Conflict));
+        self.refuse(p.clone(), new, ResetReason::Conflict);
         self.actions
             .push_back(Action::Report(Report::Removed(RemovalReason::Conflict)));
         self.removal_side_effects(p, now);
@@ -571,8 +572,8 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
 
     fn removal_side_effects(&mut self, p: P, now: Instant) {
         if self.cfg.storm_canary {
-            // The original bug: discovery immediately after every removal, and the peer retried.
-            self.discovery.next_at = now;
+            // The original bug: discovery right after every removal, and the peer retried.
+            self.discovery.next_at = now + STORM_REDISCOVERY;
             if !self.candidates.contains(&p) {
                 self.candidates.push_back(p);
             }
@@ -620,7 +621,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
         self.actions
             .push_back(Action::Report(Report::SetupFailed(why)));
         if self.cfg.storm_canary {
-            self.discovery.next_at = now;
+            self.discovery.next_at = now + STORM_REDISCOVERY;
             return;
         }
         if !self.failed.contains_key(&p) && self.failed.len() >= self.cfg.max_tracked_peers {
@@ -666,13 +667,16 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             Some(f) => f,
             None => d.backoff,
         };
+        if self.cfg.storm_canary {
+            // The original bug: after a failed round, discover again "at once". The original's
+            // discovery RPC took network time; STORM_REDISCOVERY stands in for it, so the storm shows
+            // as stream churn rather than an event loop spinning on instant empty queries.
+            // Every round kills the streams it finds (both ends open), which triggers the next.
+            d.next_at = now + STORM_REDISCOVERY;
+            return;
+        }
         // ±20% jitter so nodes started together do not discover in lockstep.
-        let jitter = if self.cfg.storm_canary {
-            1.0
-        } else {
-            self.rng.random_range(0.8..1.2)
-        };
-        d.next_at = now + base.mul_f64(jitter);
+        d.next_at = now + base.mul_f64(self.rng.random_range(0.8..1.2));
     }
 
     fn drive(&mut self, now: Instant) {
@@ -703,15 +707,17 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
         }
 
         // Setups towards soft_low from the candidates, bounded in concurrency.
+        // Storm canary: every candidate is set up again, streamed or not (both ends send INIT).
         let target = self.cfg.soft_low;
+        let storm = self.cfg.storm_canary;
         let mut skipped = VecDeque::new();
-        while self.streams.len() + self.setups.len() < target
+        while (storm || self.streams.len() + self.setups.len() < target)
             && self.setups.len() < self.cfg.max_concurrent_setups
         {
             let Some(p) = self.candidates.pop_front() else {
                 break;
             };
-            if self.streams.contains_key(&p) || self.setups.contains_key(&p) {
+            if (self.streams.contains_key(&p) && !storm) || self.setups.contains_key(&p) {
                 continue;
             }
             if !self.may_setup(&p, now) {

@@ -228,6 +228,7 @@ async fn forced_discovery_with_failures_stays_bounded_while_storm_canary_explode
         .map(|n| counter(&n.metrics.faults_injected, ("kind", "setup_failure")))
         .sum();
     eprintln!("setups in 60 s: fixed {f}, storm {s}; injected failures (fixed) {injected}");
+
     assert!(f > 0, "the fixed network made no setups at all");
     assert!(
         f <= BOUND_PER_NODE * NODES as u64,

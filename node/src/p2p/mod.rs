@@ -1100,6 +1100,7 @@ impl Driver {
                     streams::SetupFailure::Open => "open",
                     streams::SetupFailure::Timeout => "timeout",
                     streams::SetupFailure::Disconnected => "disconnected",
+                    streams::SetupFailure::Refused => "refused",
                 };
                 m.setups.get_or_create(&[("outcome", label)]).inc();
             }

@@ -372,13 +372,20 @@ fn simultaneous_open_from_both_sides_ends_with_exactly_one_stream() {
     assert_eq!(a.len(), 1);
     assert_eq!(a, b, "both sides must keep the same stream");
 
-    // A misbehaving peer (higher id) also opens: its stream is reset, the original survives.
-    p.b.set_storm_canary(true);
-    p.b.handle(Event::Connected(1), t0);
-    p.settle(t0);
-    p.b.set_storm_canary(false);
-    let (a2, _) = p.stream_ids();
-    assert_eq!(a2, a);
+    // The higher-id peer opens a duplicate while the lower id's stream stands: if the survivor was
+    // opened by the lower id (1), the duplicate is reset and the original survives.
+    assert_eq!(
+        a,
+        vec![1],
+        "the harness gives A's (lower id's) open stream id 1"
+    );
+    p.a.handle(Event::InboundReady(2, 999), t0);
+    let acts = drain(&mut p.a);
+    assert!(
+        acts.contains(&Action::Reset(2, 999, ResetReason::Duplicate)),
+        "{acts:?}"
+    );
+    assert_eq!(p.stream_ids().0, a);
 }
 
 #[test]
