@@ -74,7 +74,8 @@ pub enum RequestKind {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Status(Status),
+    /// Boxed: a status is ~10x larger than the other variants.
+    Status(Box<Status>),
     BlockHashes(Vec<H256>),
     /// Each entry is one postcard-encoded `Block`, as stored.
     Blocks(Vec<Bytes>),

@@ -324,6 +324,9 @@ struct ConnInfo {
     dialer: PeerId,
 }
 
+type ManagedReply = oneshot::Sender<Result<(PeerId, Response), RequestError>>;
+type DirectReply = oneshot::Sender<Result<Response, RequestError>>;
+
 /// Most direct (unmanaged) requests awaiting replies at once.
 const MAX_DIRECT: usize = 4096;
 /// Period of housekeeping (rate limiter pruning, gauges).
@@ -342,8 +345,8 @@ struct Driver {
     sessions: HashMap<u64, Session>,
     next_stream_id: Arc<AtomicU64>,
     session_tx: mpsc::Sender<SessionEvent>,
-    pending: HashMap<ReqId, oneshot::Sender<Result<(PeerId, Response), RequestError>>>,
-    direct: HashMap<ReqId, (PeerId, oneshot::Sender<Result<Response, RequestError>>)>,
+    pending: HashMap<ReqId, ManagedReply>,
+    direct: HashMap<ReqId, (PeerId, DirectReply)>,
     next_direct: ReqId,
     conns: HashMap<PeerId, Vec<ConnInfo>>,
     reported: HashSet<PeerId>,

@@ -89,7 +89,7 @@ pub enum SessionEvent {
         peer: PeerId,
         id: u64,
         outbound: bool,
-        status: Status,
+        status: Box<Status>,
         tx: mpsc::Sender<Vec<u8>>,
         /// Dropping (or firing) this closes the session.
         close: oneshot::Sender<()>,
@@ -176,7 +176,7 @@ pub async fn run<S>(
     // Handshake.
     let hello = Message::Response {
         id: 0,
-        resp: Response::Status(ctx.status()),
+        resp: Response::Status(Box::new(ctx.status())),
     };
     let handshake = async {
         let frame = wire::encode(&hello, ctx.max_frame).map_err(|_| SetupError::Malformed)?;
@@ -350,7 +350,7 @@ async fn serve_inner(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Resp
         return Response::Error(e);
     }
     if let Request::Status = req {
-        return Response::Status(ctx.status());
+        return Response::Status(Box::new(ctx.status()));
     }
     let c = ctx.clone();
     let r = tokio::task::spawn_blocking(move || -> Result<Response, crate::store::StoreError> {

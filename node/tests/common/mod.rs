@@ -1,6 +1,8 @@
 //! Helpers for tests that drive the `syncnode` binary.
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
