@@ -372,37 +372,45 @@ pub async fn spawn(
     let kad_protocol =
         StreamProtocol::try_from_owned(format!("/syncnet/{network}/kad/1")).expect("starts with /");
     let max_conns = cfg.max_connections as u32;
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+    let make_behaviour = |key: &identity::Keypair| {
+        let mut kcfg = kad::Config::new(kad_protocol);
+        kcfg.set_query_timeout(Duration::from_secs(10));
+        // Discovery is the stream manager's decision (timer, backoff); kad never starts queries
+        // on its own.
+        kcfg.set_periodic_bootstrap_interval(None);
+        let mut kad = kad::Behaviour::with_config(local, MemoryStore::new(local), kcfg);
+        kad.set_mode(Some(kad::Mode::Server));
+        let stream = libp2p_stream::Behaviour::new();
+        Behaviour {
+            limits: libp2p::connection_limits::Behaviour::new(
+                libp2p::connection_limits::ConnectionLimits::default()
+                    .with_max_established(Some(max_conns))
+                    .with_max_pending_incoming(Some(max_conns))
+                    .with_max_pending_outgoing(Some(max_conns))
+                    // Two: a simultaneous dial yields one each way; the rule closes one.
+                    .with_max_established_per_peer(Some(2)),
+            ),
+            identify: identify::Behaviour::new(
+                identify::Config::new(network_version(&network), key.public())
+                    .with_agent_version(format!("syncnode/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            ping: ping::Behaviour::new(ping::Config::new()),
+            kad: gate::DialGate { inner: kad },
+            stream: gate::DialGate { inner: stream },
+        }
+    };
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
             yamux::Config::default,
-        )?
-        .with_behaviour(|key| {
-            let mut kcfg = kad::Config::new(kad_protocol);
-            kcfg.set_query_timeout(Duration::from_secs(10));
-            let mut kad = kad::Behaviour::with_config(local, MemoryStore::new(local), kcfg);
-            kad.set_mode(Some(kad::Mode::Server));
-            let stream = libp2p_stream::Behaviour::new();
-            Behaviour {
-                limits: libp2p::connection_limits::Behaviour::new(
-                    libp2p::connection_limits::ConnectionLimits::default()
-                        .with_max_established(Some(max_conns))
-                        .with_max_pending_incoming(Some(max_conns))
-                        .with_max_pending_outgoing(Some(max_conns))
-                        // Two: a simultaneous dial yields one each way; the rule closes one.
-                        .with_max_established_per_peer(Some(2)),
-                ),
-                identify: identify::Behaviour::new(
-                    identify::Config::new(network_version(&network), key.public())
-                        .with_agent_version(format!("syncnode/{}", env!("CARGO_PKG_VERSION"))),
-                ),
-                ping: ping::Behaviour::new(ping::Config::new()),
-                kad: gate::DialGate { inner: kad },
-                stream: gate::DialGate { inner: stream },
-            }
-        })?
+        )?;
+    // QUIC in addition to TCP when built with `--features quic` (listen on /udp/0/quic-v1).
+    #[cfg(feature = "quic")]
+    let builder = builder.with_quic();
+    let mut swarm = builder
+        .with_behaviour(make_behaviour)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
     for a in &cfg.listen {
