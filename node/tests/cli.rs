@@ -119,20 +119,14 @@ fn producer_serves_rising_head_and_resumes_after_restart() {
     assert!(status.success(), "{status:?}");
     assert!(!data.join("syncnode.addrs.json").exists());
 
-    let stopped_at = {
-        let out = syncnode()
-            .args(["inspect", "--json", "--data-dir"])
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["height"].as_u64().unwrap()
-    };
+    let inspect = [
+        std::ffi::OsStr::new("inspect"),
+        "--json".as_ref(),
+        "--data-dir".as_ref(),
+    ];
+    let stopped_at = syncnode_json(inspect.into_iter().chain([data.as_os_str()]))["height"]
+        .as_u64()
+        .unwrap();
     assert!(stopped_at as f64 >= later);
 
     // Restart resumes from the store: the head never goes back, and keeps rising.
@@ -175,19 +169,17 @@ fn inspect_reports_missing_store_and_unknown_block() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no block at height 11"));
-    let out = syncnode()
-        .args(["inspect", "--height", "10", "--json", "--check"])
-        .arg(net.path("network.yaml"))
-        .arg("--data-dir")
-        .arg(net.path("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (network, data) = (net.path("network.yaml"), net.path("data"));
+    let v = syncnode_json([
+        "inspect".as_ref(),
+        "--height".as_ref(),
+        "10".as_ref(),
+        "--json".as_ref(),
+        "--check".as_ref(),
+        network.as_os_str(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+    ]);
     assert_eq!(v["header"]["height"], 10);
     assert_eq!(v["header"]["producer"], net.producer_key().to_hex());
 }

@@ -166,6 +166,29 @@ async fn node_answers_status_and_block_requests_from_its_store() {
     };
     assert_eq!(raw.len(), 2);
 
+    // A caller that gives up cancels its request. Restricted to an absent peer, it would otherwise
+    // wait in the queue for max_queue_wait (60 s).
+    let h = client.h.clone();
+    let waiting = tokio::spawn(async move {
+        h.request(Request::Status, Some(vec![PeerId::random()]))
+            .await
+    });
+    client
+        .h
+        .wait_for(Duration::from_secs(10), |s| s.requests_outstanding == 1)
+        .await
+        .expect("request queued");
+    waiting.abort();
+    let idle = client
+        .h
+        .wait_for(Duration::from_secs(10), |s| s.requests_outstanding == 0)
+        .await;
+    assert!(
+        idle.is_some(),
+        "abandoned request still outstanding: {:?}",
+        client.h.state()
+    );
+
     // Beyond the head: NotFound; too many: TooLarge (explicit errors, via the direct path).
     let r = client
         .h

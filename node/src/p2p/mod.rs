@@ -190,6 +190,8 @@ pub struct NetState {
     pub ready_for_sync: bool,
     /// Highest verified head height reported by a peer with a stream.
     pub best_peer_height: u64,
+    /// Managed requests queued or in flight.
+    pub requests_outstanding: usize,
 }
 
 fn ser_display_vec<S: serde::Serializer, T: std::fmt::Display>(
@@ -524,10 +526,14 @@ impl Driver {
     ) {
         let mut shutdown_reply = None;
         loop {
+            // While callers wait, wake at least every second to notice abandoned requests.
+            let cancel_check = (!self.pending.is_empty() || !self.direct.is_empty())
+                .then(|| Instant::now() + Duration::from_secs(1));
             let deadline = [
                 self.sm.poll_timeout(),
                 self.rm.poll_timeout(),
                 Some(self.next_housekeeping),
+                cancel_check,
             ]
             .into_iter()
             .flatten()
@@ -546,6 +552,7 @@ impl Driver {
             }
             let now = Instant::now();
             self.sm.handle(SmEvent::Tick, now);
+            self.cancel_abandoned(now);
             self.rm.tick(now);
             if now >= self.next_housekeeping {
                 self.housekeeping(now);
@@ -560,6 +567,21 @@ impl Driver {
         if let Some(r) = shutdown_reply {
             let _ = r.send(());
         }
+    }
+
+    /// A caller that dropped its request future cancels the request (queued or in flight).
+    fn cancel_abandoned(&mut self, now: Instant) {
+        let gone: Vec<ReqId> = self
+            .pending
+            .iter()
+            .filter(|(_, r)| r.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.pending.remove(&id);
+            self.rm.cancel(id, now);
+        }
+        self.direct.retain(|_, (_, r)| !r.is_closed());
     }
 
     fn seed_bootnodes(&mut self, now: Instant) {
@@ -1220,6 +1242,7 @@ impl Driver {
             counters: self.counters,
             ready_for_sync: self.sm.ready_for_sync(),
             best_peer_height,
+            requests_outstanding: self.rm.in_flight() + self.rm.queued(),
         };
         self.state_tx.send_if_modified(|s| {
             if *s != state {

@@ -17,6 +17,21 @@ pub fn syncnode() -> Command {
     Command::new(env!("CARGO_BIN_EXE_syncnode"))
 }
 
+/// Runs `syncnode` with `args`, asserts it succeeded, and parses its stdout as JSON.
+pub fn syncnode_json<I, S>(args: I) -> serde_json::Value
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = syncnode().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Kills the child on drop so a failing test leaves no process behind.
 pub struct ChildGuard(pub Child);
 
