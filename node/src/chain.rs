@@ -184,7 +184,7 @@ impl Block {
 }
 
 /// Why a block was rejected. One variant per check, so metrics and peer scoring can tell them apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum VerifyError {
     #[error("height {got} does not follow parent height {parent}")]
     Height { got: u64, parent: u64 },
@@ -341,6 +341,46 @@ impl ChainSpec {
             .verify_strict(&hash.0, &Signature::from_bytes(&signature.0))
             .map_err(|_| VerifyError::Signature)?;
         Ok(hash)
+    }
+
+    /// Verifies a run of blocks that should start at `first_height`, without its parent: every
+    /// block's own checks (height, payload, producer, signature) and the links inside the run. The
+    /// first block's link to its parent is checked when it is committed on top of the head.
+    pub fn verify_segment(
+        &self,
+        first_height: u64,
+        blocks: Vec<Block>,
+    ) -> Result<Vec<VerifiedBlock>, (usize, VerifyError)> {
+        let mut out: Vec<VerifiedBlock> = Vec::with_capacity(blocks.len());
+        for (i, block) in blocks.into_iter().enumerate() {
+            let v = match out.last() {
+                Some(prev) => self.verify(block, &prev.block.header),
+                None => self.verify_unlinked(block, first_height),
+            };
+            out.push(v.map_err(|e| (i, e))?);
+        }
+        Ok(out)
+    }
+
+    fn verify_unlinked(&self, block: Block, height: u64) -> Result<VerifiedBlock, VerifyError> {
+        let h = &block.header;
+        if h.height != height || height == 0 {
+            return Err(VerifyError::Height {
+                got: h.height,
+                parent: height.saturating_sub(1),
+            });
+        }
+        if block.payload.len() != h.payload_len as usize {
+            return Err(VerifyError::PayloadLength {
+                got: block.payload.len(),
+                expected: h.payload_len,
+            });
+        }
+        if payload_hash(&block.payload) != h.payload_hash {
+            return Err(VerifyError::PayloadHash);
+        }
+        let hash = self.verify_head(h, &block.signature)?;
+        Ok(VerifiedBlock { block, hash })
     }
 
     /// Verifies a contiguous run of blocks on top of `parent`. On failure returns the index of the first
@@ -511,6 +551,31 @@ pub(crate) mod tests {
             .verify_chain(&spec.genesis().header, chain)
             .unwrap_err();
         assert_eq!(err, (6, VerifyError::Signature));
+    }
+
+    #[test]
+    fn segments_verify_without_their_parent() {
+        let k = key(1);
+        let spec = spec_for(&k);
+        let chain = make_chain(&spec, &k, 20, 32);
+        let seg = spec.verify_segment(11, chain[10..].to_vec()).unwrap();
+        assert_eq!(seg.len(), 10);
+        assert_eq!(
+            spec.verify_segment(12, chain[10..].to_vec()).unwrap_err().0,
+            0
+        );
+        let mut bad = chain[10..].to_vec();
+        bad[3].payload = Bytes::from(vec![0u8; 32]);
+        assert_eq!(
+            spec.verify_segment(11, bad).unwrap_err(),
+            (3, VerifyError::PayloadHash)
+        );
+        let mut gap = chain[10..].to_vec();
+        gap.remove(2);
+        assert!(matches!(
+            spec.verify_segment(11, gap).unwrap_err(),
+            (2, VerifyError::Height { .. })
+        ));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod chain;
 pub mod config;
+pub mod downloader;
 pub mod keys;
 pub mod metrics;
 pub mod node;
