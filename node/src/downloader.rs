@@ -231,6 +231,8 @@ struct Batch<P> {
 struct PeerInfo {
     head: u64,
     in_flight: usize,
+    /// Fetches ever assigned: spreads batches round-robin among equally busy peers.
+    assigned: u64,
     bad_until: Option<Instant>,
 }
 
@@ -263,7 +265,7 @@ pub struct Downloader<P> {
 
 const INITIAL_BLOCK_BYTES: f64 = 16.0 * 1024.0;
 
-impl<P: Clone + Eq + Hash + std::fmt::Debug> Downloader<P> {
+impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
     pub fn new(cfg: DownloaderConfig, local_height: u64, now: Instant) -> Self {
         Downloader {
             cfg,
@@ -671,6 +673,7 @@ impl<P: Clone + Eq + Hash + std::fmt::Debug> Downloader<P> {
         self.buffered += reserve;
         if let Some(p) = self.peers.get_mut(&peer) {
             p.in_flight += 1;
+            p.assigned += 1;
         }
         self.actions.push_back(Action::Fetch {
             id,
@@ -693,7 +696,8 @@ impl<P: Clone + Eq + Hash + std::fmt::Debug> Downloader<P> {
                 .iter()
                 .filter(ok)
                 .filter(|(id, _)| !fresh || !tried.contains(id))
-                .min_by_key(|(_, p)| p.in_flight)
+                // Deterministic: least busy, then least used, then lowest id.
+                .min_by_key(|(id, p)| (p.in_flight, p.assigned, (*id).clone()))
                 .map(|(id, _)| id.clone())
         };
         best(true).or_else(|| best(false))
