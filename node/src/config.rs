@@ -114,6 +114,8 @@ pub struct NodeConfig {
     pub producer: Option<ProducerConfig>,
     #[serde(default)]
     pub p2p: crate::p2p::P2pConfig,
+    #[serde(default)]
+    pub sync: crate::downloader::DownloaderConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -315,6 +317,11 @@ impl NodeConfig {
                 self.log.filter
             ));
         }
+        self.p2p.validate()?;
+        self.sync.validate().map_err(|e| format!("sync: {e}"))?;
+        if self.sync.max_batch_blocks > self.p2p.max_blocks_per_request {
+            return Err("sync.max_batch_blocks: must not exceed p2p.max_blocks_per_request".into());
+        }
         Ok(())
     }
 
@@ -423,6 +430,31 @@ mod tests {
                 "data_dir: data",
                 "data_dir: data\nlog: {filter: '[[['}",
                 "log.filter",
+            ),
+            (
+                "data_dir: data",
+                "data_dir: data\np2p: {streams: {soft_low: 9, high: 3}}",
+                "p2p.streams",
+            ),
+            (
+                "data_dir: data",
+                "data_dir: data\np2p: {bootnodes: ['/ip4/1.2.3.4/tcp/1']}",
+                "p2p.bootnodes[0]",
+            ),
+            (
+                "data_dir: data",
+                "data_dir: data\np2p: {streams: {sof_low: 1}}",
+                "sof_low",
+            ),
+            (
+                "data_dir: data",
+                "data_dir: data\nsync: {max_in_flight: 0}",
+                "sync:",
+            ),
+            (
+                "data_dir: data",
+                "data_dir: data\nsync: {max_batch_blocks: 5000}",
+                "sync.max_batch_blocks",
             ),
         ];
         for (from, to, needle) in cases {

@@ -12,5 +12,6 @@ pub mod ratelimit;
 pub mod requests;
 pub mod store;
 pub mod streams;
+pub mod sync;
 pub mod util;
 pub mod wire;

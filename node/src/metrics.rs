@@ -336,6 +336,72 @@ impl P2pMetrics {
     }
 }
 
+/// Metrics of the downloader.
+#[derive(Clone, Debug, Default)]
+pub struct SyncMetrics {
+    pub target_height: Gauge,
+    pub lag: Gauge,
+    pub phase: Family<L1, Gauge>,
+    pub blocks_synced: Family<L1, Counter>,
+    pub batch_retries: Counter,
+    pub invalid_blocks: Family<L1, Counter>,
+    pub penalties: Family<L1, Counter>,
+    pub watchdog_firings: Counter,
+    pub buffered_bytes: Gauge,
+}
+
+impl SyncMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("syncnet_sync");
+        r.register(
+            "target_height",
+            "Best verified head reported by peers",
+            self.target_height.clone(),
+        );
+        r.register(
+            "lag",
+            "Target height minus local head height",
+            self.lag.clone(),
+        );
+        r.register(
+            "phase",
+            "1 for the current phase (idle, long, short)",
+            self.phase.clone(),
+        );
+        r.register(
+            "blocks_synced",
+            "Blocks committed by the downloader, by phase",
+            self.blocks_synced.clone(),
+        );
+        r.register(
+            "batch_retries",
+            "Batches sent back to be fetched again",
+            self.batch_retries.clone(),
+        );
+        r.register(
+            "invalid_blocks",
+            "Fetched batches that failed verification, by reason",
+            self.invalid_blocks.clone(),
+        );
+        r.register(
+            "penalties",
+            "Peers penalised by the downloader, by reason",
+            self.penalties.clone(),
+        );
+        r.register(
+            "watchdog_firings",
+            "Times the no-progress watchdog fired",
+            self.watchdog_firings.clone(),
+        );
+        r.register_with_unit(
+            "lookahead",
+            "Bytes buffered or reserved by the downloader",
+            Unit::Bytes,
+            self.buffered_bytes.clone(),
+        );
+    }
+}
+
 /// Renders a registry in the OpenMetrics text format.
 pub fn render(registry: &Registry) -> String {
     let mut out = String::new();

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info};
 
 use crate::config::Loaded;
-use crate::metrics::{NodeMetrics, P2pMetrics, ProcessCollector};
+use crate::metrics::{NodeMetrics, P2pMetrics, ProcessCollector, SyncMetrics};
 use crate::producer::Producer;
 use crate::store::Store;
 
@@ -70,6 +70,8 @@ pub async fn run(
     metrics.head_height.set(head.height as i64);
     let p2p_metrics = P2pMetrics::default();
     p2p_metrics.register(&mut registry);
+    let sync_metrics = SyncMetrics::default();
+    sync_metrics.register(&mut registry);
     let keypair = crate::p2p::load_or_create_identity(&cfg.node_key_path())?;
     let p2p = crate::p2p::spawn(
         cfg.p2p.clone(),
@@ -121,6 +123,15 @@ pub async fn run(
             .await
     });
 
+    let syncing = tokio::spawn(crate::sync::run(
+        cfg.sync,
+        loaded.spec.clone(),
+        store.clone(),
+        p2p.clone(),
+        sync_metrics,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
     let producing = producer.map(|p| {
         let interval = Duration::from_millis(
             cfg.producer
@@ -134,6 +145,7 @@ pub async fn run(
             store.clone(),
             loaded.spec.clone(),
             metrics.clone(),
+            p2p.clone(),
             stop_rx.clone(),
         ))
     });
@@ -158,6 +170,7 @@ pub async fn run(
         }
     }
     let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), syncing).await;
     p2p.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     let _ = std::fs::remove_file(cfg.data_dir.join(ADDRS_FILE));
@@ -171,6 +184,7 @@ async fn produce_loop(
     store: Arc<Store>,
     spec: crate::chain::ChainSpec,
     metrics: NodeMetrics,
+    p2p: crate::p2p::P2pHandle,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(interval);
@@ -195,6 +209,7 @@ async fn produce_loop(
         metrics.blocks_produced.inc();
         metrics.blocks_inserted.inc();
         metrics.head_height.set(head.height as i64);
+        p2p.announce(head.header.clone(), head.signature);
         debug!(height = head.height, hash = %head.hash, "produced block");
         if last_report.elapsed() >= Duration::from_secs(30) {
             info!(height = head.height, "producing");

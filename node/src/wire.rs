@@ -21,8 +21,23 @@ pub type RequestId = u64;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    Request { id: RequestId, req: Request },
-    Response { id: RequestId, resp: Response },
+    Request {
+        id: RequestId,
+        req: Request,
+    },
+    Response {
+        id: RequestId,
+        resp: Response,
+    },
+    /// One-way: the sender has a new head (header + producer signature). Receivers check the
+    /// signature before believing it.
+    Announce(Box<Announce>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announce {
+    pub header: Header,
+    pub signature: Sig,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -201,6 +201,18 @@ fn ser_display_vec<S: serde::Serializer, T: std::fmt::Display>(
     s.collect_seq(v.iter().map(|x| x.to_string()))
 }
 
+/// What the sync layer needs to hear from the p2p layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetEvent {
+    /// A peer with a sync stream has (at least) this verified head.
+    PeerHead { peer: PeerId, height: u64 },
+    /// The peer's sync stream is gone.
+    PeerGone(PeerId),
+}
+
+/// Queued net events before new ones are dropped (the consumer re-learns heads from announces).
+const NET_EVENTS: usize = 4096;
+
 enum Command {
     Request {
         req: Request,
@@ -213,6 +225,9 @@ enum Command {
         reply: oneshot::Sender<Result<Response, RequestError>>,
     },
     Dial(Multiaddr),
+    Announce(Box<wire::Announce>),
+    Penalise(PeerId),
+    Isolate(bool),
     ForcedDiscovery(Option<Duration>),
     StormCanary(bool),
     Shutdown(oneshot::Sender<()>),
@@ -224,6 +239,7 @@ pub struct P2pHandle {
     tx: mpsc::Sender<Command>,
     state: watch::Receiver<NetState>,
     ctx: Arc<SessionCtx>,
+    events: Arc<std::sync::Mutex<Option<mpsc::Receiver<NetEvent>>>>,
     pub local_peer_id: PeerId,
 }
 
@@ -272,6 +288,39 @@ impl P2pHandle {
 
     pub fn set_setup_failure_rate(&self, p: f64) {
         self.ctx.set_setup_failure_rate(p);
+    }
+
+    /// Fault: corrupt every block this node serves.
+    pub fn set_corrupt_served(&self, on: bool) {
+        self.ctx.corrupt_served.store(on, Ordering::Relaxed);
+    }
+
+    /// Fault: delay every reply this node serves.
+    pub fn set_stall(&self, d: Duration) {
+        self.ctx
+            .stall_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Fault: drop every connection and refuse new ones until called with `false`.
+    pub async fn set_isolated(&self, on: bool) {
+        let _ = self.tx.send(Command::Isolate(on)).await;
+    }
+
+    /// The stream of peer heads and departures, for the one sync task. `None` after the first call.
+    pub fn take_events(&self) -> Option<mpsc::Receiver<NetEvent>> {
+        self.events.lock().expect("not poisoned").take()
+    }
+
+    /// Tells every peer with a sync stream about a new head.
+    pub fn announce(&self, header: crate::chain::Header, signature: crate::chain::Sig) {
+        let a = Box::new(wire::Announce { header, signature });
+        let _ = self.tx.try_send(Command::Announce(a));
+    }
+
+    /// Drops the peer's sync stream as penalised (cooldown follows).
+    pub async fn penalise(&self, peer: PeerId) {
+        let _ = self.tx.send(Command::Penalise(peer)).await;
     }
 
     pub fn state(&self) -> NetState {
@@ -358,6 +407,8 @@ struct Driver {
     state_tx: watch::Sender<NetState>,
     listen_addrs: Vec<Multiaddr>,
     next_housekeeping: Instant,
+    net_events: mpsc::Sender<NetEvent>,
+    isolated: bool,
 }
 
 /// Starts the p2p layer on the current tokio runtime.
@@ -442,9 +493,12 @@ pub async fn spawn(
         metrics: metrics.clone(),
         setup_timeout: cfg.streams.setup_timeout,
         setup_failure_rate: AtomicU64::new(0f64.to_bits()),
+        corrupt_served: AtomicBool::new(false),
+        stall_ms: AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
     });
     let (session_tx, session_rx) = mpsc::channel(1024);
+    let (net_events, net_events_rx) = mpsc::channel(NET_EVENTS);
     let next_stream_id = Arc::new(AtomicU64::new(1));
 
     // Accept loop: hand each inbound stream to its own task at once (libp2p-stream drops inbound
@@ -496,6 +550,8 @@ pub async fn spawn(
         state_tx: watch::channel(NetState::default()).0,
         listen_addrs: vec![],
         next_housekeeping: now + HOUSEKEEPING,
+        net_events,
+        isolated: false,
     };
     for b in &cfg.bootnodes {
         let peer = peer_of(b).expect("validated");
@@ -514,6 +570,7 @@ pub async fn spawn(
         tx,
         state,
         ctx,
+        events: Arc::new(std::sync::Mutex::new(Some(net_events_rx))),
         local_peer_id: local,
     })
 }
@@ -659,6 +716,30 @@ impl Driver {
                     self.dial(peer, now);
                 }
             }
+            Command::Announce(a) => {
+                if let Ok(f) = wire::encode(&Message::Announce(a), self.ctx.max_frame) {
+                    for s in self.sessions.values().filter(|s| s.in_use) {
+                        // Best effort: a full queue means the peer is busy; it hears the next one.
+                        let _ = s.tx.try_send(f.clone());
+                    }
+                }
+            }
+            Command::Penalise(peer) => self.drop_peer_streams(peer, RemovalReason::Penalised, now),
+            Command::Isolate(on) => {
+                self.isolated = on;
+                self.metrics
+                    .faults_injected
+                    .get_or_create(&[("kind", "isolate")])
+                    .inc();
+                if on {
+                    let peers: Vec<PeerId> = self.conns.keys().copied().collect();
+                    for p in peers {
+                        let _ = self.swarm.disconnect_peer_id(p);
+                    }
+                } else {
+                    self.seed_bootnodes(now);
+                }
+            }
             Command::ForcedDiscovery(p) => self.sm.set_forced_discovery(p, now),
             Command::StormCanary(on) => self.sm.set_storm_canary(on),
             Command::Shutdown(_) => unreachable!("handled in run"),
@@ -667,6 +748,9 @@ impl Driver {
 
     /// Dials through the dial manager. Returns false if no dial is under way afterwards.
     fn dial(&mut self, peer: PeerId, now: Instant) -> bool {
+        if self.isolated {
+            return false;
+        }
         if self.conns.contains_key(&peer) {
             return true;
         }
@@ -711,7 +795,7 @@ impl Driver {
                 ..
             } => {
                 self.metrics.connections.inc();
-                if self.dials.is_blocked(&peer_id) {
+                if self.dials.is_blocked(&peer_id) || self.isolated {
                     self.swarm.close_connection(connection_id);
                     return;
                 }
@@ -915,10 +999,25 @@ impl Driver {
             SessionEvent::Response {
                 peer, req_id, resp, ..
             } => self.on_response(peer, req_id, resp, now),
+            SessionEvent::Announce { peer, announce } => {
+                if self
+                    .ctx
+                    .spec
+                    .verify_head(&announce.header, &announce.signature)
+                    .is_ok()
+                {
+                    self.note_head(peer, announce.header.height);
+                } else {
+                    self.metrics
+                        .frame_errors
+                        .get_or_create(&[("reason", "bad_announce")])
+                        .inc();
+                }
+            }
             SessionEvent::Closed { peer, id, why } => {
                 if let Some(s) = self.sessions.remove(&id) {
                     if s.in_use {
-                        self.rm.remove_stream(&peer, now);
+                        self.stream_gone(peer, now);
                     }
                     self.fail_direct(peer);
                     let reason = match why {
@@ -928,6 +1027,43 @@ impl Driver {
                     self.sm.handle(SmEvent::StreamClosed(peer, id, reason), now);
                 }
             }
+        }
+    }
+
+    /// Closes every session with `peer` and tells the managers why.
+    fn drop_peer_streams(&mut self, peer: PeerId, why: RemovalReason, now: Instant) {
+        let ids: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(s) = self.sessions.remove(&id) {
+                if s.in_use {
+                    self.stream_gone(peer, now);
+                }
+                self.sm.handle(SmEvent::StreamClosed(peer, id, why), now);
+            }
+        }
+    }
+
+    /// An in-use stream ended: the request manager and the sync layer must know.
+    fn stream_gone(&mut self, peer: PeerId, now: Instant) {
+        self.rm.remove_stream(&peer, now);
+        let _ = self.net_events.try_send(NetEvent::PeerGone(peer));
+    }
+
+    fn note_head(&mut self, peer: PeerId, height: u64) {
+        let mut in_use = false;
+        for s in self.sessions.values_mut().filter(|s| s.peer == peer) {
+            s.head_height = s.head_height.max(height);
+            in_use |= s.in_use;
+        }
+        if in_use {
+            let _ = self
+                .net_events
+                .try_send(NetEvent::PeerHead { peer, height });
         }
     }
 
@@ -986,9 +1122,7 @@ impl Driver {
                             .verify_head(&s.head, &s.head_signature)
                             .is_ok()
                     {
-                        for sess in self.sessions.values_mut().filter(|x| x.peer == peer) {
-                            sess.head_height = sess.head_height.max(s.head.height);
-                        }
+                        self.note_head(peer, s.head.height);
                     }
                     let kind = response_kind(&resp);
                     self.metrics
@@ -1091,11 +1225,15 @@ impl Driver {
             SmAction::Use(peer, id) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.in_use = true;
+                    let head = s.head_height;
                     let pace = (
                         self.ctx.limits.peer_cost_per_sec,
                         self.ctx.limits.peer_burst,
                     );
                     self.rm.add_stream(peer, Some(pace), now);
+                    let _ = self
+                        .net_events
+                        .try_send(NetEvent::PeerHead { peer, height: head });
                 } else {
                     // The session ended between Ready and Use.
                     self.sm.handle(
@@ -1112,7 +1250,7 @@ impl Driver {
                 if let Some(s) = self.sessions.remove(&id)
                     && s.in_use
                 {
-                    self.rm.remove_stream(&peer, now);
+                    self.stream_gone(peer, now);
                 }
             }
             SmAction::Report(r) => self.on_report(r),
@@ -1194,23 +1332,7 @@ impl Driver {
                 }
             }
             ReqAction::Penalise(peer) => {
-                let ids: Vec<u64> = self
-                    .sessions
-                    .iter()
-                    .filter(|(_, s)| s.peer == peer)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in ids {
-                    if let Some(s) = self.sessions.remove(&id) {
-                        if s.in_use {
-                            self.rm.remove_stream(&peer, now);
-                        }
-                        self.sm.handle(
-                            SmEvent::StreamClosed(peer, id, RemovalReason::Penalised),
-                            now,
-                        );
-                    }
-                }
+                self.drop_peer_streams(peer, RemovalReason::Penalised, now)
             }
         }
     }

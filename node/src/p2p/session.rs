@@ -37,6 +37,10 @@ pub struct SessionCtx {
     pub setup_timeout: Duration,
     /// Probability (f64 bits) that our outbound setup fails on purpose (fault injection).
     pub setup_failure_rate: AtomicU64,
+    /// Fault: flip a payload byte in every block served.
+    pub corrupt_served: AtomicBool,
+    /// Fault: delay every reply by this many milliseconds.
+    pub stall_ms: AtomicU64,
     pub shutting_down: AtomicBool,
 }
 
@@ -110,6 +114,10 @@ pub enum SessionEvent {
         peer: PeerId,
         id: u64,
         why: CloseReason,
+    },
+    Announce {
+        peer: PeerId,
+        announce: Box<wire::Announce>,
     },
 }
 
@@ -270,6 +278,15 @@ pub async fn run<S>(
                         drop(permit);
                     });
                 }
+                Ok(Message::Announce(announce)) => {
+                    if events
+                        .send(SessionEvent::Announce { peer, announce })
+                        .await
+                        .is_err()
+                    {
+                        return CloseReason::Eof;
+                    }
+                }
                 Ok(Message::Response { id: req_id, resp }) => {
                     let ev = SessionEvent::Response {
                         peer,
@@ -305,6 +322,14 @@ pub async fn run<S>(
 
 /// Answers one request from the store, after the rate limiter.
 async fn serve(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Response {
+    let stall = ctx.stall_ms.load(Ordering::Relaxed);
+    if stall > 0 {
+        ctx.metrics
+            .faults_injected
+            .get_or_create(&[("kind", "stall")])
+            .inc();
+        tokio::time::sleep(Duration::from_millis(stall)).await;
+    }
     let kind = match req.kind() {
         wire::RequestKind::Status => "status",
         wire::RequestKind::BlockHashes => "block_hashes",
@@ -402,6 +427,21 @@ async fn serve_inner(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Resp
     })
     .await;
     match r {
+        Ok(Ok(Response::Blocks(mut blocks))) if ctx.corrupt_served.load(Ordering::Relaxed) => {
+            // The payload is the last field of an encoded block: flip its last byte.
+            for b in &mut blocks {
+                let mut v = b.to_vec();
+                if let Some(last) = v.last_mut() {
+                    *last ^= 0x01;
+                }
+                *b = v.into();
+            }
+            ctx.metrics
+                .faults_injected
+                .get_or_create(&[("kind", "corrupt_block")])
+                .inc();
+            Response::Blocks(blocks)
+        }
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
             tracing::warn!("serving a sync request: {e}");
