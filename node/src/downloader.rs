@@ -170,6 +170,10 @@ pub enum Event<P> {
     InsertFailed {
         id: BatchId,
     },
+    /// Someone else (the producer, IDA) committed blocks: the head is now `height`.
+    LocalAdvanced {
+        height: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -403,6 +407,33 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
                 }
                 self.scheduled_to = self.scheduled_to.max(self.local);
                 self.target = self.target.max(self.local);
+            }
+            Event::LocalAdvanced { height } => {
+                if height > self.local {
+                    // Everything scheduled was computed against the old head: start over from the new
+                    // one (rare outside the producer, whose downloader is then simply idle).
+                    let keys: Vec<u64> = self.batches.keys().copied().collect();
+                    for k in keys {
+                        let b = self.batches.remove(&k).expect("listed");
+                        match b.state {
+                            State::InFlight { peer, reserved, .. } => {
+                                self.buffered -= reserved;
+                                if let Some(p) = self.peers.get_mut(&peer) {
+                                    p.in_flight = p.in_flight.saturating_sub(1);
+                                }
+                                self.actions.push_back(Action::Cancel { id: b.id });
+                            }
+                            State::Ready { bytes, .. } | State::Inserting { bytes, .. } => {
+                                self.buffered -= bytes
+                            }
+                            State::Pending => {}
+                        }
+                    }
+                    self.local = height;
+                    self.scheduled_to = height;
+                    self.target = self.target.max(height);
+                    self.last_progress = now;
+                }
             }
             Event::InsertFailed { id } => {
                 if let Some((&k, _)) = self.batches.iter().find(|(_, b)| b.id == id)

@@ -298,6 +298,29 @@ fn resumes_from_a_restarted_local_head() {
 }
 
 #[test]
+fn blocks_committed_by_someone_else_are_not_fetched_again() {
+    let peers = [(1, Script::Honest)];
+    let mut h = Harness::new(300, 512, cfg(), &peers);
+    // The first fetches are out; then the producer (say) commits up to 250 itself.
+    assert!(h.d.stats().in_flight > 0);
+    h.d.handle(Event::LocalAdvanced { height: 250 }, h.now);
+    let cancels = std::iter::from_fn(|| h.d.poll_action())
+        .filter(|a| matches!(a, Action::Cancel { .. }))
+        .count();
+    assert!(
+        cancels > 0,
+        "in-flight batches below the new head must be cancelled"
+    );
+    h.local_hash = h.chain[249].hash();
+    h.fetches.clear();
+    h.d.handle(Event::Tick, h.now);
+    h.run(1000);
+    assert!(h.done(), "{:?}", h.d.stats());
+    assert!(h.fetches.iter().all(|f| f.1 > 250), "{:?}", h.fetches);
+    assert!(h.penalties.is_empty());
+}
+
+#[test]
 fn phases_follow_the_distance_to_the_target() {
     let now = Instant::now();
     let mut d = Downloader::<u32>::new(cfg(), 100, now);

@@ -409,6 +409,8 @@ struct Driver {
     next_housekeeping: Instant,
     net_events: mpsc::Sender<NetEvent>,
     isolated: bool,
+    /// Aborted when the driver stops, so nothing keeps the store open after shutdown.
+    accept_loop: tokio::task::JoinHandle<()>,
 }
 
 /// Starts the p2p layer on the current tokio runtime.
@@ -503,7 +505,7 @@ pub async fn spawn(
 
     // Accept loop: hand each inbound stream to its own task at once (libp2p-stream drops inbound
     // streams when this loop lags, its channel holds one).
-    {
+    let accept_loop = {
         let (ctx, tx, ids) = (ctx.clone(), session_tx.clone(), next_stream_id.clone());
         tokio::spawn(async move {
             while let Some((peer, stream)) = incoming.next().await {
@@ -517,8 +519,8 @@ pub async fn spawn(
                     tx.clone(),
                 ));
             }
-        });
-    }
+        })
+    };
 
     let now = Instant::now();
     let seed = u64::from_le_bytes(
@@ -552,6 +554,7 @@ pub async fn spawn(
         next_housekeeping: now + HOUSEKEEPING,
         net_events,
         isolated: false,
+        accept_loop,
     };
     for b in &cfg.bootnodes {
         let peer = peer_of(b).expect("validated");
@@ -618,6 +621,7 @@ impl Driver {
             self.publish();
         }
         self.sessions.clear();
+        self.accept_loop.abort();
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(RequestError::Stopped));
         }

@@ -1,4 +1,5 @@
-//! In-process libp2p nodes on 127.0.0.1 for the p2p and storm tests.
+//! In-process libp2p nodes on 127.0.0.1 for the p2p, sync and storm tests.
+#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,12 +7,15 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId};
 use syncnet_node::chain::ChainSpec;
 use syncnet_node::config::PayloadSize;
+use syncnet_node::downloader::DownloaderConfig;
 use syncnet_node::keys;
 use syncnet_node::metrics::P2pMetrics;
+use syncnet_node::metrics::{NodeMetrics, SyncMetrics};
 use syncnet_node::p2p::{self, P2pConfig, P2pHandle};
 use syncnet_node::producer::{Producer, generate_chain};
 use syncnet_node::store::Store;
 use syncnet_node::streams::StreamConfig;
+use tokio::sync::watch;
 
 pub struct Net {
     pub spec: ChainSpec,
@@ -33,8 +37,9 @@ pub struct Node {
     pub h: P2pHandle,
     pub addr: Multiaddr,
     pub metrics: P2pMetrics,
-    _store: Arc<Store>,
-    _dir: tempfile::TempDir,
+    pub store: Arc<Store>,
+    pub dir: Arc<tempfile::TempDir>,
+    key: libp2p::identity::Keypair,
 }
 
 impl Node {
@@ -44,16 +49,51 @@ impl Node {
 }
 
 pub async fn start(net: &Net, cfg: P2pConfig, blocks: u64) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open_or_init(&dir.path().join("chain.redb"), &net.spec).unwrap());
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    start_in(
+        net,
+        cfg,
+        blocks,
+        dir,
+        libp2p::identity::Keypair::generate_ed25519(),
+    )
+    .await
+}
+
+/// Starts a node on an existing data dir and identity (a restart).
+pub async fn start_in(
+    net: &Net,
+    cfg: P2pConfig,
+    blocks: u64,
+    dir: Arc<tempfile::TempDir>,
+    key: libp2p::identity::Keypair,
+) -> Node {
+    // After a stop, tasks of the old instance may take a moment to release the store.
+    let path = dir.path().join("chain.redb");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let store = loop {
+        match Store::open_or_init(&path, &net.spec) {
+            Err(syncnet_node::store::StoreError::Locked(_))
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => break Arc::new(r.unwrap()),
+        }
+    };
     if blocks > 0 {
         generate_chain(&store, &net.spec, &net.producer, blocks, 256, 1000, |_| {}).unwrap();
     }
     let metrics = P2pMetrics::default();
-    let key = libp2p::identity::Keypair::generate_ed25519();
-    let h = p2p::spawn(cfg, key, net.spec.clone(), store.clone(), metrics.clone())
-        .await
-        .unwrap();
+    let h = p2p::spawn(
+        cfg,
+        key.clone(),
+        net.spec.clone(),
+        store.clone(),
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
     let s = h
         .wait_for(Duration::from_secs(10), |s| !s.listen_addrs.is_empty())
         .await
@@ -65,8 +105,90 @@ pub async fn start(net: &Net, cfg: P2pConfig, blocks: u64) -> Node {
         h,
         addr,
         metrics,
-        _store: store,
-        _dir: dir,
+        store,
+        dir,
+        key,
+    }
+}
+
+/// A node with its sync task running.
+pub struct Full {
+    pub node: Node,
+    pub sync: SyncMetrics,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Full {
+    pub fn head(&self) -> u64 {
+        self.node.store.head().height
+    }
+
+    /// Stops sync and p2p; returns what a restart needs (data dir, identity).
+    pub async fn stop(self) -> (Arc<tempfile::TempDir>, libp2p::identity::Keypair) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.node.h.shutdown().await;
+        (self.node.dir, self.node.key)
+    }
+}
+
+pub async fn start_full(net: &Net, cfg: P2pConfig, sync: DownloaderConfig, blocks: u64) -> Full {
+    let node = start(net, cfg, blocks).await;
+    attach_sync(net, node, sync)
+}
+
+pub fn attach_sync(net: &Net, node: Node, cfg: DownloaderConfig) -> Full {
+    let sync = SyncMetrics::default();
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(syncnet_node::sync::run(
+        cfg,
+        net.spec.clone(),
+        node.store.clone(),
+        node.h.clone(),
+        sync.clone(),
+        NodeMetrics::default(),
+        rx,
+    ));
+    Full {
+        node,
+        sync,
+        stop,
+        task,
+    }
+}
+
+/// Produces a block every `interval` on `node`'s store and announces it, until aborted.
+pub fn spawn_producer(net: &Net, node: &Node, interval: Duration) -> tokio::task::JoinHandle<()> {
+    let (producer, spec, store, h) = (
+        net.producer.clone(),
+        net.spec.clone(),
+        node.store.clone(),
+        node.h.clone(),
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let head = store.head();
+            let ts = head.header.timestamp_ms + 1000;
+            let block = producer.next_block(&head.header, ts);
+            let v = spec.verify(block, &head.header).unwrap();
+            let head = store.insert_batch(&[v]).unwrap();
+            h.announce(head.header.clone(), head.signature);
+        }
+    })
+}
+
+/// Polls `f` every 50 ms until it holds; panics with `what` after `timeout`.
+pub async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

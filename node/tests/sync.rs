@@ -1,0 +1,126 @@
+//! Downloader end to end: real swarms on 127.0.0.1, real stores, bounded waits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::net::*;
+use syncnet_node::downloader::DownloaderConfig;
+
+fn scfg() -> DownloaderConfig {
+    DownloaderConfig {
+        batch_bytes: 1024 * 1024,
+        max_batch_blocks: 256,
+        max_in_flight: 8,
+        max_per_peer: 3,
+        lookahead_bytes: 64 * 1024 * 1024,
+        short_range: 32,
+        batch_timeout: Duration::from_secs(5),
+        watchdog: Duration::from_secs(3),
+        bad_peer_ttl: Duration::from_secs(5),
+        max_peers: 64,
+    }
+}
+
+fn penalties(f: &Full, reason: &'static str) -> u64 {
+    f.sync.penalties.get_or_create(&[("reason", reason)]).get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_and_restarted_nodes_reach_the_producers_head() {
+    let net = Net::new("testnet");
+    let producer = start_full(&net, cfg(vec![]), scfg(), 1500).await;
+    let boot = vec![producer.node.addr.clone()];
+    let server = start_full(&net, cfg(boot.clone()), scfg(), 1500).await;
+    let live = spawn_producer(&net, &producer.node, Duration::from_millis(200));
+
+    let fresh = start_full(&net, cfg(boot.clone()), scfg(), 0).await;
+    eventually(
+        "fresh node at the producer's head",
+        Duration::from_secs(90),
+        || fresh.head() >= 1500 && fresh.head() + 2 >= producer.head(),
+    )
+    .await;
+    assert_eq!(
+        fresh.node.store.block(1500).unwrap().unwrap().hash(),
+        producer.node.store.block(1500).unwrap().unwrap().hash()
+    );
+    assert!(
+        fresh
+            .sync
+            .blocks_synced
+            .get_or_create(&[("phase", "long")])
+            .get()
+            >= 1000
+    );
+
+    // A node stopped mid-sync resumes from its store.
+    let second = start_full(&net, cfg(boot.clone()), scfg(), 0).await;
+    eventually("second node part way", Duration::from_secs(60), || {
+        second.head() >= 300
+    })
+    .await;
+    let (dir, key) = second.stop().await;
+    let node = start_in(&net, cfg(boot.clone()), 0, dir, key).await;
+    let stopped_at = node.store.head().height;
+    assert!(stopped_at >= 300);
+    let resumed = attach_sync(&net, node, scfg());
+    eventually(
+        "restarted node at the producer's head",
+        Duration::from_secs(90),
+        || resumed.head() + 2 >= producer.head(),
+    )
+    .await;
+    let synced: u64 = ["long", "short", "idle"]
+        .iter()
+        .map(|p| {
+            resumed
+                .sync
+                .blocks_synced
+                .get_or_create(&[("phase", p)])
+                .get()
+        })
+        .sum();
+    assert_eq!(
+        synced,
+        resumed.head() - stopped_at,
+        "re-downloaded stored blocks"
+    );
+    assert!(resumed.node.store.check(&net.spec).is_ok());
+    live.abort();
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_serving_corrupt_blocks_is_penalised_and_sync_completes() {
+    let net = Net::new("testnet");
+    let a = start_full(&net, cfg(vec![]), scfg(), 1200).await;
+    let boot = vec![a.node.addr.clone()];
+    let b = start_full(&net, cfg(boot.clone()), scfg(), 1200).await;
+    let bad = start_full(&net, cfg(boot.clone()), scfg(), 1200).await;
+    bad.node.h.set_corrupt_served(true);
+    let mut c = cfg(boot.clone());
+    c.streams.soft_low = 3; // talk to all three servers
+    let fresh = start_full(&net, c, scfg(), 0).await;
+    eventually(
+        "fresh node synced despite a corrupt peer",
+        Duration::from_secs(90),
+        || fresh.head() == 1200,
+    )
+    .await;
+    assert!(fresh.node.store.check(&net.spec).is_ok());
+    assert!(
+        penalties(&fresh, "payload_hash") >= 1,
+        "corrupt peer never penalised"
+    );
+    let dropped = fresh
+        .node
+        .metrics
+        .removals
+        .get_or_create(&[("reason", "penalised")])
+        .get();
+    assert!(dropped >= 1, "corrupt peer's stream was not dropped");
+    // Only the corrupt peer was penalised for bad data.
+    assert_eq!(penalties(&fresh, "cannot_serve"), 0);
+    drop((b, bad));
+}
