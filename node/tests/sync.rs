@@ -124,3 +124,74 @@ async fn a_peer_serving_corrupt_blocks_is_penalised_and_sync_completes() {
     assert_eq!(penalties(&fresh, "cannot_serve"), 0);
     drop((b, bad));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_node_catches_up_through_the_short_range_watchdog() {
+    let net = Net::new("testnet");
+    let producer = start_full(&net, cfg(vec![]), scfg(), 100).await;
+    let boot = vec![producer.node.addr.clone()];
+    let server = start_full(&net, cfg(boot.clone()), scfg(), 100).await;
+    let live = spawn_producer(&net, &producer.node, Duration::from_millis(250));
+    let mut tcfg = scfg();
+    tcfg.short_range = 256; // 20 s of blocks at 4/s stays within short range
+    let target = start_full(&net, cfg(boot.clone()), tcfg, 0).await;
+    eventually("synced before isolation", Duration::from_secs(60), || {
+        target.head() >= 100 && target.head() + 2 >= producer.head()
+    })
+    .await;
+
+    // Isolated for 20 s (the scenario's duration, not a synchronisation) while the producer advances.
+    target.node.h.set_isolated(true).await;
+    eventually("isolated", Duration::from_secs(10), || {
+        target.node.h.state().connections == 0
+    })
+    .await;
+    let isolated_at = target.head();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(
+        producer.head() >= isolated_at + 40,
+        "producer did not advance"
+    );
+    assert!(target.head() <= isolated_at + 1, "not isolated");
+
+    // The first fetches after reconnecting hang (peers stall every reply): only the watchdog can
+    // get the node moving again.
+    producer.node.h.set_stall(Duration::from_secs(30));
+    server.node.h.set_stall(Duration::from_secs(30));
+    let short_before = target
+        .sync
+        .blocks_synced
+        .get_or_create(&[("phase", "short")])
+        .get();
+    target.node.h.set_isolated(false).await;
+    eventually("watchdog fired", Duration::from_secs(60), || {
+        target.sync.watchdog_firings.get() >= 1
+    })
+    .await;
+    producer.node.h.set_stall(Duration::ZERO);
+    server.node.h.set_stall(Duration::ZERO);
+    let t = std::time::Instant::now();
+    eventually(
+        "caught up after the watchdog",
+        Duration::from_secs(60),
+        || target.head() + 2 >= producer.head(),
+    )
+    .await;
+    eprintln!(
+        "caught up {:?} after the watchdog; {} blocks behind when reconnected",
+        t.elapsed(),
+        producer.head() - isolated_at
+    );
+    assert!(penalties(&target, "stalled") >= 1);
+    let short_after = target
+        .sync
+        .blocks_synced
+        .get_or_create(&[("phase", "short")])
+        .get();
+    assert!(
+        short_after >= short_before + 40,
+        "catch-up did not go through the short-range path"
+    );
+    assert!(target.node.store.check(&net.spec).is_ok());
+    live.abort();
+}
