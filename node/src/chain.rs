@@ -100,6 +100,21 @@ impl Header {
     }
 }
 
+/// The payload matches the header's length and hash.
+fn check_payload(block: &Block) -> Result<(), VerifyError> {
+    let h = &block.header;
+    if block.payload.len() != h.payload_len as usize {
+        return Err(VerifyError::PayloadLength {
+            got: block.payload.len(),
+            expected: h.payload_len,
+        });
+    }
+    if payload_hash(&block.payload) != h.payload_hash {
+        return Err(VerifyError::PayloadHash);
+    }
+    Ok(())
+}
+
 pub fn payload_hash(payload: &[u8]) -> H256 {
     let mut h = blake3::Hasher::new_derive_key(PAYLOAD_CONTEXT);
     h.update(payload);
@@ -303,23 +318,8 @@ impl ChainSpec {
         if h.timestamp_ms < parent.timestamp_ms {
             return Err(VerifyError::Timestamp);
         }
-        if block.payload.len() != h.payload_len as usize {
-            return Err(VerifyError::PayloadLength {
-                got: block.payload.len(),
-                expected: h.payload_len,
-            });
-        }
-        if payload_hash(&block.payload) != h.payload_hash {
-            return Err(VerifyError::PayloadHash);
-        }
-        if h.producer.0 != self.producer.to_bytes() {
-            return Err(VerifyError::UnknownProducer);
-        }
-        let hash = h.hash();
-        let sig = Signature::from_bytes(&block.signature.0);
-        self.producer
-            .verify_strict(&hash.0, &sig)
-            .map_err(|_| VerifyError::Signature)?;
+        check_payload(&block)?;
+        let hash = self.verify_head(h, &block.signature)?;
         Ok(VerifiedBlock { block, hash })
     }
 
@@ -370,15 +370,7 @@ impl ChainSpec {
                 parent: height.saturating_sub(1),
             });
         }
-        if block.payload.len() != h.payload_len as usize {
-            return Err(VerifyError::PayloadLength {
-                got: block.payload.len(),
-                expected: h.payload_len,
-            });
-        }
-        if payload_hash(&block.payload) != h.payload_hash {
-            return Err(VerifyError::PayloadHash);
-        }
+        check_payload(&block)?;
         let hash = self.verify_head(h, &block.signature)?;
         Ok(VerifiedBlock { block, hash })
     }
