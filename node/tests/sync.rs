@@ -101,7 +101,17 @@ async fn a_peer_serving_corrupt_blocks_is_penalised_and_sync_completes() {
     bad.node.h.set_corrupt_served(true);
     let mut c = cfg(boot.clone());
     c.streams.soft_low = 3; // talk to all three servers
-    let fresh = start_full(&net, c, scfg(), 0).await;
+    // Streams to all three servers before sync starts, so the corrupt one is asked for batches (the
+    // first batches go to every peer) instead of the sync finishing before it is even connected.
+    let node = start(&net, c, 0).await;
+    let bad_id = bad.node.id();
+    node.h
+        .wait_for(Duration::from_secs(30), |s| {
+            s.stream_peers.len() == 3 && s.stream_peers.contains(&bad_id)
+        })
+        .await
+        .expect("streams to all three servers");
+    let fresh = attach_sync(&net, node, scfg());
     eventually(
         "fresh node synced despite a corrupt peer",
         Duration::from_secs(90),
