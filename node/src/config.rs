@@ -121,15 +121,21 @@ pub struct NodeConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Address of the HTTP server for /metrics and /healthz. Port 0 picks a free port; the bound
-    /// address is written to `<data_dir>/syncnode.addrs.json`.
+    /// Address of the HTTP server for /metrics, /healthz and the control API (/faults, /status).
+    /// Port 0 picks a free port; the bound address is written to `<data_dir>/syncnode.addrs.json`.
+    /// Never expose it publicly.
     pub listen: SocketAddr,
+    /// File holding a bearer token that `PUT /faults` must present (`SYNCNODE_CONTROL_TOKEN` also
+    /// works). Relative to the config file.
+    #[serde(default)]
+    pub control_token_file: Option<PathBuf>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: "127.0.0.1:9100".parse().unwrap(),
+            control_token_file: None,
         }
     }
 }
@@ -254,6 +260,9 @@ impl NodeConfig {
         }
         if let Some(k) = &mut node.p2p.key_file {
             *k = base.join(&*k);
+        }
+        if let Some(t) = &mut node.metrics.control_token_file {
+            *t = base.join(&*t);
         }
         if let Some(d) = &overrides.data_dir {
             node.data_dir = d.clone();

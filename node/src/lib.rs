@@ -2,7 +2,9 @@
 
 pub mod chain;
 pub mod config;
+pub mod control;
 pub mod downloader;
+pub mod faults;
 pub mod keys;
 pub mod metrics;
 pub mod node;

@@ -72,6 +72,7 @@ pub async fn run(
     p2p_metrics.register(&mut registry);
     let sync_metrics = SyncMetrics::default();
     sync_metrics.register(&mut registry);
+    let sync_metrics_run = sync_metrics.clone();
     let keypair = crate::p2p::load_or_create_identity(&cfg.node_key_path())?;
     let p2p = crate::p2p::spawn(
         cfg.p2p.clone(),
@@ -110,10 +111,55 @@ pub async fn run(
     info!(%metrics_addr, "serving /metrics and /healthz");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let token = match &cfg.metrics.control_token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("metrics.control_token_file: {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("SYNCNODE_CONTROL_TOKEN").ok(),
+    };
+    let control = {
+        let (p2p_apply, p2p_status, store_status, sync_status) = (
+            p2p.clone(),
+            p2p.clone(),
+            store.clone(),
+            sync_metrics.clone(),
+        );
+        crate::control::ControlState::new(
+            Arc::new(move |f: crate::faults::Faults| {
+                let p2p = p2p_apply.clone();
+                Box::pin(async move {
+                    tracing::warn!(?f, "faults set through the control API");
+                    f.apply(&p2p).await
+                })
+            }),
+            Arc::new(move || {
+                let net = p2p_status.state();
+                let phase = ["idle", "long", "short"]
+                    .into_iter()
+                    .find(|p| sync_status.phase.get_or_create(&[("phase", p)]).get() == 1)
+                    .unwrap_or("idle");
+                serde_json::json!({
+                    "height": store_status.head().height,
+                    "target": sync_status.target_height.get(),
+                    "lag": sync_status.lag.get(),
+                    "phase": phase,
+                    "peers": net.stream_peers.len(),
+                    "connections": net.connections,
+                    "peer_id": p2p_status.local_peer_id.to_string(),
+                    "region": serde_json::Value::Null,
+                })
+            }),
+            token,
+        )
+    };
     let app = axum::Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(serve_health))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(crate::control::router(control));
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -128,7 +174,7 @@ pub async fn run(
         loaded.spec.clone(),
         store.clone(),
         p2p.clone(),
-        sync_metrics,
+        sync_metrics_run,
         metrics.clone(),
         stop_rx.clone(),
     ));

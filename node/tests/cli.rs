@@ -183,3 +183,58 @@ fn inspect_reports_missing_store_and_unknown_block() {
     assert_eq!(v["header"]["height"], 10);
     assert_eq!(v["header"]["producer"], net.producer_key().to_hex());
 }
+
+#[test]
+fn control_api_rejects_bad_fault_sets_and_applies_good_ones() {
+    let net = Devnet::new("  interval_ms: 50\n  payload_bytes: 256\n");
+    let _node = ChildGuard(
+        syncnode()
+            .args(["run", "--log-filter", "error", "--config"])
+            .arg(net.path("node.yaml"))
+            .spawn()
+            .unwrap(),
+    );
+    let addr = metrics_addr(&net.path("data"));
+    let (code, body) = http_request(
+        addr,
+        "PUT",
+        "/faults",
+        r#"{"stall_ms": 20, "setup_failure_rate": 2}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["field"], "setup_failure_rate");
+    let (_, body) = http_get(addr, "/faults").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["stall_ms"], 0, "a rejected set must change nothing");
+
+    let (code, body) = http_request(
+        addr,
+        "PUT",
+        "/faults",
+        r#"{"stall_ms": 20, "isolate": true}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (_, body) = http_get(addr, "/faults").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["stall_ms"].as_u64(), v["isolate"].as_bool()),
+        (Some(20), Some(true))
+    );
+    let (_, m) = http_get(addr, "/metrics").unwrap();
+    assert_eq!(
+        metric(&m, r#"syncnet_faults_injected_total{kind="isolate"}"#),
+        Some(1.0),
+        "{m}"
+    );
+
+    let status = wait_for("status with a height", Duration::from_secs(30), || {
+        let (code, body) = http_get(addr, "/status").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (code == 200 && v["height"].as_u64()? >= 1).then_some(v)
+    });
+    assert_eq!(status["phase"], "idle", "{status}");
+    assert!(status["peer_id"].as_str().unwrap().starts_with("12D3KooW"));
+}

@@ -1,0 +1,187 @@
+//! Runtime control API, served next to /metrics: `GET /faults`, `PUT /faults` (the whole set, JSON,
+//! validated; a rejected set changes nothing), `GET /status`. Not for public exposure: bind it to a
+//! private address, and set a bearer token (`metrics.control_token_file` or `SYNCNODE_CONTROL_TOKEN`)
+//! to require `Authorization: Bearer <token>` on `PUT`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::future::BoxFuture;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::faults::Faults;
+
+pub type ApplyFn = Arc<dyn Fn(Faults) -> BoxFuture<'static, ()> + Send + Sync>;
+pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+pub struct ControlState {
+    faults: Mutex<Faults>,
+    apply: ApplyFn,
+    status: StatusFn,
+    token: Option<String>,
+}
+
+impl ControlState {
+    pub fn new(apply: ApplyFn, status: StatusFn, token: Option<String>) -> Arc<Self> {
+        Arc::new(ControlState {
+            faults: Mutex::new(Faults::default()),
+            apply,
+            status,
+            token: token.filter(|t| !t.is_empty()),
+        })
+    }
+}
+
+pub fn router(state: Arc<ControlState>) -> axum::Router {
+    axum::Router::new()
+        .route("/faults", get(get_faults).put(put_faults))
+        .route("/status", get(get_status))
+        .with_state(state)
+}
+
+async fn get_faults(State(s): State<Arc<ControlState>>) -> impl IntoResponse {
+    Json(s.faults.lock().await.clone())
+}
+
+async fn get_status(State(s): State<Arc<ControlState>>) -> impl IntoResponse {
+    Json((s.status)())
+}
+
+async fn put_faults(
+    State(s): State<Arc<ControlState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(token) = &s.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            let body = json!({ "error": "missing or wrong bearer token" });
+            return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+        }
+    }
+    let faults = match Faults::from_json(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            let body = json!({ "error": e.to_string(), "field": e.field });
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
+    };
+    // One writer at a time: the lock is held while the set is applied.
+    let mut current = s.faults.lock().await;
+    (s.apply)(faults.clone()).await;
+    *current = faults.clone();
+    let unapplied = faults.unapplied();
+    (
+        StatusCode::OK,
+        Json(json!({ "faults": faults, "unapplied": unapplied })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    fn state(token: Option<&str>) -> (Arc<ControlState>, Arc<std::sync::Mutex<Vec<Faults>>>) {
+        let applied = Arc::new(std::sync::Mutex::new(vec![]));
+        let a = applied.clone();
+        let apply: ApplyFn = Arc::new(move |f| {
+            a.lock().unwrap().push(f);
+            Box::pin(async {})
+        });
+        let status: StatusFn = Arc::new(|| json!({ "height": 7 }));
+        (
+            ControlState::new(apply, status, token.map(str::to_owned)),
+            applied,
+        )
+    }
+
+    async fn call(s: &Arc<ControlState>, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let resp = router(s.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn put(body: &str) -> Request<Body> {
+        Request::put("/faults")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn valid_put_applies_and_get_shows_it() {
+        let (s, applied) = state(None);
+        let (code, v) = call(&s, put(r#"{"stall_ms": 250, "request_error_rate": 0.1}"#)).await;
+        assert_eq!(code, StatusCode::OK, "{v}");
+        assert_eq!(v["unapplied"], json!(["request_error_rate"]));
+        assert_eq!(applied.lock().unwrap().len(), 1);
+        assert_eq!(applied.lock().unwrap()[0].stall_ms, 250);
+        let (code, v) = call(&s, Request::get("/faults").body(Body::empty()).unwrap()).await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(v["stall_ms"], 250);
+        let (_, v) = call(&s, Request::get("/status").body(Body::empty()).unwrap()).await;
+        assert_eq!(v["height"], 7);
+    }
+
+    #[tokio::test]
+    async fn invalid_put_is_400_naming_the_field_and_changes_nothing() {
+        let (s, applied) = state(None);
+        call(&s, put(r#"{"stall_ms": 5}"#)).await;
+        for (body, field) in [
+            (
+                r#"{"stall_ms": 10, "setup_failure_rate": 3}"#,
+                "setup_failure_rate",
+            ),
+            (r#"{"stal_ms": 10}"#, "stal_ms"),
+            (r#"{"stall_ms": "x"}"#, "stall_ms"),
+            ("[not json", "body"),
+        ] {
+            let (code, v) = call(&s, put(body)).await;
+            assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(v["field"], field, "{body}: {v}");
+        }
+        assert_eq!(
+            applied.lock().unwrap().len(),
+            1,
+            "rejected sets must not be applied"
+        );
+        let (_, v) = call(&s, Request::get("/faults").body(Body::empty()).unwrap()).await;
+        assert_eq!(v["stall_ms"], 5, "state must be unchanged");
+    }
+
+    #[tokio::test]
+    async fn bearer_token_guards_put() {
+        let (s, applied) = state(Some("sekret"));
+        let (code, _) = call(&s, put("{}")).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        let wrong = Request::put("/faults")
+            .header(header::AUTHORIZATION, "Bearer nope")
+            .body(Body::from("{}"))
+            .unwrap();
+        assert_eq!(call(&s, wrong).await.0, StatusCode::UNAUTHORIZED);
+        let right = Request::put("/faults")
+            .header(header::AUTHORIZATION, "Bearer sekret")
+            .body(Body::from(r#"{"isolate": true}"#))
+            .unwrap();
+        assert_eq!(call(&s, right).await.0, StatusCode::OK);
+        assert_eq!(applied.lock().unwrap().len(), 1);
+        // Reading needs no token.
+        let (code, _) = call(&s, Request::get("/faults").body(Body::empty()).unwrap()).await;
+        assert_eq!(code, StatusCode::OK);
+    }
+}

@@ -1,0 +1,204 @@
+//! Fault injection: the set of faults a node can be told to apply at runtime (all off by default),
+//! validated with errors that name the field. The control API (`PUT /faults`) replaces the whole set
+//! atomically: a rejected set changes nothing.
+//!
+//! Applied today: setup failures, stalls, corrupt served blocks, isolation, forced discovery and the
+//! storm canary. Request errors, stream resets, partitions by region/peer and the leak canary are
+//! accepted and validated but not yet applied (`applied()` says which); see docs/faults.md.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Faults {
+    /// Probability that one of our outbound sync stream setups fails on purpose.
+    pub setup_failure_rate: f64,
+    /// Probability that a sync request we serve is answered with an injected error.
+    pub request_error_rate: f64,
+    /// Probability, per request served, that the sync stream is reset instead.
+    pub stream_reset_rate: f64,
+    /// Delay added to every reply we serve, in milliseconds.
+    pub stall_ms: u64,
+    /// Serve blocks with a flipped payload byte (receivers must reject them).
+    pub corrupt_blocks: bool,
+    /// Drop every connection and refuse new ones.
+    pub isolate: bool,
+    /// Run discovery this often regardless of stream count, in milliseconds.
+    pub forced_discovery_ms: Option<u64>,
+    /// Drop traffic to and from these regions / peer ids.
+    pub partition: Partition,
+    /// CANARY: keep this many KiB per stream setup forever (a planted leak).
+    pub leak_canary_kib_per_setup: u64,
+    /// CANARY: the original discovery/stream storm.
+    pub storm_canary: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Partition {
+    pub regions: Vec<String>,
+    pub peers: Vec<String>,
+}
+
+/// A rejected fault set: which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FaultError {
+    pub field: String,
+    pub message: String,
+}
+
+fn err(field: &str, message: impl Into<String>) -> FaultError {
+    FaultError {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Largest stall accepted (10 minutes): longer is a partition, not a stall.
+pub const MAX_STALL_MS: u64 = 600_000;
+/// Largest leak canary per setup (16 MiB).
+pub const MAX_LEAK_KIB: u64 = 16 * 1024;
+
+impl Faults {
+    /// Parses a JSON fault set; unknown fields and bad types name the field.
+    pub fn from_json(body: &[u8]) -> Result<Faults, FaultError> {
+        let de = &mut serde_json::Deserializer::from_slice(body);
+        let f: Faults = serde_path_to_error::deserialize(de).map_err(|e| {
+            // The path names the field, unknown ones included; ".", "?" or an index is the document
+            // itself (not an object).
+            let path = e.path().to_string();
+            let whole = path == "." || path == "?" || path.starts_with('[');
+            FaultError {
+                field: if whole { "body".to_owned() } else { path },
+                message: e.inner().to_string(),
+            }
+        })?;
+        f.validate()?;
+        Ok(f)
+    }
+
+    pub fn validate(&self) -> Result<(), FaultError> {
+        for (name, p) in [
+            ("setup_failure_rate", self.setup_failure_rate),
+            ("request_error_rate", self.request_error_rate),
+            ("stream_reset_rate", self.stream_reset_rate),
+        ] {
+            if !(0.0..=1.0).contains(&p) || p.is_nan() {
+                return Err(err(name, format!("{p} is not a probability in [0, 1]")));
+            }
+        }
+        if self.stall_ms > MAX_STALL_MS {
+            return Err(err("stall_ms", format!("at most {MAX_STALL_MS}")));
+        }
+        if let Some(ms) = self.forced_discovery_ms
+            && !(100..=3_600_000).contains(&ms)
+        {
+            return Err(err("forced_discovery_ms", "must be within 100..=3600000"));
+        }
+        if self.leak_canary_kib_per_setup > MAX_LEAK_KIB {
+            return Err(err(
+                "leak_canary_kib_per_setup",
+                format!("at most {MAX_LEAK_KIB}"),
+            ));
+        }
+        for (i, r) in self.partition.regions.iter().enumerate() {
+            if r.is_empty() || r.len() > 63 {
+                return Err(err(
+                    &format!("partition.regions[{i}]"),
+                    "must be 1-63 characters",
+                ));
+            }
+        }
+        for (i, p) in self.partition.peers.iter().enumerate() {
+            if p.parse::<libp2p::PeerId>().is_err() {
+                return Err(err(
+                    &format!("partition.peers[{i}]"),
+                    format!("{p:?} is not a peer id"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the faults in this set that are switched on but not applied by this build yet.
+    pub fn unapplied(&self) -> Vec<&'static str> {
+        let mut v = vec![];
+        if self.request_error_rate > 0.0 {
+            v.push("request_error_rate");
+        }
+        if self.stream_reset_rate > 0.0 {
+            v.push("stream_reset_rate");
+        }
+        if !self.partition.regions.is_empty() || !self.partition.peers.is_empty() {
+            v.push("partition");
+        }
+        if self.leak_canary_kib_per_setup > 0 {
+            v.push("leak_canary_kib_per_setup");
+        }
+        v
+    }
+
+    /// Applies the set to a running p2p layer.
+    pub async fn apply(&self, p2p: &crate::p2p::P2pHandle) {
+        p2p.set_setup_failure_rate(self.setup_failure_rate);
+        p2p.set_stall(std::time::Duration::from_millis(self.stall_ms));
+        p2p.set_corrupt_served(self.corrupt_blocks);
+        p2p.set_isolated(self.isolate).await;
+        p2p.set_forced_discovery(
+            self.forced_discovery_ms
+                .map(std::time::Duration::from_millis),
+        )
+        .await;
+        p2p.set_storm_canary(self.storm_canary).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_all_off_and_roundtrips() {
+        let f = Faults::default();
+        assert!(f.validate().is_ok() && f.unapplied().is_empty());
+        let json = serde_json::to_vec(&f).unwrap();
+        assert_eq!(Faults::from_json(&json).unwrap(), f);
+        assert_eq!(Faults::from_json(b"{}").unwrap(), f);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: [(&str, &str); 8] = [
+            (r#"{"setup_failure_rate": 1.5}"#, "setup_failure_rate"),
+            (r#"{"request_error_rate": -0.1}"#, "request_error_rate"),
+            (r#"{"stall_ms": 999999999}"#, "stall_ms"),
+            (r#"{"forced_discovery_ms": 5}"#, "forced_discovery_ms"),
+            (
+                r#"{"leak_canary_kib_per_setup": 99999999}"#,
+                "leak_canary_kib_per_setup",
+            ),
+            (
+                r#"{"partition": {"peers": ["nope"]}}"#,
+                "partition.peers[0]",
+            ),
+            (r#"{"stal_ms": 5}"#, "stal_ms"),
+            (r#"{"partition": {"regons": []}}"#, "partition.regons"),
+        ];
+        for (body, field) in cases {
+            let e = Faults::from_json(body.as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+        }
+        let e = Faults::from_json(b"{not json").unwrap_err();
+        assert_eq!(e.field, "body");
+        let e = Faults::from_json(br#"{"stall_ms": "slow"}"#).unwrap_err();
+        assert_eq!(e.field, "stall_ms", "{e}");
+        assert!(e.message.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn unapplied_faults_are_reported() {
+        let f = Faults::from_json(br#"{"request_error_rate": 0.05, "stall_ms": 10}"#).unwrap();
+        assert_eq!(f.unapplied(), vec!["request_error_rate"]);
+    }
+}
