@@ -126,9 +126,10 @@ mod tests {
     #[tokio::test]
     async fn valid_put_applies_and_get_shows_it() {
         let (s, applied) = state(None);
-        let (code, v) = call(&s, put(r#"{"stall_ms": 250, "request_error_rate": 0.1}"#)).await;
+        let body = r#"{"stall_ms": 250, "partition": {"regions": ["eu"]}}"#;
+        let (code, v) = call(&s, put(body)).await;
         assert_eq!(code, StatusCode::OK, "{v}");
-        assert_eq!(v["unapplied"], json!(["request_error_rate"]));
+        assert_eq!(v["unapplied"], json!(["partition"]));
         assert_eq!(applied.lock().unwrap().len(), 1);
         assert_eq!(applied.lock().unwrap()[0].stall_ms, 250);
         let (code, v) = call(&s, Request::get("/faults").body(Body::empty()).unwrap()).await;

@@ -2,9 +2,9 @@
 //! validated with errors that name the field. The control API (`PUT /faults`) replaces the whole set
 //! atomically: a rejected set changes nothing.
 //!
-//! Applied today: setup failures, stalls, corrupt served blocks, isolation, forced discovery and the
-//! storm canary. Request errors, stream resets, partitions by region/peer and the leak canary are
-//! accepted and validated but not yet applied (`applied()` says which); see docs/faults.md.
+//! Applied today: setup failures, request errors, stream resets, stalls, corrupt served blocks,
+//! isolation, forced discovery, the leak canary and the storm canary. Partitions by region/peer are
+//! accepted and validated but not yet applied (`unapplied()` says so); see docs/faults.md.
 
 use serde::{Deserialize, Serialize};
 
@@ -124,17 +124,8 @@ impl Faults {
     /// Names of the faults in this set that are switched on but not applied by this build yet.
     pub fn unapplied(&self) -> Vec<&'static str> {
         let mut v = vec![];
-        if self.request_error_rate > 0.0 {
-            v.push("request_error_rate");
-        }
-        if self.stream_reset_rate > 0.0 {
-            v.push("stream_reset_rate");
-        }
         if !self.partition.regions.is_empty() || !self.partition.peers.is_empty() {
             v.push("partition");
-        }
-        if self.leak_canary_kib_per_setup > 0 {
-            v.push("leak_canary_kib_per_setup");
         }
         v
     }
@@ -144,6 +135,9 @@ impl Faults {
         p2p.set_setup_failure_rate(self.setup_failure_rate);
         p2p.set_stall(std::time::Duration::from_millis(self.stall_ms));
         p2p.set_corrupt_served(self.corrupt_blocks);
+        p2p.set_request_error_rate(self.request_error_rate);
+        p2p.set_stream_reset_rate(self.stream_reset_rate);
+        p2p.set_leak_canary_kib(self.leak_canary_kib_per_setup);
         p2p.set_isolated(self.isolate).await;
         p2p.set_forced_discovery(
             self.forced_discovery_ms
@@ -198,7 +192,9 @@ mod tests {
 
     #[test]
     fn unapplied_faults_are_reported() {
-        let f = Faults::from_json(br#"{"request_error_rate": 0.05, "stall_ms": 10}"#).unwrap();
-        assert_eq!(f.unapplied(), vec!["request_error_rate"]);
+        let f =
+            Faults::from_json(br#"{"request_error_rate": 0.05, "partition": {"regions": ["eu"]}}"#)
+                .unwrap();
+        assert_eq!(f.unapplied(), vec!["partition"]);
     }
 }

@@ -530,7 +530,12 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             self.refuse(p, id, ResetReason::Full);
             return;
         }
-        if !self.cfg.storm_canary && self.cooldown.get(&p).is_some_and(|c| c.until > now) {
+        // A cooldown never refuses the stream that wins ties (opened by the lower id): when both ends
+        // open at once, the loser may see its own stream reset, record a removal and start a
+        // cooldown before the winner's stream arrives; refusing that one too would leave neither.
+        // The opener's own removal cooldown still bounds how often it reopens.
+        let cooling = self.cooldown.get(&p).is_some_and(|c| c.until > now);
+        if !self.cfg.storm_canary && cooling && !self.opened_by_lower(&p, false) {
             self.refuse(p, id, ResetReason::Cooldown);
             return;
         }

@@ -330,7 +330,7 @@ async fn peers_of_another_network_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_frame_resets_the_stream_and_penalises() {
     let net = Net::new("testnet");
-    let server = start(&net, cfg(vec![]), 5).await;
+    let server = start(&net, accept_only(), 5).await;
     let mut swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -407,4 +407,91 @@ async fn oversize_frame_resets_the_stream_and_penalises() {
             .get(),
         1
     );
+}
+
+/// A server that only accepts streams. Below soft_low it would also open its own stream to a new
+/// client; when both open at once the tie rule may replace the client's first stream a moment after
+/// the client started using it, which direct (unmanaged) requests in these tests cannot survive.
+fn accept_only() -> p2p::P2pConfig {
+    let mut c = cfg(vec![]);
+    c.streams.soft_low = 0;
+    c.streams.hard_low = 0;
+    c
+}
+
+fn injected(n: &Node, kind: &'static str) -> u64 {
+    n.metrics
+        .faults_injected
+        .get_or_create(&[("kind", kind)])
+        .get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_error_fault_answers_with_an_error_and_counts() {
+    let net = Net::new("testnet");
+    let server = start(&net, accept_only(), 10).await;
+    let client = start(&net, cfg(vec![]), 0).await;
+    connect_pair(&client, &server).await;
+    server.h.set_request_error_rate(1.0);
+    let r = client.h.request_direct(server.id(), Request::Status).await;
+    assert_eq!(r, Ok(Response::Error(ErrorReply::Invalid)));
+    assert_eq!(injected(&server, "request_error"), 1);
+    server.h.set_request_error_rate(0.0);
+    let r = client.h.request_direct(server.id(), Request::Status).await;
+    assert!(matches!(r, Ok(Response::Status(_))), "{r:?}");
+    assert_eq!(injected(&server, "request_error"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_reset_fault_resets_the_stream_and_counts() {
+    let net = Net::new("testnet");
+    let server = start(&net, accept_only(), 10).await;
+    let client = start(&net, cfg(vec![]), 0).await;
+    connect_pair(&client, &server).await;
+    server.h.set_stream_reset_rate(1.0);
+    let r = client.h.request_direct(server.id(), Request::Status).await;
+    assert_eq!(
+        r,
+        Err(p2p::RequestError::NoStream),
+        "the request dies with its stream"
+    );
+    assert_eq!(injected(&server, "stream_reset"), 1);
+    let removed = client
+        .metrics
+        .removals
+        .get_or_create(&[("reason", "stream_error")]);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while removed.get() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the client saw its stream go");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leak_canary_retains_memory_per_stream_setup() {
+    let net = Net::new("testnet");
+    let server = start(&net, cfg(vec![]), 0).await;
+    server.h.set_leak_canary_kib(512);
+    let a = start(&net, cfg(vec![]), 0).await;
+    let b = start(&net, cfg(vec![]), 0).await;
+    connect_pair(&a, &server).await;
+    connect_pair(&b, &server).await;
+    // One setup per client on the server side: 2 x 512 KiB retained. The server finishes its side of
+    // each handshake independently of the client, so wait for it (bounded).
+    let held = server
+        .metrics
+        .tracked
+        .get_or_create(&[("table", "leak_canary_kib")]);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while injected(&server, "leak_canary") < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("two setups retained memory on the server");
+    assert!(held.get() >= 1024, "{}", held.get());
+    // Nothing is retained where the canary is off.
+    assert_eq!(injected(&a, "leak_canary"), 0);
 }

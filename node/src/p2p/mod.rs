@@ -302,6 +302,25 @@ impl P2pHandle {
             .store(d.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// Fault: answer this share of served requests with an injected error.
+    pub fn set_request_error_rate(&self, p: f64) {
+        self.ctx
+            .request_error_rate
+            .store(p.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+    }
+
+    /// Fault: reset the stream instead of serving this share of requests.
+    pub fn set_stream_reset_rate(&self, p: f64) {
+        self.ctx
+            .stream_reset_rate
+            .store(p.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+    }
+
+    /// CANARY: retain this many KiB per stream setup, forever (capped at 4 GiB in total).
+    pub fn set_leak_canary_kib(&self, kib: u64) {
+        self.ctx.leak_kib_per_setup.store(kib, Ordering::Relaxed);
+    }
+
     /// Fault: drop every connection and refuse new ones until called with `false`.
     pub async fn set_isolated(&self, on: bool) {
         let _ = self.tx.send(Command::Isolate(on)).await;
@@ -497,6 +516,10 @@ pub async fn spawn(
         setup_failure_rate: AtomicU64::new(0f64.to_bits()),
         corrupt_served: AtomicBool::new(false),
         stall_ms: AtomicU64::new(0),
+        request_error_rate: AtomicU64::new(0f64.to_bits()),
+        stream_reset_rate: AtomicU64::new(0f64.to_bits()),
+        leak_kib_per_setup: AtomicU64::new(0),
+        leaked: std::sync::Mutex::new(Vec::new()),
         shutting_down: AtomicBool::new(false),
     });
     let (session_tx, session_rx) = mpsc::channel(1024);

@@ -41,7 +41,22 @@ pub struct SessionCtx {
     pub corrupt_served: AtomicBool,
     /// Fault: delay every reply by this many milliseconds.
     pub stall_ms: AtomicU64,
+    /// Fault: probability (f64 bits) that a request we serve gets an injected error reply.
+    pub request_error_rate: AtomicU64,
+    /// Fault: probability (f64 bits) that a request we receive resets the stream instead.
+    pub stream_reset_rate: AtomicU64,
+    /// CANARY: KiB retained forever per stream setup (a planted leak).
+    pub leak_kib_per_setup: AtomicU64,
+    pub leaked: std::sync::Mutex<Vec<Box<[u8]>>>,
     pub shutting_down: AtomicBool,
+}
+
+/// The leak canary stops growing here, so a forgotten canary cannot take the machine down.
+const LEAK_CAP_BYTES: usize = 4 << 30;
+
+fn roll(rate: &AtomicU64) -> bool {
+    let p = f64::from_bits(rate.load(Ordering::Relaxed));
+    p > 0.0 && rand::random::<f64>() < p
 }
 
 impl SessionCtx {
@@ -52,6 +67,27 @@ impl SessionCtx {
             head: head.header,
             head_signature: head.signature,
             limits: self.limits,
+        }
+    }
+
+    /// Retains `leak_kib_per_setup` KiB (pages touched, so resident), up to the cap.
+    fn leak_one(&self) {
+        let kib = self.leak_kib_per_setup.load(Ordering::Relaxed) as usize;
+        if kib == 0 {
+            return;
+        }
+        let mut leaked = self.leaked.lock().expect("not poisoned");
+        let held: usize = leaked.iter().map(|b| b.len()).sum();
+        if held + kib * 1024 <= LEAK_CAP_BYTES {
+            leaked.push(vec![0xA5u8; kib * 1024].into_boxed_slice());
+            self.metrics
+                .faults_injected
+                .get_or_create(&[("kind", "leak_canary")])
+                .inc();
+            self.metrics
+                .tracked
+                .get_or_create(&[("table", "leak_canary_kib")])
+                .set(((held + kib * 1024) / 1024) as i64);
         }
     }
 
@@ -225,6 +261,7 @@ pub async fn run<S>(
         }
     }
 
+    ctx.leak_one();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let (close, closed) = oneshot::channel();
     let ready = SessionEvent::Ready {
@@ -261,6 +298,13 @@ pub async fn run<S>(
     let reader = async {
         loop {
             match read_message(&mut rd, &mut dec, &mut buf, &ctx.metrics).await {
+                Ok(Message::Request { .. }) if roll(&ctx.stream_reset_rate) => {
+                    ctx.metrics
+                        .faults_injected
+                        .get_or_create(&[("kind", "stream_reset")])
+                        .inc();
+                    return CloseReason::Io;
+                }
                 Ok(Message::Request { id: req_id, req }) => {
                     let permit = serving.clone().acquire_owned().await.expect("never closed");
                     let (ctx, tx) = (ctx.clone(), tx.clone());
@@ -322,6 +366,13 @@ pub async fn run<S>(
 
 /// Answers one request from the store, after the rate limiter.
 async fn serve(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Response {
+    if roll(&ctx.request_error_rate) {
+        ctx.metrics
+            .faults_injected
+            .get_or_create(&[("kind", "request_error")])
+            .inc();
+        return Response::Error(ErrorReply::Invalid);
+    }
     let stall = ctx.stall_ms.load(Ordering::Relaxed);
     if stall > 0 {
         ctx.metrics

@@ -193,7 +193,8 @@ fn setup_timeout_counts_as_failure() {
 #[test]
 fn removal_cooldown_grows_and_caps() {
     let t0 = Instant::now();
-    let mut m = M::new(cfg(), 10, 1, t0);
+    // Local id 1: the peer (5) is higher, so its streams do not win ties and the cooldown applies.
+    let mut m = M::new(cfg(), 1, 1, t0);
     let mut now = t0;
     let mut seen = vec![];
     for id in 1..=6 {
@@ -219,6 +220,20 @@ fn removal_cooldown_grows_and_caps() {
         m.cooldown_remaining(&5, later),
         Some(Duration::from_secs(2))
     );
+}
+
+#[test]
+fn cooldown_never_refuses_the_stream_that_wins_ties() {
+    let t0 = Instant::now();
+    // Local 10, peer 5: the peer's streams win ties. Our stream to it was reset (the tie-break), so
+    // we are cooling down on it, yet its own stream must be accepted or neither side has one.
+    let mut m = M::new(cfg(), 10, 1, t0);
+    m.handle(Event::InboundReady(5, 1), t0);
+    m.handle(Event::StreamClosed(5, 1, RemovalReason::StreamError), t0);
+    assert!(m.cooldown_remaining(&5, t0).is_some());
+    m.handle(Event::InboundReady(5, 2), t0);
+    assert!(drain(&mut m).contains(&Action::Use(5, 2)));
+    assert_eq!(m.stream_count(), 1);
 }
 
 #[test]
