@@ -183,7 +183,7 @@ async fn isolated_node_catches_up_through_the_short_range_watchdog() {
     let t = std::time::Instant::now();
     eventually(
         "caught up after the watchdog",
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         || target.head() + 2 >= producer.head(),
     )
     .await;
