@@ -195,30 +195,29 @@ fn control_api_rejects_bad_fault_sets_and_applies_good_ones() {
             .unwrap(),
     );
     let addr = metrics_addr(&net.path("data"));
-    let (code, body) = http_request(
-        addr,
-        "PUT",
-        "/faults",
-        r#"{"stall_ms": 20, "setup_failure_rate": 2}"#,
-    )
-    .unwrap();
-    assert_eq!(code, 400, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["field"], "setup_failure_rate");
-    let (_, body) = http_get(addr, "/faults").unwrap();
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["stall_ms"], 0, "a rejected set must change nothing");
+    let put = |body: &str| {
+        let (code, reply) = http_request(addr, "PUT", "/faults", body).unwrap();
+        (
+            code,
+            serde_json::from_str::<serde_json::Value>(&reply).unwrap(),
+        )
+    };
+    let current = || {
+        serde_json::from_str::<serde_json::Value>(&http_get(addr, "/faults").unwrap().1).unwrap()
+    };
 
-    let (code, body) = http_request(
-        addr,
-        "PUT",
-        "/faults",
-        r#"{"stall_ms": 20, "isolate": true}"#,
-    )
-    .unwrap();
-    assert_eq!(code, 200, "{body}");
-    let (_, body) = http_get(addr, "/faults").unwrap();
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (code, v) = put(r#"{"stall_ms": 20, "setup_failure_rate": 2}"#);
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["field"], "setup_failure_rate");
+    assert_eq!(
+        current()["stall_ms"],
+        0,
+        "a rejected set must change nothing"
+    );
+
+    let (code, v) = put(r#"{"stall_ms": 20, "isolate": true}"#);
+    assert_eq!(code, 200, "{v}");
+    let v = current();
     assert_eq!(
         (v["stall_ms"].as_u64(), v["isolate"].as_bool()),
         (Some(20), Some(true))
