@@ -312,6 +312,13 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
         }
     }
 
+    /// Whether a batch handed out with [`Action::Insert`] awaits its result.
+    pub fn inserting(&self) -> bool {
+        self.batches
+            .values()
+            .any(|b| matches!(b.state, State::Inserting { .. }))
+    }
+
     pub fn poll_action(&mut self) -> Option<Action<P>> {
         self.actions.pop_front()
     }
@@ -568,11 +575,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
 
         // Commit the next batch in line.
         let next = self.local + 1;
-        let inserting = self
-            .batches
-            .values()
-            .any(|b| matches!(b.state, State::Inserting { .. }));
-        if !inserting
+        if !self.inserting()
             && let Some(b) = self.batches.get_mut(&next)
             && matches!(b.state, State::Ready { .. })
         {

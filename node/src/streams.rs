@@ -163,6 +163,7 @@ pub enum Action<P> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Report {
+    SetupStarted,
     SetupSucceeded,
     SetupFailed(SetupFailure),
     Removed(RemovalReason),
@@ -374,7 +375,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             Event::Tick => {}
             Event::Discovered(p) => self.on_discovered(p),
             Event::DiscoveryFinished => self.finish_round(now),
-            Event::Connected(p) => self.on_connected(p, now),
+            Event::Connected(p) => self.on_connected(p),
             Event::Disconnected(p) => self.on_disconnected(p, now),
             Event::DialFailed(p) => {
                 if self
@@ -427,7 +428,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
         self.actions.push_back(Action::Report(Report::PeerFound));
     }
 
-    fn on_connected(&mut self, p: P, now: Instant) {
+    fn on_connected(&mut self, p: P) {
         if self.connected.len() < self.cfg.max_tracked_peers * 2 {
             self.connected.insert(p.clone());
         }
@@ -442,7 +443,6 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
                 if !self.streams.contains_key(&p) || self.cfg.storm_canary {
                     self.on_discovered(p);
                 }
-                let _ = now;
             }
         }
     }
@@ -645,6 +645,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
     }
 
     fn start_setup(&mut self, p: P, stage: Stage, now: Instant) {
+        self.actions.push_back(Action::Report(Report::SetupStarted));
         self.setups.insert(
             p,
             Setup {

@@ -65,11 +65,10 @@ pub async fn run(
     let (ins_tx, mut ins_rx) =
         mpsc::channel::<(BatchId, Result<crate::store::Head, StoreError>, usize)>(4);
     let mut last_phase = d.phase();
-    let mut inserting = false;
     loop {
         // Blocks committed by someone else (the producer loop) move our head too.
         let stored = store.head().height;
-        if !inserting && stored > d.stats().local {
+        if !d.inserting() && stored > d.stats().local {
             d.handle(Event::LocalAdvanced { height: stored }, Instant::now());
         }
         let wake = d
@@ -97,7 +96,6 @@ pub async fn run(
                 d.handle(ev, now);
             }
             Some((id, result, n)) = ins_rx.recv() => {
-                inserting = false;
                 let now = Instant::now();
                 match result {
                     Ok(head) => {
@@ -153,7 +151,6 @@ pub async fn run(
                     }
                 }
                 Action::Insert { id, blocks } => {
-                    inserting = true;
                     let (store, tx) = (store.clone(), ins_tx.clone());
                     let n = blocks.len();
                     tokio::task::spawn_blocking(move || {

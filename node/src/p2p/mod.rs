@@ -519,7 +519,7 @@ pub async fn spawn(
         request_error_rate: AtomicU64::new(0f64.to_bits()),
         stream_reset_rate: AtomicU64::new(0f64.to_bits()),
         leak_kib_per_setup: AtomicU64::new(0),
-        leaked: std::sync::Mutex::new(Vec::new()),
+        leaked: std::sync::Mutex::new((Vec::new(), 0)),
         shutting_down: AtomicBool::new(false),
     });
     let (session_tx, session_rx) = mpsc::channel(1024);
@@ -1214,15 +1214,11 @@ impl Driver {
                 self.discovery_query = Some(q);
             }
             SmAction::Dial(peer) => {
-                self.counters.started += 1;
                 if !self.dial(peer, now) {
                     self.sm.handle(SmEvent::DialFailed(peer), now);
                 }
             }
             SmAction::OpenStream(peer) => {
-                if !self.conns.contains_key(&peer) {
-                    self.counters.started += 1;
-                }
                 let id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
                 let (ctx, tx, mut control, proto) = (
                     self.ctx.clone(),
@@ -1287,6 +1283,7 @@ impl Driver {
     fn on_report(&mut self, r: Report) {
         let m = &self.metrics;
         match r {
+            Report::SetupStarted => self.counters.started += 1,
             Report::SetupSucceeded => {
                 self.counters.succeeded += 1;
                 m.setups.get_or_create(&[("outcome", "ok")]).inc();

@@ -47,7 +47,8 @@ pub struct SessionCtx {
     pub stream_reset_rate: AtomicU64,
     /// CANARY: KiB retained forever per stream setup (a planted leak).
     pub leak_kib_per_setup: AtomicU64,
-    pub leaked: std::sync::Mutex<Vec<Box<[u8]>>>,
+    /// The retained blocks and their total size in bytes.
+    pub leaked: std::sync::Mutex<(Vec<Box<[u8]>>, usize)>,
     pub shutting_down: AtomicBool,
 }
 
@@ -77,9 +78,10 @@ impl SessionCtx {
             return;
         }
         let mut leaked = self.leaked.lock().expect("not poisoned");
-        let held: usize = leaked.iter().map(|b| b.len()).sum();
-        if held + kib * 1024 <= LEAK_CAP_BYTES {
-            leaked.push(vec![0xA5u8; kib * 1024].into_boxed_slice());
+        let (blocks, held) = &mut *leaked;
+        if *held + kib * 1024 <= LEAK_CAP_BYTES {
+            blocks.push(vec![0xA5u8; kib * 1024].into_boxed_slice());
+            *held += kib * 1024;
             self.metrics
                 .faults_injected
                 .get_or_create(&[("kind", "leak_canary")])
@@ -87,7 +89,7 @@ impl SessionCtx {
             self.metrics
                 .tracked
                 .get_or_create(&[("table", "leak_canary_kib")])
-                .set(((held + kib * 1024) / 1024) as i64);
+                .set((*held / 1024) as i64);
         }
     }
 
