@@ -15,22 +15,31 @@ use futures::future::BoxFuture;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::faults::Faults;
+use crate::faults::{FaultError, Faults};
 
 pub type ApplyFn = Arc<dyn Fn(Faults) -> BoxFuture<'static, ()> + Send + Sync>;
+/// Node-dependent checks of a fault set (e.g. a partition needs network emulation).
+pub type CheckFn = Arc<dyn Fn(&Faults) -> Result<(), FaultError> + Send + Sync>;
 pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 pub struct ControlState {
     faults: Mutex<Faults>,
+    check: CheckFn,
     apply: ApplyFn,
     status: StatusFn,
     token: Option<String>,
 }
 
 impl ControlState {
-    pub fn new(apply: ApplyFn, status: StatusFn, token: Option<String>) -> Arc<Self> {
+    pub fn new(
+        check: CheckFn,
+        apply: ApplyFn,
+        status: StatusFn,
+        token: Option<String>,
+    ) -> Arc<Self> {
         Arc::new(ControlState {
             faults: Mutex::new(Faults::default()),
+            check,
             apply,
             status,
             token: token.filter(|t| !t.is_empty()),
@@ -68,7 +77,7 @@ async fn put_faults(
             return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
         }
     }
-    let faults = match Faults::from_json(&body) {
+    let faults = match Faults::from_json(&body).and_then(|f| (s.check)(&f).map(|()| f)) {
         Ok(f) => f,
         Err(e) => {
             let body = json!({ "error": e.to_string(), "field": e.field });
@@ -79,12 +88,7 @@ async fn put_faults(
     let mut current = s.faults.lock().await;
     (s.apply)(faults.clone()).await;
     *current = faults.clone();
-    let unapplied = faults.unapplied();
-    (
-        StatusCode::OK,
-        Json(json!({ "faults": faults, "unapplied": unapplied })),
-    )
-        .into_response()
+    (StatusCode::OK, Json(json!({ "faults": faults }))).into_response()
 }
 
 #[cfg(test)]
@@ -102,8 +106,10 @@ mod tests {
             Box::pin(async {})
         });
         let status: StatusFn = Arc::new(|| json!({ "height": 7 }));
+        // Stands in for a node without network emulation.
+        let check: CheckFn = Arc::new(|f: &Faults| f.check(None));
         (
-            ControlState::new(apply, status, token.map(str::to_owned)),
+            ControlState::new(check, apply, status, token.map(str::to_owned)),
             applied,
         )
     }
@@ -126,10 +132,10 @@ mod tests {
     #[tokio::test]
     async fn valid_put_applies_and_get_shows_it() {
         let (s, applied) = state(None);
-        let body = r#"{"stall_ms": 250, "partition": {"regions": ["eu"]}}"#;
+        let body = r#"{"stall_ms": 250}"#;
         let (code, v) = call(&s, put(body)).await;
         assert_eq!(code, StatusCode::OK, "{v}");
-        assert_eq!(v["unapplied"], json!(["partition"]));
+        assert_eq!(v["faults"]["stall_ms"], 250);
         assert_eq!(applied.lock().unwrap().len(), 1);
         assert_eq!(applied.lock().unwrap()[0].stall_ms, 250);
         let (code, v) = call(&s, Request::get("/faults").body(Body::empty()).unwrap()).await;
@@ -151,6 +157,7 @@ mod tests {
             (r#"{"stal_ms": 10}"#, "stal_ms"),
             (r#"{"stall_ms": "x"}"#, "stall_ms"),
             ("[not json", "body"),
+            (r#"{"partition": {"regions": ["eu"]}}"#, "partition"),
         ] {
             let (code, v) = call(&s, put(body)).await;
             assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");

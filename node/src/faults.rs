@@ -2,11 +2,12 @@
 //! validated with errors that name the field. The control API (`PUT /faults`) replaces the whole set
 //! atomically: a rejected set changes nothing.
 //!
-//! Applied today: setup failures, request errors, stream resets, stalls, corrupt served blocks,
-//! isolation, forced discovery, the leak canary and the storm canary. Partitions by region/peer are
-//! accepted and validated but not yet applied (`unapplied()` says so); see docs/faults.md.
+//! Every fault here is applied; see docs/faults.md for what each one reproduces. Partitions need the
+//! node's network emulation (`p2p.netem`), and `check` refuses them on a node without it.
 
 use serde::{Deserialize, Serialize};
+
+use crate::netem::{Netem, PartitionSet, validate_region};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -103,12 +104,7 @@ impl Faults {
             ));
         }
         for (i, r) in self.partition.regions.iter().enumerate() {
-            if r.is_empty() || r.len() > 63 {
-                return Err(err(
-                    &format!("partition.regions[{i}]"),
-                    "must be 1-63 characters",
-                ));
-            }
+            validate_region(r).map_err(|e| err(&format!("partition.regions[{i}]"), e))?;
         }
         for (i, p) in self.partition.peers.iter().enumerate() {
             if p.parse::<libp2p::PeerId>().is_err() {
@@ -121,17 +117,54 @@ impl Faults {
         Ok(())
     }
 
-    /// Names of the faults in this set that are switched on but not applied by this build yet.
-    pub fn unapplied(&self) -> Vec<&'static str> {
-        let mut v = vec![];
-        if !self.partition.regions.is_empty() || !self.partition.peers.is_empty() {
-            v.push("partition");
-        }
-        v
+    /// Checks the parts of the set that depend on the node: a partition needs network emulation,
+    /// and its regions must be ones the latency matrix knows (a typo would partition nothing).
+    pub fn check(&self, netem: Option<&Netem>) -> Result<(), FaultError> {
+        self.partition_set(netem).map(|_| ())
     }
 
-    /// Applies the set to a running p2p layer.
+    /// The partition as the emulation layer takes it.
+    pub fn partition_set(&self, netem: Option<&Netem>) -> Result<PartitionSet, FaultError> {
+        let p = &self.partition;
+        if p.regions.is_empty() && p.peers.is_empty() {
+            return Ok(PartitionSet::default());
+        }
+        let Some(netem) = netem else {
+            return Err(err(
+                "partition",
+                "this node runs without network emulation (p2p.netem), which partitions need",
+            ));
+        };
+        let known = netem.config().regions();
+        if !known.is_empty() {
+            for (i, r) in p.regions.iter().enumerate() {
+                if !known.contains(r.as_str()) {
+                    return Err(err(
+                        &format!("partition.regions[{i}]"),
+                        format!(
+                            "unknown region {r:?} (the latency matrix has: {})",
+                            known.iter().copied().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(PartitionSet {
+            regions: p.regions.iter().cloned().collect(),
+            peers: p
+                .peers
+                .iter()
+                .map(|s| s.parse().expect("validated"))
+                .collect(),
+        })
+    }
+
+    /// Applies the set to a running p2p layer (after `check`).
     pub async fn apply(&self, p2p: &crate::p2p::P2pHandle) {
+        p2p.set_partition(
+            self.partition_set(p2p.netem().map(|n| &**n))
+                .unwrap_or_default(),
+        );
         p2p.set_setup_failure_rate(self.setup_failure_rate);
         p2p.set_stall(std::time::Duration::from_millis(self.stall_ms));
         p2p.set_corrupt_served(self.corrupt_blocks);
@@ -155,7 +188,7 @@ mod tests {
     #[test]
     fn default_is_all_off_and_roundtrips() {
         let f = Faults::default();
-        assert!(f.validate().is_ok() && f.unapplied().is_empty());
+        assert!(f.validate().is_ok() && f.check(None).is_ok());
         let json = serde_json::to_vec(&f).unwrap();
         assert_eq!(Faults::from_json(&json).unwrap(), f);
         assert_eq!(Faults::from_json(b"{}").unwrap(), f);
@@ -191,10 +224,35 @@ mod tests {
     }
 
     #[test]
-    fn unapplied_faults_are_reported() {
-        let f =
-            Faults::from_json(br#"{"request_error_rate": 0.05, "partition": {"regions": ["eu"]}}"#)
-                .unwrap();
-        assert_eq!(f.unapplied(), vec!["partition"]);
+    fn partitions_need_netem_and_known_regions() {
+        let f = Faults::from_json(br#"{"partition": {"regions": ["us"]}}"#).unwrap();
+        let e = f.check(None).unwrap_err();
+        assert_eq!(e.field, "partition", "{e}");
+
+        let mut cfg = crate::netem::NetemConfig::default();
+        cfg.latency_ms
+            .entry("eu".into())
+            .or_default()
+            .insert("us".into(), 40);
+        let peer = libp2p::PeerId::random();
+        let netem = Netem::new("eu".into(), peer, cfg, Default::default());
+        let set = f.partition_set(Some(&netem)).unwrap();
+        assert!(set.blocks("us", None) && !set.blocks("eu", None));
+
+        let f = Faults::from_json(br#"{"partition": {"regions": ["us", "ap"]}}"#).unwrap();
+        let e = f.check(Some(&netem)).unwrap_err();
+        assert_eq!(e.field, "partition.regions[1]", "{e}");
+        assert!(e.message.contains("eu, us"), "{e}");
+
+        let body = format!(r#"{{"partition": {{"peers": ["{peer}"]}}}}"#);
+        let f = Faults::from_json(body.as_bytes()).unwrap();
+        assert!(
+            f.partition_set(Some(&netem))
+                .unwrap()
+                .blocks("eu", Some(&peer))
+        );
+
+        let e = Faults::from_json(br#"{"partition": {"regions": ["E U"]}}"#).unwrap_err();
+        assert_eq!(e.field, "partition.regions[0]", "{e}");
     }
 }

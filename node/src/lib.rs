@@ -7,6 +7,7 @@ pub mod downloader;
 pub mod faults;
 pub mod keys;
 pub mod metrics;
+pub mod netem;
 pub mod node;
 pub mod p2p;
 pub mod producer;

@@ -182,6 +182,20 @@ pub struct P2pMetrics {
     pub foreign_peers: Counter,
     pub tracked: Family<L1, Gauge>,
     pub faults_injected: Family<L1, Counter>,
+    pub ping_rtt: Histogram,
+    pub ping_failures: Counter,
+    pub netem: NetemMetrics,
+}
+
+/// Metrics of the network emulation wrapper (`netem`), all zero when it is off.
+#[derive(Clone, Debug, Default)]
+pub struct NetemMetrics {
+    pub bytes_out: Counter,
+    pub bytes_in: Counter,
+    pub queued_bytes: Gauge,
+    pub unknown_region: Counter,
+    /// Shares `faults_injected_total{kind="partition"}`: connections that started being held.
+    pub partition_holds: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -214,6 +228,9 @@ impl Default for P2pMetrics {
             foreign_peers: Counter::default(),
             tracked: Family::default(),
             faults_injected: Family::default(),
+            ping_rtt: latency_histogram(),
+            ping_failures: Counter::default(),
+            netem: NetemMetrics::default(),
         }
     }
 }
@@ -332,6 +349,37 @@ impl P2pMetrics {
             "faults_injected",
             "Faults injected on purpose, by kind",
             self.faults_injected.clone(),
+        );
+        r.register(
+            "p2p_ping_rtt_seconds",
+            "Round-trip times measured by libp2p ping (emulated latency included)",
+            self.ping_rtt.clone(),
+        );
+        r.register(
+            "p2p_ping_failures",
+            "Pings that failed; the connection is closed as dead",
+            self.ping_failures.clone(),
+        );
+        let n = &self.netem;
+        r.register(
+            "netem_bytes_out",
+            "Bytes written to sockets by the emulation wrapper (all protocols)",
+            n.bytes_out.clone(),
+        );
+        r.register(
+            "netem_bytes_in",
+            "Bytes read from sockets by the emulation wrapper (all protocols)",
+            n.bytes_in.clone(),
+        );
+        r.register(
+            "netem_queued_bytes",
+            "Bytes held in emulated delay lines (latency, bandwidth, partitions)",
+            n.queued_bytes.clone(),
+        );
+        r.register(
+            "netem_unknown_region_connections",
+            "Connections to peers whose region is missing from the latency matrix (no delay)",
+            n.unknown_region.clone(),
         );
     }
 }

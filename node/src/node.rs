@@ -121,13 +121,15 @@ pub async fn run(
         None => std::env::var("SYNCNODE_CONTROL_TOKEN").ok(),
     };
     let control = {
-        let (p2p_apply, p2p_status, store_status, sync_status) = (
+        let (p2p_check, p2p_apply, p2p_status, store_status, sync_status) = (
+            p2p.clone(),
             p2p.clone(),
             p2p.clone(),
             store.clone(),
             sync_metrics.clone(),
         );
         crate::control::ControlState::new(
+            Arc::new(move |f: &crate::faults::Faults| f.check(p2p_check.netem().map(|n| &**n))),
             Arc::new(move |f: crate::faults::Faults| {
                 let p2p = p2p_apply.clone();
                 Box::pin(async move {
@@ -149,7 +151,9 @@ pub async fn run(
                     "peers": net.stream_peers.len(),
                     "connections": net.connections,
                     "peer_id": p2p_status.local_peer_id.to_string(),
-                    "region": serde_json::Value::Null,
+                    "region": p2p_status.region(),
+                    "netem": p2p_status.netem().is_some(),
+                    "connections_by_region": p2p_status.netem().map(|n| n.connections_by_region()),
                 })
             }),
             token,

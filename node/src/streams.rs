@@ -167,8 +167,20 @@ pub enum Report {
     SetupSucceeded,
     SetupFailed(SetupFailure),
     Removed(RemovalReason),
-    DiscoveryRound { productive: bool },
+    DiscoveryRound {
+        productive: bool,
+    },
     PeerFound,
+    /// A discovery round that only a fault made happen (`faults_injected_total{kind}`).
+    Injected(InjectedRound),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InjectedRound {
+    /// Forced discovery while the stream count needed none.
+    ForcedDiscovery,
+    /// A round under the storm canary (no backoff, immediate rediscovery).
+    StormCanary,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -710,6 +722,17 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             self.discovery.round_new = 0;
             self.discovery.round_deadline = now + self.cfg.discovery_round_timeout;
             self.actions.push_back(Action::Discover);
+            let injected = if self.cfg.storm_canary {
+                Some(InjectedRound::StormCanary)
+            } else if self.streams.len() >= self.cfg.soft_low {
+                // Only forcing makes a round start with enough streams (see `wants_discovery`).
+                Some(InjectedRound::ForcedDiscovery)
+            } else {
+                None
+            };
+            if let Some(k) = injected {
+                self.actions.push_back(Action::Report(Report::Injected(k)));
+            }
         }
 
         // Setups towards soft_low from the candidates, bounded in concurrency.

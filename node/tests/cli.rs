@@ -23,6 +23,15 @@ fn invalid_config_gives_one_line_and_exit_2() {
         (good.replace("network.yaml", "missing.yaml"), "missing.yaml"),
         (good.replace("producer.key", "nokey"), "producer.key_file"),
         (format!("{good}wat: true\n"), "wat"),
+        (
+            format!("{good}p2p:\n  netem: {{jitter_ms: 5}}\n"),
+            "p2p.netem: needs p2p.region",
+        ),
+        (
+            format!("{good}p2p:\n  region: eu\n  netem: {{latency_ms: {{us: {{ap: 9}}}}}}\n"),
+            "p2p.netem.latency_ms",
+        ),
+        (format!("{good}p2p:\n  region: EU\n"), "p2p.region"),
     ];
     for (yaml, needle) in cases {
         std::fs::write(net.path("bad.yaml"), &yaml).unwrap();
@@ -186,7 +195,10 @@ fn inspect_reports_missing_store_and_unknown_block() {
 
 #[test]
 fn control_api_rejects_bad_fault_sets_and_applies_good_ones() {
-    let net = Devnet::new("  interval_ms: 50\n  payload_bytes: 256\n");
+    let net = Devnet::new(
+        "  interval_ms: 50\n  payload_bytes: 256\n\
+         p2p:\n  region: eu\n  netem:\n    latency_ms: {eu: {us: 40, eu: 1}}\n",
+    );
     let _node = ChildGuard(
         syncnode()
             .args(["run", "--log-filter", "error", "--config"])
@@ -236,4 +248,13 @@ fn control_api_rejects_bad_fault_sets_and_applies_good_ones() {
     });
     assert_eq!(status["phase"], "idle", "{status}");
     assert!(status["peer_id"].as_str().unwrap().starts_with("12D3KooW"));
+    assert_eq!(status["region"], "eu", "{status}");
+
+    // Partitions name regions of the matrix; a typo is refused, not silently ignored.
+    let (code, v) = put(r#"{"partition": {"regions": ["us", "ap"]}}"#);
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["field"], "partition.regions[1]", "{v}");
+    let (code, v) = put(r#"{"partition": {"regions": ["us"]}}"#);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(current()["partition"]["regions"][0], "us");
 }

@@ -55,7 +55,22 @@ async fn forced_discovery_with_failures_stays_bounded_while_storm_canary_explode
         .iter()
         .map(|n| counter(&n.metrics.faults_injected, ("kind", "setup_failure")))
         .sum();
-    eprintln!("setups in 60 s: fixed {f}, storm {s}; injected failures (fixed) {injected}");
+    let sum = |nodes: &[Node], kind| -> u64 {
+        nodes
+            .iter()
+            .map(|n| counter(&n.metrics.faults_injected, ("kind", kind)))
+            .sum()
+    };
+    let forced = sum(&fixed, "forced_discovery");
+    let storm_rounds = sum(&storm, "storm_canary");
+    eprintln!(
+        "setups in 60 s: fixed {f}, storm {s}; injected failures (fixed) {injected}, \
+         forced rounds (fixed) {forced}, storm rounds {storm_rounds}"
+    );
+    // Both faults are counted: forced rounds on settled nodes, and the canary's rounds.
+    assert!(forced >= 30, "forced discovery rounds: {forced}");
+    assert!(storm_rounds >= 100, "storm canary rounds: {storm_rounds}");
+    assert_eq!(sum(&fixed, "storm_canary"), 0);
 
     assert!(f > 0, "the fixed network made no setups at all");
     assert!(

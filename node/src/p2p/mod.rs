@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Transport;
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -36,6 +38,7 @@ pub use dial::{DialConfig, DialDecision, DialManager};
 
 use crate::chain::ChainSpec;
 use crate::metrics::P2pMetrics;
+use crate::netem::{Netem, NetemConfig, PartitionSet, validate_region};
 use crate::ratelimit::{RateLimitConfig, ServerLimiter};
 use crate::requests::{FailKind, GiveUp, ReqAction, ReqId, RequestConfig, RequestManager};
 use crate::store::Store;
@@ -63,6 +66,11 @@ pub struct P2pConfig {
     pub max_blocks_per_request: u32,
     pub max_bytes_per_response: u32,
     pub max_connections: usize,
+    /// This node's region (a label; `/status` shows it; network emulation keys on it).
+    pub region: Option<String>,
+    /// In-process emulation of region latency, upload bandwidth and partitions; off when absent.
+    /// Must be set on every node of a network or on none (the connection preamble differs).
+    pub netem: Option<NetemConfig>,
 }
 
 impl Default for P2pConfig {
@@ -78,6 +86,8 @@ impl Default for P2pConfig {
             max_blocks_per_request: 1024,
             max_bytes_per_response: 8 * 1024 * 1024,
             max_connections: 128,
+            region: None,
+            netem: None,
         }
     }
 }
@@ -113,6 +123,17 @@ impl P2pConfig {
         }
         if self.max_blocks_per_request == 0 || self.max_connections < 2 {
             return Err("p2p.max_blocks_per_request must be > 0 and max_connections >= 2".into());
+        }
+        if let Some(r) = &self.region {
+            validate_region(r).map_err(|e| format!("p2p.region: {e}"))?;
+        }
+        if let Some(n) = &self.netem {
+            let Some(region) = &self.region else {
+                return Err(
+                    "p2p.netem: needs p2p.region (which row of the matrix is this node)".into(),
+                );
+            };
+            n.validate(region).map_err(|e| format!("p2p.netem.{e}"))?;
         }
         Ok(())
     }
@@ -241,6 +262,8 @@ pub struct P2pHandle {
     ctx: Arc<SessionCtx>,
     events: Arc<std::sync::Mutex<Option<mpsc::Receiver<NetEvent>>>>,
     pub local_peer_id: PeerId,
+    region: Option<String>,
+    netem: Option<Arc<Netem>>,
 }
 
 impl P2pHandle {
@@ -319,6 +342,22 @@ impl P2pHandle {
     /// CANARY: retain this many KiB per stream setup, forever (capped at 4 GiB in total).
     pub fn set_leak_canary_kib(&self, kib: u64) {
         self.ctx.leak_kib_per_setup.store(kib, Ordering::Relaxed);
+    }
+
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+
+    /// The network emulation state, when `p2p.netem` is on.
+    pub fn netem(&self) -> Option<&Arc<Netem>> {
+        self.netem.as_ref()
+    }
+
+    /// Fault: hold all traffic with these regions / peers (needs `p2p.netem`; a no-op without).
+    pub fn set_partition(&self, set: PartitionSet) {
+        if let Some(n) = &self.netem {
+            n.set_partition(set);
+        }
     }
 
     /// Fault: drop every connection and refuse new ones until called with `false`.
@@ -473,17 +512,27 @@ pub async fn spawn(
             stream: gate::DialGate { inner: stream },
         }
     };
-    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )?;
-    // QUIC in addition to TCP when built with `--features quic` (listen on /udp/0/quic-v1).
+    let netem = match (&cfg.netem, &cfg.region) {
+        (Some(n), Some(region)) => {
+            let mut m = metrics.netem.clone();
+            m.partition_holds = metrics
+                .faults_injected
+                .get_or_create(&[("kind", "partition")])
+                .clone();
+            Some(Arc::new(Netem::new(region.clone(), local, n.clone(), m)))
+        }
+        _ => None,
+    };
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    // QUIC in addition to TCP when built with `--features quic` (listen on /udp/0/quic-v1); QUIC
+    // connections bypass network emulation.
     #[cfg(feature = "quic")]
     let builder = builder.with_quic();
     let mut swarm = builder
+        .with_other_transport(|key| {
+            tcp_transport(key, netem.clone())
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })?
         .with_behaviour(make_behaviour)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
@@ -598,6 +647,43 @@ pub async fn spawn(
         ctx,
         events: Arc::new(std::sync::Mutex::new(Some(net_events_rx))),
         local_peer_id: local,
+        region: cfg.region.clone(),
+        netem,
+    })
+}
+
+/// Connections give up if the preamble, noise and yamux are not done by then (a partitioned peer
+/// never answers).
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
+
+type BoxedTransport = libp2p::core::transport::Boxed<(PeerId, StreamMuxerBox)>;
+
+/// TCP + noise + yamux, like `SwarmBuilder::with_tcp`, with the emulation wrapper directly on the
+/// socket when `netem` is on (so the handshakes are delayed too) and nothing extra when it is off.
+fn tcp_transport(
+    key: &identity::Keypair,
+    netem: Option<Arc<Netem>>,
+) -> Result<BoxedTransport, noise::Error> {
+    use libp2p::core::upgrade::Version;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let noise = noise::Config::new(key)?;
+    let yamux = yamux::Config::default();
+    Ok(match netem {
+        None => tcp
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux)
+            .timeout(UPGRADE_TIMEOUT)
+            .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
+            .boxed(),
+        Some(net) => tcp
+            .and_then(move |socket, _| crate::netem::stream::handshake(socket, net.clone()))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux)
+            .timeout(UPGRADE_TIMEOUT)
+            .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
+            .boxed(),
     })
 }
 
@@ -934,6 +1020,22 @@ impl Driver {
                 self.dial(peer, now);
             }
             BehaviourEvent::Kad(gate::Gated::Inner(ev)) => self.on_kad(ev, now),
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            }) => match result {
+                Ok(rtt) => self.metrics.ping_rtt.observe(rtt.as_secs_f64()),
+                // A peer without ping (a tool, a test client) is not dead.
+                Err(ping::Failure::Unsupported) => {}
+                Err(e) => {
+                    // libp2p no longer closes connections on ping failure; a dead path (a
+                    // partition, a frozen peer) would otherwise hold its stream forever.
+                    debug!(%peer, "ping failed, closing the connection: {e}");
+                    self.metrics.ping_failures.inc();
+                    self.swarm.close_connection(connection);
+                }
+            },
             _ => {}
         }
     }
@@ -1322,6 +1424,13 @@ impl Driver {
             }
             Report::PeerFound => {
                 m.peers_found.inc();
+            }
+            Report::Injected(kind) => {
+                let label = match kind {
+                    streams::InjectedRound::ForcedDiscovery => "forced_discovery",
+                    streams::InjectedRound::StormCanary => "storm_canary",
+                };
+                m.faults_injected.get_or_create(&[("kind", label)]).inc();
             }
         }
     }

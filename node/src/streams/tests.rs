@@ -151,6 +151,48 @@ fn forced_discovery_ignores_backoff_but_not_setup_rules() {
 }
 
 #[test]
+fn rounds_only_a_fault_caused_are_reported_as_injected() {
+    let t0 = Instant::now();
+    let injected = |forced: bool, storm: bool, streams: u32| {
+        let mut c = cfg();
+        c.forced_discovery = forced.then_some(Duration::from_secs(1));
+        c.storm_canary = storm;
+        let mut m = M::new(c, 1, 3, t0);
+        for p in 0..streams {
+            m.handle(Event::InboundReady(100 + p, u64::from(p)), t0);
+        }
+        if drain(&mut m).contains(&Action::Discover) {
+            m.handle(Event::DiscoveryFinished, t0);
+        }
+        let mut n = 0;
+        for i in 0..50 {
+            let now = t0 + Duration::from_millis(i * 100);
+            m.handle(Event::Tick, now);
+            for a in drain(&mut m) {
+                match a {
+                    Action::Report(Report::Injected(k)) => {
+                        n += usize::from(k == InjectedRound::ForcedDiscovery)
+                            + 100 * usize::from(k == InjectedRound::StormCanary)
+                    }
+                    Action::Discover => m.handle(Event::DiscoveryFinished, now),
+                    _ => {}
+                }
+            }
+        }
+        (n, m.stats(t0).streams)
+    };
+    // Below soft_low a round is the manager's own need, forced or not.
+    assert_eq!(injected(true, false, 0).0, 0);
+    // With enough streams only forcing starts rounds: each is counted.
+    let (n, streams) = injected(true, false, 2);
+    assert_eq!(streams, 2, "setup of the test");
+    assert!((4..=5).contains(&n), "{n}");
+    assert_eq!(injected(false, false, 2).0, 0);
+    // Storm rounds are counted as the canary's.
+    assert!(injected(false, true, 0).0 >= 100);
+}
+
+#[test]
 fn failed_peer_is_not_redialled_within_ttl() {
     let t0 = Instant::now();
     let mut m = M::new(cfg(), 10, 1, t0);
