@@ -495,3 +495,32 @@ async fn leak_canary_retains_memory_per_stream_setup() {
     // Nothing is retained where the canary is off.
     assert_eq!(injected(&a, "leak_canary"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_failure_fault_fails_our_setups_and_counts() {
+    let net = Net::new("testnet");
+    let server = start(&net, accept_only(), 0).await;
+    let client = start(&net, cfg(vec![]), 0).await;
+    client.h.set_setup_failure_rate(1.0);
+    client.h.dial(server.addr.clone()).await;
+    // Every setup the client starts fails on purpose: counted, and no stream comes up.
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while injected(&client, "setup_failure") < 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("an injected setup failure");
+    let s = client.h.state();
+    assert!(s.stream_peers.is_empty(), "{s:?}");
+    assert!(s.counters.failed >= 1, "{s:?}");
+    assert_eq!(injected(&server, "setup_failure"), 0);
+    // Switched off, the next setup (after the failed-peer TTL of the test config) succeeds.
+    client.h.set_setup_failure_rate(0.0);
+    let sid = server.id();
+    client
+        .h
+        .wait_for(Duration::from_secs(30), |s| s.stream_peers.contains(&sid))
+        .await
+        .expect("stream once the fault is off");
+}

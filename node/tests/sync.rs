@@ -22,6 +22,14 @@ fn scfg() -> DownloaderConfig {
     }
 }
 
+fn injected(f: &Full, kind: &'static str) -> u64 {
+    f.node
+        .metrics
+        .faults_injected
+        .get_or_create(&[("kind", kind)])
+        .get()
+}
+
 fn penalties(f: &Full, reason: &'static str) -> u64 {
     f.sync.penalties.get_or_create(&[("reason", reason)]).get()
 }
@@ -71,23 +79,31 @@ async fn fresh_and_restarted_nodes_reach_the_producers_head() {
         || resumed.head() + 2 >= producer.head(),
     )
     .await;
-    let synced: u64 = ["long", "short", "idle"]
-        .iter()
-        .map(|p| {
-            resumed
-                .sync
-                .blocks_synced
-                .get_or_create(&[("phase", p)])
-                .get()
-        })
-        .sum();
+    // The head moves at commit, the counter when the sync loop hears of it: stop the producer and
+    // let the last batch land before comparing. A re-download would keep the count above.
+    live.abort();
+    let synced = || -> u64 {
+        ["long", "short", "idle"]
+            .iter()
+            .map(|p| {
+                resumed
+                    .sync
+                    .blocks_synced
+                    .get_or_create(&[("phase", p)])
+                    .get()
+            })
+            .sum()
+    };
+    let settle = std::time::Instant::now() + Duration::from_secs(10);
+    while synced() != resumed.head() - stopped_at && std::time::Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
-        synced,
+        synced(),
         resumed.head() - stopped_at,
         "re-downloaded stored blocks"
     );
     assert!(resumed.node.store.check(&net.spec).is_ok());
-    live.abort();
     drop(server);
 }
 
@@ -130,8 +146,10 @@ async fn a_peer_serving_corrupt_blocks_is_penalised_and_sync_completes() {
         .get_or_create(&[("reason", "penalised")])
         .get();
     assert!(dropped >= 1, "corrupt peer's stream was not dropped");
-    // Only the corrupt peer was penalised for bad data.
+    // Only the corrupt peer was penalised for bad data, and it counted what it corrupted.
     assert_eq!(penalties(&fresh, "cannot_serve"), 0);
+    assert!(injected(&bad, "corrupt_block") >= 1);
+    assert_eq!(injected(&b, "corrupt_block"), 0);
     drop((b, bad));
 }
 
@@ -193,6 +211,7 @@ async fn isolated_node_catches_up_through_the_short_range_watchdog() {
         producer.head() - isolated_at
     );
     assert!(penalties(&target, "stalled") >= 1);
+    assert!(injected(&producer, "stall") + injected(&server, "stall") >= 1);
     let short_after = target
         .sync
         .blocks_synced
