@@ -101,7 +101,7 @@ impl Header {
 }
 
 /// The payload matches the header's length and hash.
-fn check_payload(block: &Block) -> Result<(), VerifyError> {
+pub fn check_payload(block: &Block) -> Result<(), VerifyError> {
     let h = &block.header;
     if block.payload.len() != h.payload_len as usize {
         return Err(VerifyError::PayloadLength {
@@ -180,6 +180,17 @@ impl Block {
 
     /// Builds and signs a block on top of `parent`.
     pub fn produce(key: &SigningKey, parent: &Header, timestamp_ms: u64, payload: Bytes) -> Block {
+        Block::produce_with_root(key, parent, timestamp_ms, payload, None)
+    }
+
+    /// A block whose header commits to an IDA encoding of its payload (`ida::encode`).
+    pub fn produce_with_root(
+        key: &SigningKey,
+        parent: &Header,
+        timestamp_ms: u64,
+        payload: Bytes,
+        ida_root: Option<H256>,
+    ) -> Block {
         let header = Header {
             height: parent.height + 1,
             parent_hash: parent.hash(),
@@ -187,7 +198,7 @@ impl Block {
             payload_hash: payload_hash(&payload),
             payload_len: u32::try_from(payload.len()).expect("payload larger than 4 GiB"),
             producer: H256(key.verifying_key().to_bytes()),
-            ida_root: None,
+            ida_root,
         };
         let signature = Sig(key.sign(&header.hash().0).to_bytes());
         Block {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod downloader;
 pub mod faults;
+pub mod ida;
 pub mod keys;
 pub mod metrics;
 pub mod netem;
