@@ -37,6 +37,11 @@ impl Producer {
         buf.into()
     }
 
+    /// The producer's signing key (for blocks made outside `next_block`, e.g. with an IDA root).
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
     pub fn next_block(&self, parent: &Header, timestamp_ms: u64) -> Block {
         let height = parent.height + 1;
         Block::produce(&self.key, parent, timestamp_ms, self.payload(height))

@@ -143,7 +143,7 @@ pub enum CodecError {
 }
 
 /// Encodes `msg` as one frame. Fails (without sending anything) if it would exceed `max_frame`.
-pub fn encode(msg: &Message, max_frame: usize) -> Result<Vec<u8>, CodecError> {
+pub fn encode<T: Serialize>(msg: &T, max_frame: usize) -> Result<Vec<u8>, CodecError> {
     let mut out = postcard::to_extend(msg, vec![0u8; 4])?;
     let len = out.len() - 4;
     if len > max_frame {
@@ -198,6 +198,11 @@ impl FrameDecoder {
     /// The next complete message, `Ok(None)` if more bytes are needed. After an error the stream
     /// must be reset: every later call returns `Poisoned`.
     pub fn next_message(&mut self) -> Result<Option<Message>, CodecError> {
+        self.next_frame()
+    }
+
+    /// Like `next_message`, for another protocol's message type (the IDA stream).
+    pub fn next_frame<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
         if self.poisoned {
             return Err(CodecError::Poisoned);
         }
@@ -217,7 +222,7 @@ impl FrameDecoder {
         }
         self.buf.advance(4);
         let body = self.buf.split_to(len);
-        let r = postcard::take_from_bytes::<Message>(&body);
+        let r = postcard::take_from_bytes::<T>(&body);
         match r {
             Ok((msg, [])) => Ok(Some(msg)),
             Ok((_, rest)) => {

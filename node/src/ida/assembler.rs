@@ -245,7 +245,7 @@ impl Assembler {
                     payload: Bytes::from(payload),
                 };
                 crate::chain::check_payload(&block).map_err(DecodeError::Payload)?;
-            Ok(Box::new(block))
+                Ok(Box::new(block))
             },
         );
         Outcome::Complete(result)

@@ -12,6 +12,7 @@
 //! every leaf. The maintained crates (rs_merkle) leave those to the caller.
 
 pub mod assembler;
+pub mod relay;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

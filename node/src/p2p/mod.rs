@@ -11,6 +11,7 @@
 
 mod dial;
 mod gate;
+pub mod ida;
 pub mod session;
 
 use std::collections::{HashMap, HashSet};
@@ -264,6 +265,7 @@ pub struct P2pHandle {
     pub local_peer_id: PeerId,
     region: Option<String>,
     netem: Option<Arc<Netem>>,
+    control: libp2p_stream::Control,
 }
 
 impl P2pHandle {
@@ -383,6 +385,16 @@ impl P2pHandle {
 
     pub fn state(&self) -> NetState {
         self.state.borrow().clone()
+    }
+
+    /// Changes of the published state (e.g. the set of peers with sync streams).
+    pub fn subscribe(&self) -> watch::Receiver<NetState> {
+        self.state.clone()
+    }
+
+    /// Opens and accepts streams of other protocols (IDA) on this node's connections.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.control.clone()
     }
 
     /// Waits until `f` holds for the published state, or the timeout passes.
@@ -542,6 +554,7 @@ pub async fn spawn(
             .with_context(|| format!("p2p.listen: {a}"))?;
     }
     let control = swarm.behaviour().stream.inner.new_control();
+    let stream_control = control.clone();
     let protocol = sync_protocol(&network);
     let mut incoming = control
         .clone()
@@ -649,6 +662,7 @@ pub async fn spawn(
         local_peer_id: local,
         region: cfg.region.clone(),
         netem,
+        control: stream_control,
     })
 }
 
