@@ -110,6 +110,13 @@ impl NetemConfig {
         Ok(())
     }
 
+    /// Whether the matrix names `region`, as a row or a column (without building the set).
+    fn names_region(&self, region: &str) -> bool {
+        self.latency_ms
+            .iter()
+            .any(|(from, row)| from == region || row.contains_key(region))
+    }
+
     /// Every region the matrix names, as a row or a column.
     pub fn regions(&self) -> std::collections::BTreeSet<&str> {
         let mut s = std::collections::BTreeSet::new();
@@ -338,24 +345,17 @@ impl Netem {
                 .blocks(region, peer)
     }
 
-    fn region_key(&self, region: &str) -> String {
-        let known = self.cfg.latency_ms.is_empty() || self.cfg.regions().contains(region);
-        let map = self.peer_regions.lock().expect("not poisoned");
-        if known && (map.contains_key(region) || map.len() < MAX_TRACKED_REGIONS) {
+    /// Counts a connection under its region (or "other" beyond the matrix or the cap); returns
+    /// the key to pass to `connection_closed`.
+    fn connection_opened(&self, region: &str) -> String {
+        let known = self.cfg.latency_ms.is_empty() || self.cfg.names_region(region);
+        let mut map = self.peer_regions.lock().expect("not poisoned");
+        let key = if known && (map.contains_key(region) || map.len() < MAX_TRACKED_REGIONS) {
             region.to_owned()
         } else {
             "other".to_owned()
-        }
-    }
-
-    fn connection_opened(&self, region: &str) -> String {
-        let key = self.region_key(region);
-        *self
-            .peer_regions
-            .lock()
-            .expect("not poisoned")
-            .entry(key.clone())
-            .or_default() += 1;
+        };
+        *map.entry(key.clone()).or_default() += 1;
         key
     }
 

@@ -232,7 +232,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for NetemStream<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        this.is_held();
         ready!(this.drive(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }

@@ -129,6 +129,7 @@ struct Service {
     encoded: Vec<(H256, Arc<Encoded>, Block)>,
     counters: IdaCounters,
     repair_turn: usize,
+    max_frame: usize,
 }
 
 const PENDING_BLOCKS: usize = 64;
@@ -168,6 +169,7 @@ pub async fn spawn(
         encoded: vec![],
         counters: counters.clone(),
         repair_turn: 0,
+        max_frame,
         p2p: p2p.clone(),
     };
     let mut state = p2p.subscribe();
@@ -272,8 +274,9 @@ impl Service {
         }
     }
 
-    fn frame(msg: &IdaMessage) -> Option<Bytes> {
-        wire::encode(msg, usize::MAX).ok().map(Bytes::from)
+    /// One frame, refused (None) above the frame cap receivers enforce.
+    fn frame(&self, msg: &IdaMessage) -> Option<Bytes> {
+        wire::encode(msg, self.max_frame).ok().map(Bytes::from)
     }
 
     fn broadcast(&mut self, block: Block, enc: Arc<Encoded>) {
@@ -282,7 +285,7 @@ impl Service {
         for (peer, idx) in self.relay.assign(enc.shards.len()) {
             for i in idx {
                 let c = enc.chunk(&block.header, block.signature, i);
-                if let Some(f) = Self::frame(&IdaMessage::Chunk(Box::new(c))) {
+                if let Some(f) = self.frame(&IdaMessage::Chunk(Box::new(c))) {
                     self.send(&peer, f);
                 }
             }
@@ -312,12 +315,13 @@ impl Service {
 
     async fn on_chunk(&mut self, peer: PeerId, chunk: Chunk) {
         bump(&self.counters.received, 1);
-        let root = chunk.header.ida_root.unwrap_or_default();
-        let frame = Self::frame(&IdaMessage::Chunk(Box::new(chunk.clone())));
+        // Cheap: the shard is shared, not copied; it is encoded only if it is forwarded.
+        let copy = chunk.clone();
         match self.assembler.on_chunk(chunk, Instant::now()) {
-            Outcome::New => self.forward(root, &peer, frame),
+            Outcome::New => self.forward(&peer, copy),
             Outcome::Complete(r) => {
-                self.forward(root, &peer, frame);
+                let root = copy.header.ida_root.unwrap_or_default();
+                self.forward(&peer, copy);
                 match r {
                     Ok(block) => self.deliver(*block),
                     Err(e) => warn!(%root, "IDA block not rebuilt: {e}"),
@@ -333,9 +337,16 @@ impl Service {
         }
     }
 
-    fn forward(&mut self, root: H256, from: &PeerId, frame: Option<Bytes>) {
-        let Some(frame) = frame else { return };
-        for p in self.relay.forward_to(&root, Some(from)) {
+    fn forward(&mut self, from: &PeerId, chunk: Chunk) {
+        let root = chunk.header.ida_root.unwrap_or_default();
+        let targets = self.relay.forward_to(&root, Some(from));
+        if targets.is_empty() {
+            return;
+        }
+        let Some(frame) = self.frame(&IdaMessage::Chunk(Box::new(chunk))) else {
+            return;
+        };
+        for p in targets {
             if self.send(&p, frame.clone()) {
                 bump(&self.counters.forwarded, 1);
             }
@@ -344,7 +355,7 @@ impl Service {
 
     fn deliver(&mut self, block: Block) {
         let root = block.header.ida_root.unwrap_or_default();
-        if let Some(f) = Self::frame(&IdaMessage::Done { root }) {
+        if let Some(f) = self.frame(&IdaMessage::Done { root }) {
             for p in self.relay.neighbours().copied().collect::<Vec<_>>() {
                 self.send(&p, f.clone());
             }
@@ -407,7 +418,7 @@ impl Service {
         for i in missing.into_iter().take(enc.shards.len()) {
             if usize::from(i) < enc.shards.len() {
                 let c = enc.chunk(&block.header, block.signature, usize::from(i));
-                if let Some(f) = Self::frame(&IdaMessage::Chunk(Box::new(c))) {
+                if let Some(f) = self.frame(&IdaMessage::Chunk(Box::new(c))) {
                     self.send(&peer, f);
                 }
             }
@@ -431,7 +442,7 @@ impl Service {
                     height,
                     missing,
                 };
-                let Some(f) = Self::frame(&msg) else { return };
+                let Some(f) = self.frame(&msg) else { return };
                 for k in 0..self.cfg.repair_fanout.min(peers.len()) {
                     let p = peers[(self.repair_turn + k) % peers.len()];
                     self.send(&p, f.clone());

@@ -275,12 +275,8 @@ impl P2pHandle {
         req: Request,
         only: Option<Vec<PeerId>>,
     ) -> Result<(PeerId, Response), RequestError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Request { req, only, reply })
+        self.ask(|reply| Command::Request { req, only, reply })
             .await
-            .map_err(|_| RequestError::Stopped)?;
-        rx.await.map_err(|_| RequestError::Stopped)?
     }
 
     /// Sends a request straight onto the stream to `peer`, bypassing pacing, retries and
@@ -290,9 +286,17 @@ impl P2pHandle {
         peer: PeerId,
         req: Request,
     ) -> Result<Response, RequestError> {
+        self.ask(|reply| Command::Direct { peer, req, reply }).await
+    }
+
+    /// Sends a command that carries a reply channel and waits for the reply.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, RequestError>>) -> Command,
+    ) -> Result<T, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Direct { peer, req, reply })
+            .send(command(reply))
             .await
             .map_err(|_| RequestError::Stopped)?;
         rx.await.map_err(|_| RequestError::Stopped)?
@@ -329,16 +333,12 @@ impl P2pHandle {
 
     /// Fault: answer this share of served requests with an injected error.
     pub fn set_request_error_rate(&self, p: f64) {
-        self.ctx
-            .request_error_rate
-            .store(p.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+        session::set_rate(&self.ctx.request_error_rate, p);
     }
 
     /// Fault: reset the stream instead of serving this share of requests.
     pub fn set_stream_reset_rate(&self, p: f64) {
-        self.ctx
-            .stream_reset_rate
-            .store(p.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+        session::set_rate(&self.ctx.stream_reset_rate, p);
     }
 
     /// CANARY: retain this many KiB per stream setup, forever (capped at 4 GiB in total).
@@ -678,27 +678,32 @@ fn tcp_transport(
     key: &identity::Keypair,
     netem: Option<Arc<Netem>>,
 ) -> Result<BoxedTransport, noise::Error> {
-    use libp2p::core::upgrade::Version;
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     let noise = noise::Config::new(key)?;
-    let yamux = yamux::Config::default();
     Ok(match netem {
-        None => tcp
-            .upgrade(Version::V1Lazy)
-            .authenticate(noise)
-            .multiplex(yamux)
-            .timeout(UPGRADE_TIMEOUT)
-            .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
-            .boxed(),
-        Some(net) => tcp
-            .and_then(move |socket, _| crate::netem::stream::handshake(socket, net.clone()))
-            .upgrade(Version::V1Lazy)
-            .authenticate(noise)
-            .multiplex(yamux)
-            .timeout(UPGRADE_TIMEOUT)
-            .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
-            .boxed(),
+        None => secure(tcp, noise),
+        Some(net) => secure(
+            tcp.and_then(move |socket, _| crate::netem::stream::handshake(socket, net.clone())),
+            noise,
+        ),
     })
+}
+
+/// noise + yamux + the upgrade timeout over a raw stream transport.
+fn secure<T>(raw: T, noise: noise::Config) -> BoxedTransport
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
+    raw.upgrade(libp2p::core::upgrade::Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .timeout(UPGRADE_TIMEOUT)
+        .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
+        .boxed()
 }
 
 impl Driver {

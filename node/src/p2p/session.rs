@@ -60,6 +60,11 @@ fn roll(rate: &AtomicU64) -> bool {
     p > 0.0 && rand::random::<f64>() < p
 }
 
+/// Stores a fault probability (f64 bits), clamped to [0, 1].
+pub fn set_rate(rate: &AtomicU64, p: f64) {
+    rate.store(p.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+}
+
 impl SessionCtx {
     pub fn status(&self) -> Status {
         let head = self.store.head();
@@ -94,8 +99,7 @@ impl SessionCtx {
     }
 
     pub fn set_setup_failure_rate(&self, p: f64) {
-        self.setup_failure_rate
-            .store(p.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+        set_rate(&self.setup_failure_rate, p);
     }
 
     fn setup_failure_rate(&self) -> f64 {
