@@ -116,6 +116,9 @@ pub struct NodeConfig {
     pub p2p: crate::p2p::P2pConfig,
     #[serde(default)]
     pub sync: crate::downloader::DownloaderConfig,
+    /// How new blocks are pushed to every node (IDA gossip by default; sync catches up the rest).
+    #[serde(default)]
+    pub broadcast: crate::broadcast::BroadcastConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -331,6 +334,19 @@ impl NodeConfig {
         if self.sync.max_batch_blocks > self.p2p.max_blocks_per_request {
             return Err("sync.max_batch_blocks: must not exceed p2p.max_blocks_per_request".into());
         }
+        self.broadcast.validate()?;
+        if self.broadcast.tip_grace() >= self.sync.watchdog {
+            return Err("broadcast.sync_grace: must be below sync.watchdog".into());
+        }
+        if let Some(p) = &self.producer
+            && self.broadcast.mode == crate::broadcast::BroadcastMode::Gossipsub
+            && p.payload_bytes.max as usize + 4096 > self.broadcast.gossipsub.max_transmit_bytes
+        {
+            return Err(
+                "broadcast.gossipsub.max_transmit_bytes: must exceed producer.payload_bytes by 4 KiB"
+                    .into(),
+            );
+        }
         Ok(())
     }
 
@@ -464,6 +480,31 @@ mod tests {
                 "data_dir: data",
                 "data_dir: data\nsync: {max_batch_blocks: 5000}",
                 "sync.max_batch_blocks",
+            ),
+            (
+                "data_dir: data",
+                "data_dir: data\nbroadcast: {mode: flood}",
+                "broadcast.mode",
+            ),
+            (
+                "data_dir: data",
+                "data_dir: data\nbroadcast: {ida: {params: {data_shards: 0, parity_shards: 4}}}",
+                "broadcast.ida.params",
+            ),
+            (
+                "data_dir: data",
+                "data_dir: data\nbroadcast: {gossipsub: {mesh_n: 2}}",
+                "broadcast.gossipsub",
+            ),
+            (
+                "data_dir: data",
+                "data_dir: data\nbroadcast: {sync_grace: 60000}",
+                "broadcast.sync_grace",
+            ),
+            (
+                "data_dir: data",
+                "data_dir: data\nbroadcast: {mode: gossipsub, gossipsub: {max_transmit_bytes: 2000}}",
+                "broadcast.gossipsub.max_transmit_bytes",
             ),
         ];
         for (from, to, needle) in cases {

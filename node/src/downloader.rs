@@ -43,6 +43,10 @@ pub struct DownloaderConfig {
     pub bad_peer_ttl: Duration,
     /// Most peers tracked.
     pub max_peers: usize,
+    /// In the short range, a block first announced less than this long ago is left to broadcast
+    /// (IDA / gossipsub) before it is fetched; 0 fetches at once. Long range never waits.
+    #[serde(with = "crate::util::millis")]
+    pub tip_grace: Duration,
 }
 
 impl Default for DownloaderConfig {
@@ -58,6 +62,7 @@ impl Default for DownloaderConfig {
             watchdog: Duration::from_secs(10),
             bad_peer_ttl: Duration::from_secs(120),
             max_peers: 256,
+            tip_grace: Duration::ZERO,
         }
     }
 }
@@ -75,6 +80,9 @@ impl DownloaderConfig {
         }
         if self.batch_timeout.is_zero() || self.watchdog.is_zero() {
             return Err("batch_timeout and watchdog must be > 0".into());
+        }
+        if self.tip_grace >= self.watchdog {
+            return Err("tip_grace must be below watchdog".into());
         }
         Ok(())
     }
@@ -265,7 +273,12 @@ pub struct Downloader<P> {
     buffered: u64,
     last_progress: Instant,
     actions: VecDeque<Action<P>>,
+    /// Target raises younger than `tip_grace`, oldest first: (the target before, when).
+    fresh: VecDeque<(u64, Instant)>,
 }
+
+/// Target raises remembered for the tip grace; older ones count as aged.
+const FRESH_CAP: usize = 1024;
 
 const INITIAL_BLOCK_BYTES: f64 = 16.0 * 1024.0;
 
@@ -283,6 +296,27 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
             buffered: 0,
             last_progress: now,
             actions: VecDeque::new(),
+            fresh: VecDeque::new(),
+        }
+    }
+
+    /// Highest height the downloader may fetch now: the target, except that in the short range
+    /// heights announced less than `tip_grace` ago are left to broadcast.
+    fn ready_target(&mut self, now: Instant) -> u64 {
+        let grace = self.cfg.tip_grace;
+        while let Some(&(_, t)) = self.fresh.front() {
+            if t + grace <= now || self.fresh.len() > FRESH_CAP {
+                self.fresh.pop_front();
+            } else {
+                break;
+            }
+        }
+        if grace.is_zero() || self.target.saturating_sub(self.local) > self.cfg.short_range {
+            return self.target;
+        }
+        match self.fresh.front() {
+            Some(&(before, _)) => before.min(self.target),
+            None => self.target,
         }
     }
 
@@ -333,6 +367,10 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
         if self.target > self.local {
             let w = self.last_progress + self.cfg.watchdog;
             t = Some(t.map_or(w, |x: Instant| x.min(w)));
+            if let Some(&(_, seen)) = self.fresh.front() {
+                let g = seen + self.cfg.tip_grace;
+                t = Some(t.map_or(g, |x: Instant| x.min(g)));
+            }
         }
         for p in self.peers.values() {
             if let Some(u) = p.bad_until {
@@ -355,6 +393,9 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
                     if self.target <= self.local {
                         // Idle until now: the watchdog measures from here.
                         self.last_progress = now;
+                    }
+                    if !self.cfg.tip_grace.is_zero() {
+                        self.fresh.push_back((self.target.max(self.local), now));
                     }
                     self.target = height;
                 }
@@ -625,9 +666,10 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
 
     fn schedule(&mut self, now: Instant) {
         // Create batches up to the target (bounded by the look-ahead through the reservations below).
-        while self.scheduled_to < self.target && self.batches.len() < self.cfg.max_in_flight * 4 {
+        let ready = self.ready_target(now);
+        while self.scheduled_to < ready && self.batches.len() < self.cfg.max_in_flight * 4 {
             let from = self.scheduled_to + 1;
-            let count = (self.target - self.scheduled_to).min(self.batch_blocks() as u64) as u32;
+            let count = (ready - self.scheduled_to).min(self.batch_blocks() as u64) as u32;
             let b = Batch {
                 id: self.next_id,
                 from,

@@ -24,6 +24,12 @@ pub struct Faults {
     pub corrupt_blocks: bool,
     /// Drop every connection and refuse new ones.
     pub isolate: bool,
+    /// Probability that a received IDA chunk is dropped unread (lossy links; parity and pull repair
+    /// must cover it).
+    pub chunk_drop_rate: f64,
+    /// Malicious relay: every IDA chunk this node sends has a flipped byte (receivers must reject
+    /// and penalise it).
+    pub corrupt_chunks: bool,
     /// Run discovery this often regardless of stream count, in milliseconds.
     pub forced_discovery_ms: Option<u64>,
     /// Drop traffic to and from these regions / peer ids.
@@ -84,6 +90,7 @@ impl Faults {
             ("setup_failure_rate", self.setup_failure_rate),
             ("request_error_rate", self.request_error_rate),
             ("stream_reset_rate", self.stream_reset_rate),
+            ("chunk_drop_rate", self.chunk_drop_rate),
         ] {
             if !(0.0..=1.0).contains(&p) || p.is_nan() {
                 return Err(err(name, format!("{p} is not a probability in [0, 1]")));
@@ -170,6 +177,8 @@ impl Faults {
         p2p.set_corrupt_served(self.corrupt_blocks);
         p2p.set_request_error_rate(self.request_error_rate);
         p2p.set_stream_reset_rate(self.stream_reset_rate);
+        p2p.set_chunk_drop_rate(self.chunk_drop_rate);
+        p2p.set_corrupt_chunks(self.corrupt_chunks);
         p2p.set_leak_canary_kib(self.leak_canary_kib_per_setup);
         p2p.set_isolated(self.isolate).await;
         p2p.set_forced_discovery(
@@ -196,7 +205,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let cases: [(&str, &str); 8] = [
+        let cases: [(&str, &str); 9] = [
+            (r#"{"chunk_drop_rate": 2}"#, "chunk_drop_rate"),
             (r#"{"setup_failure_rate": 1.5}"#, "setup_failure_rate"),
             (r#"{"request_error_rate": -0.1}"#, "request_error_rate"),
             (r#"{"stall_ms": 999999999}"#, "stall_ms"),

@@ -1,5 +1,6 @@
 //! syncnet node engine. See docs/architecture.md for where each concept lives.
 
+pub mod broadcast;
 pub mod chain;
 pub mod config;
 pub mod control;

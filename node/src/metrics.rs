@@ -450,6 +450,116 @@ impl SyncMetrics {
     }
 }
 
+/// Metrics of block broadcast (IDA gossip or the gossipsub baseline). Clone = same metrics.
+#[derive(Clone, Debug)]
+pub struct BroadcastMetrics {
+    /// IDA chunks by outcome: `received`, `forwarded`, `duplicate`, `invalid`, `sent` (producer
+    /// share and repairs served), `queue_full`, `skipped_done` (queued for a neighbour that had
+    /// the block by the time it was its turn), `fault_dropped`.
+    pub chunks: Family<L1, Counter>,
+    /// Rejected chunks by reason (closed set, `ChunkError::reason`).
+    pub invalid_chunks: Family<L1, Counter>,
+    pub decode_seconds: Histogram,
+    /// From the header's timestamp to the block being complete here, by mode (`ida`, `gossipsub`).
+    pub delivery_seconds: Family<L1, Histogram, fn() -> Histogram>,
+    /// Blocks by outcome: `decoded`, `rebuild_failed`, `gave_up`, `inserted`, `stale`, `orphaned`.
+    pub blocks: Family<L1, Counter>,
+    /// Pull repairs: `requested` (Want sent), `served` (chunks sent for a Want).
+    pub repairs: Family<L1, Counter>,
+    /// Bytes of broadcast frames written to neighbours, by mode.
+    pub bytes_sent: Family<L1, Counter>,
+    pub assembly_blocks: Gauge,
+    pub assembly_bytes: Gauge,
+    /// Decoded blocks waiting for their parent.
+    pub pending_blocks: Gauge,
+    /// Frames queued for neighbours, all together.
+    pub queued_frames: Gauge,
+}
+
+fn delivery_histogram() -> Histogram {
+    // 5 ms .. ~80 s
+    Histogram::new(exponential_buckets(0.005, 1.5, 25))
+}
+
+impl Default for BroadcastMetrics {
+    fn default() -> Self {
+        BroadcastMetrics {
+            chunks: Family::default(),
+            invalid_chunks: Family::default(),
+            decode_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            delivery_seconds: Family::new_with_constructor(delivery_histogram),
+            blocks: Family::default(),
+            repairs: Family::default(),
+            bytes_sent: Family::default(),
+            assembly_blocks: Gauge::default(),
+            assembly_bytes: Gauge::default(),
+            pending_blocks: Gauge::default(),
+            queued_frames: Gauge::default(),
+        }
+    }
+}
+
+impl BroadcastMetrics {
+    pub fn chunk(&self, outcome: &'static str) -> Counter {
+        self.chunks.get_or_create(&[("outcome", outcome)]).clone()
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("syncnet_broadcast");
+        r.register(
+            "ida_chunks",
+            "IDA chunks by outcome",
+            self.chunks.clone(),
+        );
+        r.register(
+            "ida_invalid_chunks",
+            "IDA chunks rejected, by reason (the sender is penalised)",
+            self.invalid_chunks.clone(),
+        );
+        r.register_with_unit(
+            "ida_decode",
+            "Time to rebuild a block from k chunks (decode + re-encode check)",
+            Unit::Seconds,
+            self.decode_seconds.clone(),
+        );
+        r.register_with_unit(
+            "delivery",
+            "Header timestamp to block complete on this node, by mode",
+            Unit::Seconds,
+            self.delivery_seconds.clone(),
+        );
+        r.register("blocks", "Broadcast blocks by outcome", self.blocks.clone());
+        r.register("ida_repairs", "IDA pull repairs", self.repairs.clone());
+        r.register_with_unit(
+            "sent",
+            "Broadcast frame bytes written to neighbours, by mode",
+            Unit::Bytes,
+            self.bytes_sent.clone(),
+        );
+        r.register(
+            "ida_assembly_blocks",
+            "Blocks in IDA assembly (capped by broadcast.ida.assembler.max_blocks)",
+            self.assembly_blocks.clone(),
+        );
+        r.register_with_unit(
+            "ida_assembly",
+            "Shard bytes buffered in IDA assembly (capped by broadcast.ida.assembler.max_bytes)",
+            Unit::Bytes,
+            self.assembly_bytes.clone(),
+        );
+        r.register(
+            "pending_blocks",
+            "Received blocks waiting for their parent (capped)",
+            self.pending_blocks.clone(),
+        );
+        r.register(
+            "ida_queued_frames",
+            "IDA frames queued for neighbours (capped per neighbour)",
+            self.queued_frames.clone(),
+        );
+    }
+}
+
 /// Renders a registry in the OpenMetrics text format.
 pub fn render(registry: &Registry) -> String {
     let mut out = String::new();

@@ -16,8 +16,10 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{debug, error, info};
 
+use crate::broadcast::{BroadcastMode, Inserter};
 use crate::config::Loaded;
-use crate::metrics::{NodeMetrics, P2pMetrics, ProcessCollector, SyncMetrics};
+use crate::ida::{Encoded, IdaParams};
+use crate::metrics::{BroadcastMetrics, NodeMetrics, P2pMetrics, ProcessCollector, SyncMetrics};
 use crate::producer::Producer;
 use crate::store::Store;
 
@@ -73,9 +75,15 @@ pub async fn run(
     let sync_metrics = SyncMetrics::default();
     sync_metrics.register(&mut registry);
     let sync_metrics_run = sync_metrics.clone();
+    let broadcast_metrics = BroadcastMetrics::default();
+    broadcast_metrics.register(&mut registry);
     let keypair = crate::p2p::load_or_create_identity(&cfg.node_key_path())?;
+    let mut p2p_cfg = cfg.p2p.clone();
+    if cfg.broadcast.mode == BroadcastMode::Gossipsub {
+        p2p_cfg.gossipsub = Some(cfg.broadcast.gossipsub.clone());
+    }
     let p2p = crate::p2p::spawn(
-        cfg.p2p.clone(),
+        p2p_cfg,
         keypair,
         loaded.spec.clone(),
         store.clone(),
@@ -86,6 +94,39 @@ pub async fn run(
         .wait_for(Duration::from_secs(10), |s| !s.listen_addrs.is_empty())
         .await
         .context("p2p.listen: no listen address came up within 10 s")?;
+    let broadcaster = match cfg.broadcast.mode {
+        BroadcastMode::Ida => Some(Broadcaster::Ida(
+            crate::p2p::ida::spawn(
+                cfg.broadcast.ida.clone(),
+                loaded.spec.clone(),
+                store.clone(),
+                p2p.clone(),
+                broadcast_metrics,
+            )
+            .await?,
+        )),
+        BroadcastMode::Gossipsub => {
+            let inbound = p2p
+                .take_gossip()
+                .context("gossipsub did not start with the p2p layer")?;
+            let inserter = Inserter::new(
+                loaded.spec.clone(),
+                store.clone(),
+                p2p.clone(),
+                broadcast_metrics,
+                BroadcastMode::Gossipsub,
+            );
+            tokio::spawn(crate::p2p::gossip::run(
+                loaded.spec.clone(),
+                p2p.clone(),
+                inbound,
+                inserter,
+            ));
+            Some(Broadcaster::Gossip)
+        }
+        BroadcastMode::Off => None,
+    };
+    info!(mode = cfg.broadcast.mode.label(), "block broadcast");
     let state = Arc::new(HttpState {
         registry,
         healthy: AtomicBool::new(true),
@@ -173,8 +214,10 @@ pub async fn run(
             .await
     });
 
+    let mut sync_cfg = cfg.sync;
+    sync_cfg.tip_grace = cfg.broadcast.tip_grace();
     let syncing = tokio::spawn(crate::sync::run(
-        cfg.sync,
+        sync_cfg,
         loaded.spec.clone(),
         store.clone(),
         p2p.clone(),
@@ -196,6 +239,7 @@ pub async fn run(
             loaded.spec.clone(),
             metrics.clone(),
             p2p.clone(),
+            (broadcaster.clone(), cfg.broadcast.ida_params()),
             stop_rx.clone(),
         ))
     });
@@ -228,6 +272,14 @@ pub async fn run(
     failed.map_or(Ok(()), Err)
 }
 
+/// How this node pushes the blocks it produces.
+#[derive(Clone)]
+enum Broadcaster {
+    Ida(crate::p2p::ida::IdaHandle),
+    Gossip,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn produce_loop(
     producer: Producer,
     interval: Duration,
@@ -235,6 +287,7 @@ async fn produce_loop(
     spec: crate::chain::ChainSpec,
     metrics: NodeMetrics,
     p2p: crate::p2p::P2pHandle,
+    (broadcaster, ida): (Option<Broadcaster>, Option<IdaParams>),
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(interval);
@@ -246,16 +299,26 @@ async fn produce_loop(
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
         let (store2, producer2, spec2) = (store.clone(), producer.clone(), spec.clone());
-        // Signing, hashing and the fsync'ing commit are blocking work.
-        let head = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let head = store2.head();
-            let block = producer2.next_block(&head.header, now_ms());
-            let verified = spec2
-                .verify(block, &head.header)
-                .context("own block does not verify")?;
-            Ok(store2.insert_batch(&[verified])?)
-        })
+        // Encoding, signing, hashing and the fsync'ing commit are blocking work.
+        let (head, block, encoded) = tokio::task::spawn_blocking(
+            move || -> anyhow::Result<(_, _, Option<Arc<Encoded>>)> {
+                let head = store2.head();
+                let (block, enc) =
+                    crate::broadcast::produce(&producer2, &head.header, now_ms(), ida);
+                let verified = spec2
+                    .verify(block.clone(), &head.header)
+                    .context("own block does not verify")?;
+                Ok((store2.insert_batch(&[verified])?, block, enc))
+            },
+        )
         .await??;
+        match (&broadcaster, encoded) {
+            (Some(Broadcaster::Ida(h)), Some(enc)) => h.broadcast(block, enc).await,
+            (Some(Broadcaster::Gossip), _) => {
+                p2p.publish_block(postcard::to_allocvec(&block).context("encoding a block")?)
+            }
+            _ => {}
+        }
         metrics.blocks_produced.inc();
         metrics.blocks_inserted.inc();
         metrics.head_height.set(head.height as i64);

@@ -1,21 +1,39 @@
-//! IDA gossip on real swarms over 127.0.0.1: blocks reach every node through chunks alone (no sync
-//! task runs here). Every wait is bounded.
+//! Block broadcast on real swarms over 127.0.0.1 with 8 nodes and no sync task, so every block
+//! that arrives came by broadcast: IDA alone, IDA with 25% of chunks dropped, IDA with a malicious
+//! relay, and the gossipsub baseline. Every wait is bounded.
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::net::*;
+use syncnet_node::broadcast::{self, BroadcastMode, Inserter};
 use syncnet_node::chain::Block;
 use syncnet_node::ida::IdaParams;
+use syncnet_node::metrics::BroadcastMetrics;
+use syncnet_node::p2p::gossip::{self, GossipConfig};
 use syncnet_node::p2p::ida::{self, IdaConfig, IdaHandle};
+use syncnet_node::p2p::P2pConfig;
 
 const NODES: usize = 8;
+const PARAMS: IdaParams = IdaParams {
+    data_shards: 8,
+    parity_shards: 8,
+};
 
-async fn network(net: &Net) -> (Vec<Node>, Vec<IdaHandle>) {
-    let mut c = cfg(vec![]);
+async fn nodes(net: &Net, gossipsub: bool) -> Vec<Node> {
+    let mut c: P2pConfig = cfg(vec![]);
     c.streams.soft_low = 3;
     c.streams.high = 5;
+    if gossipsub {
+        c.gossipsub = Some(GossipConfig {
+            mesh_n: 4,
+            mesh_n_low: 3,
+            mesh_n_high: 6,
+            ..GossipConfig::default()
+        });
+    }
     let boot = start(net, c.clone(), 0).await;
     c.bootnodes = vec![boot.addr.clone()];
     let mut nodes = vec![boot];
@@ -27,81 +45,242 @@ async fn network(net: &Net) -> (Vec<Node>, Vec<IdaHandle>) {
             .await
             .unwrap_or_else(|| panic!("node {i} has too few neighbours: {:?}", n.h.state()));
     }
+    nodes
+}
+
+struct Ida {
+    nodes: Vec<Node>,
+    handles: Vec<IdaHandle>,
+    metrics: Vec<BroadcastMetrics>,
+}
+
+async fn ida_network(net: &Net) -> Ida {
+    let nodes = nodes(net, false).await;
     let icfg = IdaConfig {
-        params: IdaParams {
-            data_shards: 8,
-            parity_shards: 8,
+        params: PARAMS,
+        assembler: syncnet_node::ida::assembler::AssemblerConfig {
+            repair_after: Duration::from_millis(300),
+            ..Default::default()
         },
         ..IdaConfig::default()
     };
-    let mut handles = vec![];
+    let (mut handles, mut metrics) = (vec![], vec![]);
     for n in &nodes {
+        let m = BroadcastMetrics::default();
         handles.push(
             ida::spawn(
                 icfg.clone(),
                 net.spec.clone(),
                 n.store.clone(),
                 n.h.clone(),
-                16 << 20,
+                m.clone(),
             )
             .await
             .unwrap(),
         );
+        metrics.push(m);
     }
-    (nodes, handles)
+    Ida {
+        nodes,
+        handles,
+        metrics,
+    }
 }
 
-/// Produces the next block on `node` with an IDA root and broadcasts it.
-async fn produce(net: &Net, node: &Node, ida: &IdaHandle, params: IdaParams, len: usize) {
+/// The next block on `node`'s chain, with an IDA root when `ida` is set; inserted into its store.
+fn produce(net: &Net, node: &Node, ida: bool) -> (Block, Option<Arc<syncnet_node::ida::Encoded>>) {
     let head = node.store.head();
-    let payload: Vec<u8> = (0..len)
-        .map(|i| (i as u64 * 31 + head.height) as u8)
-        .collect();
-    let enc = ida::encode_payload(params, &payload);
-    let block = Block::produce_with_root(
-        net.producer.key(),
+    let (block, enc) = broadcast::produce(
+        &net.producer,
         &head.header,
-        head.header.timestamp_ms + 1000,
-        payload.into(),
-        Some(enc.root),
+        syncnet_node::node::now_ms(),
+        ida.then_some(PARAMS),
     );
     let v = net.spec.verify(block.clone(), &head.header).unwrap();
     node.store.insert_batch(&[v]).unwrap();
-    ida.broadcast(block, enc).await;
+    (block, enc)
+}
+
+fn big_net() -> Net {
+    let mut net = Net::new("testnet");
+    net.producer = syncnet_node::producer::Producer::new(
+        net.producer.key().clone(),
+        syncnet_node::config::PayloadSize::fixed(256 * 1024),
+        7,
+    );
+    net
+}
+
+fn count(m: &BroadcastMetrics, outcome: &'static str) -> u64 {
+    m.chunks.get_or_create(&[("outcome", outcome)]).get()
+}
+
+fn decoded(m: &BroadcastMetrics) -> u64 {
+    m.blocks.get_or_create(&[("outcome", "decoded")]).get()
+}
+
+/// Produces `n` blocks on node 0, each waited for on every node.
+async fn run_ida_blocks(net: &Net, ida: &Ida, n: u64) {
+    for b in 1..=n {
+        let (block, enc) = produce(net, &ida.nodes[0], true);
+        ida.handles[0].broadcast(block, enc.unwrap()).await;
+        eventually(
+            &format!("block {b} everywhere"),
+            Duration::from_secs(30),
+            || ida.nodes.iter().all(|n| n.store.head().height >= b),
+        )
+        .await;
+    }
+    for (i, n) in ida.nodes.iter().enumerate() {
+        assert_eq!(
+            n.store.block(n_height(n)).unwrap().unwrap().hash(),
+            ida.nodes[0].store.block(n_height(n)).unwrap().unwrap().hash(),
+            "node {i}"
+        );
+    }
+}
+
+fn n_height(n: &Node) -> u64 {
+    n.store.head().height
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_receives_every_block_by_ida() {
-    let net = Net::new("testnet");
-    let (nodes, idas) = network(&net).await;
-    let params = IdaParams {
-        data_shards: 8,
-        parity_shards: 8,
-    };
-    // Give the IDA streams a moment to open on every neighbour link (bounded wait on the state).
+    let net = big_net();
+    let ida = ida_network(&net).await;
+    run_ida_blocks(&net, &ida, 5).await;
+    // No sync task runs: each follower decoded each block itself.
+    for (i, m) in ida.metrics.iter().enumerate().skip(1) {
+        assert_eq!(decoded(m), 5, "node {i}");
+        assert_eq!(count(m, "invalid"), 0, "node {i}");
+        let mut r = prometheus_client::registry::Registry::default();
+        m.register(&mut r);
+        let text = syncnet_node::metrics::render(&r);
+        assert!(
+            text.contains("syncnet_broadcast_delivery_seconds_count{mode=\"ida\"} 5"),
+            "node {i}: {text}"
+        );
+    }
+    // The producer sent each of the 16 chunks of each block once.
+    assert_eq!(count(&ida.metrics[0], "sent"), 5 * 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_complete_with_a_quarter_of_all_chunks_dropped() {
+    let net = big_net();
+    let ida = ida_network(&net).await;
+    for n in &ida.nodes {
+        n.h.set_chunk_drop_rate(0.25);
+    }
+    run_ida_blocks(&net, &ida, 5).await;
+    let dropped: u64 = ida.metrics.iter().map(|m| count(m, "fault_dropped")).sum();
+    let received: u64 = ida.metrics.iter().map(|m| count(m, "received")).sum();
+    let share = dropped as f64 / (dropped + received) as f64;
+    assert!(
+        (0.15..0.35).contains(&share),
+        "dropped {dropped} of {} chunks",
+        dropped + received
+    );
+    for (i, m) in ida.metrics.iter().enumerate().skip(1) {
+        assert_eq!(decoded(m), 5, "node {i} rebuilt every block from what arrived");
+    }
+    let injected: u64 = ida
+        .nodes
+        .iter()
+        .map(|n| {
+            n.metrics
+                .faults_injected
+                .get_or_create(&[("kind", "chunk_drop")])
+                .get()
+        })
+        .sum();
+    assert_eq!(injected, dropped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malicious_relay_does_not_stop_delivery_and_is_penalised() {
+    let net = big_net();
+    let ida = ida_network(&net).await;
+    let bad = NODES - 1;
+    ida.nodes[bad].h.set_corrupt_chunks(true);
     for b in 1..=5u64 {
-        produce(&net, &nodes[0], &idas[0], params, 256 * 1024).await;
+        let (block, enc) = produce(&net, &ida.nodes[0], true);
+        ida.handles[0].broadcast(block, enc.unwrap()).await;
         eventually(
-            &format!("block {b} everywhere"),
+            &format!("block {b} on every honest node"),
+            Duration::from_secs(30),
+            || ida.nodes[..bad].iter().all(|n| n.store.head().height >= b),
+        )
+        .await;
+    }
+    for (i, m) in ida.metrics.iter().enumerate().take(bad).skip(1) {
+        assert_eq!(decoded(m), 5, "node {i}");
+    }
+    let corrupted = ida.nodes[bad]
+        .metrics
+        .faults_injected
+        .get_or_create(&[("kind", "corrupt_chunk")])
+        .get();
+    assert!(corrupted > 0, "the relay never relayed");
+    // Everyone who got a corrupt chunk rejected it for its proof and dropped the relay's stream.
+    let rejected: u64 = ida.metrics[..bad]
+        .iter()
+        .map(|m| m.invalid_chunks.get_or_create(&[("reason", "proof")]).get())
+        .sum();
+    assert!(rejected > 0);
+    let penalised: u64 = ida.nodes[..bad]
+        .iter()
+        .map(|n| {
+            n.metrics
+                .removals
+                .get_or_create(&[("reason", "penalised")])
+                .get()
+        })
+        .sum();
+    assert!(penalised > 0, "nobody dropped the malicious relay");
+    assert!(ida.metrics[..bad].iter().all(|m| count(m, "invalid") <= corrupted));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_receives_every_block_by_gossipsub() {
+    let net = big_net();
+    let nodes = nodes(&net, true).await;
+    let mut metrics = vec![];
+    for n in &nodes {
+        let m = BroadcastMetrics::default();
+        let inserter = Inserter::new(
+            net.spec.clone(),
+            n.store.clone(),
+            n.h.clone(),
+            m.clone(),
+            BroadcastMode::Gossipsub,
+        );
+        tokio::spawn(gossip::run(
+            net.spec.clone(),
+            n.h.clone(),
+            n.h.take_gossip().expect("gossipsub is on"),
+            inserter,
+        ));
+        metrics.push(m);
+    }
+    // Subscriptions are exchanged on connect; publishing needs at least one subscribed peer.
+    for n in &nodes {
+        n.h.wait_for(Duration::from_secs(30), |s| s.gossip_peers >= 1)
+            .await
+            .expect("gossipsub subscriptions");
+    }
+    for b in 1..=3u64 {
+        let (block, _) = produce(&net, &nodes[0], false);
+        nodes[0].h.publish_block(postcard::to_allocvec(&block).unwrap());
+        eventually(
+            &format!("block {b} everywhere by gossipsub"),
             Duration::from_secs(30),
             || nodes.iter().all(|n| n.store.head().height >= b),
         )
         .await;
     }
-    for (i, n) in nodes.iter().enumerate() {
-        assert_eq!(
-            n.store.block(5).unwrap().unwrap().hash(),
-            nodes[0].store.block(5).unwrap().unwrap().hash(),
-            "node {i}"
-        );
+    for (i, m) in metrics.iter().enumerate().skip(1) {
+        let inserted = m.blocks.get_or_create(&[("outcome", "inserted")]).get();
+        assert_eq!(inserted, 3, "node {i}");
     }
-    let delivered: u64 = idas[1..]
-        .iter()
-        .map(|h| {
-            h.counters
-                .delivered
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
-    assert_eq!(delivered, 5 * (NODES as u64 - 1), "all by IDA");
 }

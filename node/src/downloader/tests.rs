@@ -168,6 +168,7 @@ fn cfg() -> DownloaderConfig {
         watchdog: Duration::from_secs(20),
         bad_peer_ttl: Duration::from_secs(60),
         max_peers: 16,
+        tip_grace: Duration::ZERO,
     }
 }
 
@@ -343,4 +344,46 @@ fn phases_follow_the_distance_to_the_target() {
     assert_eq!(d.phase(), Phase::Long);
     d.handle(Event::PeerGone(1), now);
     assert_eq!(d.phase(), Phase::Idle);
+}
+
+fn fetched_heights(d: &mut Downloader<u32>) -> Vec<(u64, u32)> {
+    std::iter::from_fn(|| d.poll_action())
+        .filter_map(|a| match a {
+            Action::Fetch { from, count, .. } => Some((from, count)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_tip_waits_for_broadcast_for_the_grace_but_long_range_does_not() {
+    let grace = Duration::from_millis(1500);
+    let c = DownloaderConfig {
+        tip_grace: grace,
+        ..cfg()
+    };
+    let t0 = Instant::now();
+    let mut d = Downloader::<u32>::new(c, 100, t0);
+    let head = |height| Event::PeerHead { peer: 1, height };
+    d.handle(head(101), t0);
+    assert!(fetched_heights(&mut d).is_empty(), "fetched inside the grace");
+    // The wake-up is the grace's end, not later.
+    assert_eq!(d.poll_timeout(), Some(t0 + grace));
+    // Broadcast delivered 101 meanwhile: nothing to fetch, ever.
+    d.handle(Event::LocalAdvanced { height: 101 }, t0 + grace / 2);
+    d.handle(Event::Tick, t0 + grace * 2);
+    assert!(fetched_heights(&mut d).is_empty());
+
+    // 102 is announced and broadcast misses it: fetched once the grace is over.
+    let t1 = t0 + grace * 3;
+    d.handle(head(102), t1);
+    d.handle(Event::Tick, t1 + grace / 2);
+    assert!(fetched_heights(&mut d).is_empty());
+    d.handle(Event::Tick, t1 + grace);
+    assert_eq!(fetched_heights(&mut d), vec![(102, 1)]);
+
+    // Far behind (long range): everything at once, grace or not.
+    let mut d = Downloader::<u32>::new(DownloaderConfig { tip_grace: grace, ..cfg() }, 100, t0);
+    d.handle(head(500), t0);
+    assert!(!fetched_heights(&mut d).is_empty());
 }

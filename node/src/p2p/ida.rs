@@ -3,21 +3,26 @@
 //! stream `/syncnet/<network>/ida/1` to each neighbour and reads what neighbours send on theirs, so
 //! no tie-break is needed: one long-lived stream per direction and neighbour.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::ops::Not;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
 use super::P2pHandle;
+use crate::broadcast::{BroadcastMode, Delivered, Inserter};
 use crate::chain::{Block, ChainSpec, H256};
+use crate::metrics::BroadcastMetrics;
 use crate::ida::assembler::{Assembler, AssemblerConfig, Outcome, Timeout};
-use crate::ida::relay::Relay;
+use crate::ida::relay::{PeerHas, Relay};
 use crate::ida::{Chunk, Encoded, IdaParams, encode};
 use crate::store::Store;
 use crate::wire::{self, FrameDecoder};
@@ -31,6 +36,12 @@ pub struct IdaConfig {
     pub queue_frames: usize,
     /// Neighbours asked at once when a block stops making progress.
     pub repair_fanout: usize,
+    /// Neighbours each new chunk is forwarded to; 0 = all but the sender (RapidChain).
+    pub forward_fanout: usize,
+    /// Chunks of one block forwarded to one neighbour at most; 0 = no limit (RapidChain).
+    pub push_budget: usize,
+    /// Pace IDA frames at this many bytes/s (set it to the uplink's rate); 0 = unpaced.
+    pub upload_bytes_per_sec: u64,
 }
 
 impl Default for IdaConfig {
@@ -40,6 +51,9 @@ impl Default for IdaConfig {
             assembler: AssemblerConfig::default(),
             queue_frames: 1024,
             repair_fanout: 2,
+            forward_fanout: 0,
+            push_budget: 0,
+            upload_bytes_per_sec: 0,
         }
     }
 }
@@ -52,6 +66,9 @@ impl IdaConfig {
             .map_err(|e| format!("assembler: {e}"))?;
         if self.queue_frames == 0 || self.repair_fanout == 0 {
             return Err("queue_frames and repair_fanout must be > 0".into());
+        }
+        if self.upload_bytes_per_sec != 0 && !(64 * 1024..=1 << 40).contains(&self.upload_bytes_per_sec) {
+            return Err("upload_bytes_per_sec: 0 (unpaced) or within 64 KiB/s..=1 TiB/s".into());
         }
         Ok(())
     }
@@ -74,33 +91,37 @@ pub enum IdaMessage {
         height: u64,
         missing: Vec<u16>,
     },
+    /// "I have this chunk now": a copy queued for the sender is skipped (IDONTWANT for chunks).
+    Have {
+        root: H256,
+        index: u16,
+    },
 }
 
-/// Counters for tests and metrics.
-#[derive(Clone, Debug, Default)]
-pub struct IdaCounters {
-    pub received: Arc<std::sync::atomic::AtomicU64>,
-    pub forwarded: Arc<std::sync::atomic::AtomicU64>,
-    pub duplicate: Arc<std::sync::atomic::AtomicU64>,
-    pub invalid: Arc<std::sync::atomic::AtomicU64>,
-    pub delivered: Arc<std::sync::atomic::AtomicU64>,
-    pub repairs: Arc<std::sync::atomic::AtomicU64>,
-}
-
-fn bump(c: &std::sync::atomic::AtomicU64, n: u64) {
-    c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+/// Faults of the IDA path, set through the control API (`Faults::apply`).
+#[derive(Debug, Default)]
+pub struct IdaFaults {
+    /// Probability (f64 bits) that a received chunk is dropped before it is looked at.
+    pub chunk_drop_rate: AtomicU64,
+    /// Malicious relay: flip a byte in every chunk this node sends.
+    pub corrupt_chunks: AtomicBool,
 }
 
 #[derive(Clone)]
 pub struct IdaHandle {
     tx: mpsc::Sender<(Box<Block>, Arc<Encoded>)>,
-    pub counters: IdaCounters,
+    delivered: broadcast::Sender<Delivered>,
 }
 
 impl IdaHandle {
     /// Producer side: sends a block (already in the store, its header committing to `encoded`).
     pub async fn broadcast(&self, block: Block, encoded: Arc<Encoded>) {
         let _ = self.tx.send((Box::new(block), encoded)).await;
+    }
+
+    /// Blocks this node completed by IDA from now on.
+    pub fn delivered(&self) -> broadcast::Receiver<Delivered> {
+        self.delivered.subscribe()
     }
 }
 
@@ -109,30 +130,79 @@ pub fn encode_payload(params: IdaParams, payload: &[u8]) -> Arc<Encoded> {
     Arc::new(encode(params, payload))
 }
 
-/// Frames of one kind of traffic to a neighbour.
+/// Which chunk a frame carries (`k` too: a neighbour with `k` chunks needs no more).
+#[derive(Clone, Copy)]
+struct Key {
+    root: H256,
+    index: u16,
+    k: u16,
+}
+
+/// A chunk frame for a neighbour; skipped if the neighbour has that chunk (or `k` of the block)
+/// by the time it is its turn.
+type Out = (Key, Bytes);
+
+type Has = Arc<std::sync::Mutex<PeerHas>>;
+
 struct Neighbour {
-    tx: mpsc::Sender<Bytes>,
+    /// Chunks (paced, skippable).
+    tx: mpsc::Sender<Out>,
+    /// Small control frames (`Have`, `Done`, `Want`): ahead of chunks, unpaced.
+    ctl: mpsc::Sender<Bytes>,
+    has: Has,
+}
+
+/// Paces IDA frames at the configured upload rate (governor, 1 KiB units). Frames wait here rather
+/// than in socket buffers, so the ones for a neighbour that reports `Done` meanwhile are skipped.
+struct Pacer {
+    limiter: governor::DefaultDirectRateLimiter,
+    burst_kib: u32,
+}
+
+impl Pacer {
+    fn new(bytes_per_sec: u64) -> Option<Arc<Pacer>> {
+        let kib = u32::try_from(bytes_per_sec / 1024).ok()?;
+        let per_sec = NonZeroU32::new(kib)?;
+        // 20 ms of rate, at least 64 KiB: smooth, yet one frame is a few waits, not hundreds.
+        let burst_kib = (kib / 50).max(64);
+        let quota = governor::Quota::per_second(per_sec)
+            .allow_burst(NonZeroU32::new(burst_kib).expect("non-zero"));
+        Some(Arc::new(Pacer {
+            limiter: governor::RateLimiter::direct(quota),
+            burst_kib,
+        }))
+    }
+
+    async fn wait(&self, bytes: usize) {
+        let mut kib = (bytes as u64).div_ceil(1024);
+        while kib > 0 {
+            let n = kib.min(u64::from(self.burst_kib)) as u32;
+            let _ = self
+                .limiter
+                .until_n_ready(NonZeroU32::new(n).expect("n > 0"))
+                .await;
+            kib -= u64::from(n);
+        }
+    }
 }
 
 struct Service {
     cfg: IdaConfig,
-    spec: ChainSpec,
-    store: Arc<Store>,
     p2p: P2pHandle,
+    store: Arc<Store>,
     protocol: StreamProtocol,
     assembler: Assembler,
     relay: Relay<PeerId>,
     out: HashMap<PeerId, Neighbour>,
-    /// Decoded blocks waiting for their parent (bounded).
-    pending: BTreeMap<u64, Block>,
+    inserter: Inserter,
     /// Recently encoded blocks, to answer repairs without re-encoding (bounded).
     encoded: Vec<(H256, Arc<Encoded>, Block)>,
-    counters: IdaCounters,
+    metrics: BroadcastMetrics,
+    pacer: Option<Arc<Pacer>>,
     repair_turn: usize,
     max_frame: usize,
 }
 
-const PENDING_BLOCKS: usize = 64;
 const ENCODED_CACHE: usize = 4;
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -141,9 +211,10 @@ pub async fn spawn(
     spec: ChainSpec,
     store: Arc<Store>,
     p2p: P2pHandle,
-    max_frame: usize,
+    metrics: BroadcastMetrics,
 ) -> anyhow::Result<IdaHandle> {
     cfg.validate().map_err(anyhow::Error::msg)?;
+    let max_frame = p2p.max_frame();
     let protocol = ida_protocol(&spec.network_id);
     let mut incoming = p2p
         .stream_control()
@@ -151,23 +222,31 @@ pub async fn spawn(
         .map_err(|e| anyhow::anyhow!("registering {protocol}: {e}"))?;
     let (in_tx, mut in_rx) = mpsc::channel::<(PeerId, Result<IdaMessage, ()>)>(1024);
     tokio::spawn(async move {
+        // One task per inbound stream at once: libp2p-stream drops streams while this loop lags.
         while let Some((peer, stream)) = incoming.next().await {
             tokio::spawn(read_loop(peer, stream, in_tx.clone(), max_frame));
         }
     });
     let (tx, mut rx) = mpsc::channel::<(Box<Block>, Arc<Encoded>)>(64);
-    let counters = IdaCounters::default();
+    let inserter = Inserter::new(
+        spec.clone(),
+        store.clone(),
+        p2p.clone(),
+        metrics.clone(),
+        BroadcastMode::Ida,
+    );
+    let delivered = inserter.sender();
     let mut s = Service {
-        assembler: Assembler::new(spec.clone(), cfg.assembler.clone()),
+        assembler: Assembler::new(spec, cfg.assembler.clone()),
+        pacer: Pacer::new(cfg.upload_bytes_per_sec),
         cfg,
-        spec,
         store,
         protocol,
         relay: Relay::default(),
         out: HashMap::new(),
-        pending: BTreeMap::new(),
+        inserter,
         encoded: vec![],
-        counters: counters.clone(),
+        metrics,
         repair_turn: 0,
         max_frame,
         p2p: p2p.clone(),
@@ -201,9 +280,12 @@ pub async fn spawn(
             for t in timeouts {
                 s.on_timeout(t);
             }
+            let st = s.assembler.stats();
+            s.metrics.assembly_blocks.set(st.partial_blocks as i64);
+            s.metrics.assembly_bytes.set(st.buffered_bytes as i64);
         }
     });
-    Ok(IdaHandle { tx, counters })
+    Ok(IdaHandle { tx, delivered })
 }
 
 async fn read_loop(
@@ -255,22 +337,48 @@ impl Service {
                 continue;
             }
             let (tx, rx) = mpsc::channel(self.cfg.queue_frames);
-            tokio::spawn(write_loop(
-                *p,
-                self.p2p.stream_control(),
-                self.protocol.clone(),
+            let (ctl, ctl_rx) = mpsc::channel(self.cfg.queue_frames);
+            let has = Has::default();
+            tokio::spawn(write_loop(Writer {
+                peer: *p,
+                control: self.p2p.stream_control(),
+                protocol: self.protocol.clone(),
                 rx,
-            ));
-            self.out.insert(*p, Neighbour { tx });
+                ctl: ctl_rx,
+                has: has.clone(),
+                pacer: self.pacer.clone(),
+                metrics: self.metrics.clone(),
+            }));
+            self.out.insert(*p, Neighbour { tx, ctl, has });
             self.relay.add(*p);
         }
     }
 
-    fn send(&self, peer: &PeerId, frame: Bytes) -> bool {
-        match self.out.get(peer) {
-            // A full queue drops the frame; repair fetches what went missing.
-            Some(n) => n.tx.try_send(frame).is_ok(),
-            None => false,
+    /// Queues a chunk frame for `peer`, unless it is known to have that chunk.
+    fn send(&self, peer: &PeerId, key: Key, frame: Bytes) -> bool {
+        let Some(n) = self.out.get(peer) else {
+            return false;
+        };
+        if lacks(&n.has, &key).not() {
+            self.metrics.chunk("skipped_has").inc();
+            return false;
+        }
+        // A full queue drops the frame; repair fetches what went missing.
+        if n.tx.try_send((key, frame)).is_ok() {
+            self.metrics.queued_frames.inc();
+            true
+        } else {
+            self.metrics.chunk("queue_full").inc();
+            false
+        }
+    }
+
+    /// Queues a control frame (`Have`, `Done`, `Want`) for `peer`.
+    fn send_ctl(&self, peer: &PeerId, frame: Bytes) {
+        if let Some(n) = self.out.get(peer)
+            && n.ctl.try_send(frame).is_err()
+        {
+            self.metrics.chunk("queue_full").inc();
         }
     }
 
@@ -279,14 +387,33 @@ impl Service {
         wire::encode(msg, self.max_frame).ok().map(Bytes::from)
     }
 
+    /// A chunk's frame; corrupted when this node plays the malicious relay (fault injection).
+    fn chunk_frame(&self, mut chunk: Chunk) -> Option<Bytes> {
+        let f = &self.p2p.ida_faults;
+        if f.corrupt_chunks.load(Ordering::Relaxed) && !chunk.data.is_empty() {
+            let mut d = chunk.data.to_vec();
+            d[0] ^= 0xff;
+            chunk.data = d.into();
+            self.p2p.fault_injected("corrupt_chunk");
+        }
+        self.frame(&IdaMessage::Chunk(Box::new(chunk)))
+    }
+
     fn broadcast(&mut self, block: Block, enc: Arc<Encoded>) {
         let root = enc.root;
         self.assembler.mark_done(root);
-        for (peer, idx) in self.relay.assign(enc.shards.len()) {
-            for i in idx {
-                let c = enc.chunk(&block.header, block.signature, i);
-                if let Some(f) = self.frame(&IdaMessage::Chunk(Box::new(c))) {
-                    self.send(&peer, f);
+        let assigned = self.relay.assign(enc.shards.len());
+        // Interleave the neighbours' shares so the first k distinct chunks leave first.
+        let rounds = assigned.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
+        for r in 0..rounds {
+            for (peer, idx) in &assigned {
+                if let Some(&i) = idx.get(r) {
+                    let c = enc.chunk(&block.header, block.signature, i);
+                    if let Some(f) = self.chunk_frame(c)
+                        && self.send(peer, key(&enc, root, i as u16), f)
+                    {
+                        self.metrics.chunk("sent").inc();
+                    }
                 }
             }
         }
@@ -304,7 +431,17 @@ impl Service {
     async fn on_message(&mut self, peer: PeerId, msg: IdaMessage) {
         match msg {
             IdaMessage::Chunk(c) => self.on_chunk(peer, *c).await,
-            IdaMessage::Done { root } => self.relay.on_done(&peer, root),
+            IdaMessage::Done { root } => {
+                self.relay.on_done(&peer, root);
+                if let Some(n) = self.out.get(&peer) {
+                    n.has.lock().expect("not poisoned").mark_all(root);
+                }
+            }
+            IdaMessage::Have { root, index } => {
+                if let Some(n) = self.out.get(&peer) {
+                    n.has.lock().expect("not poisoned").mark(root, index);
+                }
+            }
             IdaMessage::Want {
                 root,
                 height,
@@ -314,82 +451,110 @@ impl Service {
     }
 
     async fn on_chunk(&mut self, peer: PeerId, chunk: Chunk) {
-        bump(&self.counters.received, 1);
+        let rate = f64::from_bits(self.p2p.ida_faults.chunk_drop_rate.load(Ordering::Relaxed));
+        if rate > 0.0 && rand::random::<f64>() < rate {
+            self.metrics.chunk("fault_dropped").inc();
+            self.p2p.fault_injected("chunk_drop");
+            return;
+        }
+        self.metrics.chunk("received").inc();
         // Cheap: the shard is shared, not copied; it is encoded only if it is forwarded.
         let copy = chunk.clone();
-        match self.assembler.on_chunk(chunk, Instant::now()) {
+        let started = Instant::now();
+        match self.assembler.on_chunk(chunk, started) {
             Outcome::New => self.forward(&peer, copy),
             Outcome::Complete(r) => {
+                self.metrics
+                    .decode_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 let root = copy.header.ida_root.unwrap_or_default();
                 self.forward(&peer, copy);
                 match r {
-                    Ok(block) => self.deliver(*block),
-                    Err(e) => warn!(%root, "IDA block not rebuilt: {e}"),
+                    Ok(block) => self.deliver(root, *block),
+                    Err(e) => {
+                        warn!(%root, "IDA block not rebuilt: {e}");
+                        self.metrics
+                            .blocks
+                            .get_or_create(&[("outcome", "rebuild_failed")])
+                            .inc();
+                    }
                 }
             }
-            Outcome::Duplicate | Outcome::Known => bump(&self.counters.duplicate, 1),
+            Outcome::Duplicate => {
+                self.metrics.chunk("duplicate").inc();
+            }
+            // Arrived after the block was rebuilt (it was on its way when `Done` went out).
+            Outcome::Known => {
+                self.metrics.chunk("late").inc();
+            }
             Outcome::Invalid(e) => {
                 debug!(%peer, "invalid chunk: {e}");
-                bump(&self.counters.invalid, 1);
+                self.metrics.chunk("invalid").inc();
+                self.metrics
+                    .invalid_chunks
+                    .get_or_create(&[("reason", e.reason())])
+                    .inc();
                 self.p2p.penalise(peer).await;
             }
-            Outcome::TooLarge => {}
+            Outcome::TooLarge => {
+                self.metrics.chunk("too_large").inc();
+            }
         }
     }
 
     fn forward(&mut self, from: &PeerId, chunk: Chunk) {
         let root = chunk.header.ida_root.unwrap_or_default();
-        let targets = self.relay.forward_to(&root, Some(from));
+        let index = chunk.index;
+        let key = Key {
+            root,
+            index,
+            k: chunk.params.data_shards,
+        };
+        // Tell the neighbours first (tiny, ahead of chunks): copies they queued for us are skipped.
+        if let Some(f) = self.frame(&IdaMessage::Have { root, index }) {
+            for p in self.relay.neighbours().copied().collect::<Vec<_>>() {
+                if p != *from {
+                    self.send_ctl(&p, f.clone());
+                }
+            }
+        }
+        let targets =
+            self.relay
+                .forward_to(
+                    &root,
+                    Some(from),
+                    usize::from(chunk.index),
+                    (self.cfg.forward_fanout, self.cfg.push_budget),
+                    |p| {
+                        self.out
+                            .get(p)
+                            .is_some_and(|n| n.has.lock().expect("not poisoned").has(&root, index))
+                    },
+                );
         if targets.is_empty() {
             return;
         }
-        let Some(frame) = self.frame(&IdaMessage::Chunk(Box::new(chunk))) else {
+        let Some(frame) = self.chunk_frame(chunk) else {
             return;
         };
         for p in targets {
-            if self.send(&p, frame.clone()) {
-                bump(&self.counters.forwarded, 1);
+            if self.send(&p, key, frame.clone()) {
+                self.metrics.chunk("forwarded").inc();
             }
         }
     }
 
-    fn deliver(&mut self, block: Block) {
-        let root = block.header.ida_root.unwrap_or_default();
+    fn deliver(&mut self, root: H256, block: Block) {
+        self.metrics
+            .blocks
+            .get_or_create(&[("outcome", "decoded")])
+            .inc();
         if let Some(f) = self.frame(&IdaMessage::Done { root }) {
             for p in self.relay.neighbours().copied().collect::<Vec<_>>() {
-                self.send(&p, f.clone());
+                self.send_ctl(&p, f.clone());
             }
         }
-        bump(&self.counters.delivered, 1);
-        let head = self.store.head().height;
-        if block.header.height <= head {
-            return;
-        }
-        self.pending.insert(block.header.height, block);
-        while self.pending.len() > PENDING_BLOCKS {
-            self.pending.pop_last();
-        }
-        // Insert whatever now follows the head; the rest waits for sync or earlier blocks.
-        loop {
-            let head = self.store.head();
-            let Some(b) = self.pending.remove(&(head.height + 1)) else {
-                break;
-            };
-            match self.spec.verify(b, &head.header) {
-                Ok(v) => match self.store.insert_batch(&[v]) {
-                    Ok(h) => self.p2p.announce(h.header.clone(), h.signature),
-                    Err(e) => {
-                        debug!("IDA block not committed: {e}");
-                        break;
-                    }
-                },
-                Err(e) => {
-                    debug!("IDA block does not extend the head: {e}");
-                    break;
-                }
-            }
-        }
-        self.pending.retain(|h, _| *h > self.store.head().height);
+        self.inserter.offer(block);
     }
 
     fn on_want(&mut self, peer: PeerId, root: H256, height: u64, missing: Vec<u16>) {
@@ -418,8 +583,13 @@ impl Service {
         for i in missing.into_iter().take(enc.shards.len()) {
             if usize::from(i) < enc.shards.len() {
                 let c = enc.chunk(&block.header, block.signature, usize::from(i));
-                if let Some(f) = self.frame(&IdaMessage::Chunk(Box::new(c))) {
-                    self.send(&peer, f);
+                if let Some(f) = self.chunk_frame(c)
+                    && self.send(&peer, key(&enc, root, i), f)
+                {
+                    self.metrics
+                        .repairs
+                        .get_or_create(&[("kind", "served")])
+                        .inc();
                 }
             }
         }
@@ -436,7 +606,10 @@ impl Service {
                 if peers.is_empty() {
                     return;
                 }
-                bump(&self.counters.repairs, 1);
+                self.metrics
+                    .repairs
+                    .get_or_create(&[("kind", "requested")])
+                    .inc();
                 let msg = IdaMessage::Want {
                     root,
                     height,
@@ -445,39 +618,156 @@ impl Service {
                 let Some(f) = self.frame(&msg) else { return };
                 for k in 0..self.cfg.repair_fanout.min(peers.len()) {
                     let p = peers[(self.repair_turn + k) % peers.len()];
-                    self.send(&p, f.clone());
+                    self.send_ctl(&p, f.clone());
                 }
                 self.repair_turn = self.repair_turn.wrapping_add(1);
             }
             // The header was announced on the sync streams too; the downloader fetches the block.
-            Timeout::GiveUp { header, .. } => debug!(height = header.height, "IDA gave up"),
+            Timeout::GiveUp { header, .. } => {
+                debug!(height = header.height, "IDA gave up");
+                self.metrics
+                    .blocks
+                    .get_or_create(&[("outcome", "gave_up")])
+                    .inc();
+            }
         }
     }
 }
 
-async fn write_loop(
+fn key(enc: &Encoded, root: H256, index: u16) -> Key {
+    Key {
+        root,
+        index,
+        k: enc.params.data_shards,
+    }
+}
+
+/// Whether the neighbour still needs this chunk, as far as its `Have`s and `Done`s tell.
+fn lacks(has: &Has, key: &Key) -> bool {
+    let h = has.lock().expect("not poisoned");
+    !h.has(&key.root, key.index) && !h.enough(&key.root, usize::from(key.k))
+}
+
+struct Writer {
     peer: PeerId,
-    mut control: libp2p_stream::Control,
+    control: libp2p_stream::Control,
     protocol: StreamProtocol,
-    mut rx: mpsc::Receiver<Bytes>,
-) {
-    let mut stream =
-        match tokio::time::timeout(Duration::from_secs(10), control.open_stream(peer, protocol))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            _ => {
-                debug!(%peer, "IDA stream did not open");
-                return;
+    rx: mpsc::Receiver<Out>,
+    ctl: mpsc::Receiver<Bytes>,
+    has: Has,
+    pacer: Option<Arc<Pacer>>,
+    metrics: BroadcastMetrics,
+}
+
+/// First retry of a failed IDA stream open; doubles up to `OPEN_BACKOFF_MAX`, with jitter.
+const OPEN_BACKOFF: Duration = Duration::from_millis(250);
+const OPEN_BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// Chunk frames a writer holds to choose from (beyond it they wait in the channel).
+const POOL: usize = 256;
+
+impl Writer {
+    /// A random chunk from the pool that the neighbour still lacks; the ones it has are dropped.
+    /// Random, not FIFO: relays that got the same chunks in the same order would otherwise all
+    /// send the same chunk to a neighbour at once, and all but one copy would be wasted.
+    fn pick(&self, pool: &mut Vec<Out>) -> Option<Bytes> {
+        while !pool.is_empty() {
+            let i = rand::random_range(0..pool.len());
+            let (key, f) = pool.swap_remove(i);
+            if lacks(&self.has, &key) {
+                return Some(f);
             }
-        };
-    while let Some(frame) = rx.recv().await {
-        if stream.write_all(&frame).await.is_err() {
+            self.metrics.chunk("skipped_has").inc();
+        }
+        None
+    }
+}
+
+async fn write_loop(mut w: Writer) {
+    let mut backoff = OPEN_BACKOFF;
+    let mut stream = loop {
+        let open = w.control.open_stream(w.peer, w.protocol.clone());
+        match tokio::time::timeout(Duration::from_secs(10), open).await {
+            Ok(Ok(s)) => break s,
+            r => debug!(peer = %w.peer, ?r, "IDA stream did not open; retrying"),
+        }
+        // Retried while the peer is a neighbour (its queue's sender lives); frames queue meanwhile.
+        let jitter = rand::random_range(0.5..1.5);
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        if w.rx.is_closed() {
             return;
         }
-        if rx.is_empty() && stream.flush().await.is_err() {
-            return;
+        backoff = (backoff * 2).min(OPEN_BACKOFF_MAX);
+    };
+    let sent = w
+        .metrics
+        .bytes_sent
+        .get_or_create(&[("mode", BroadcastMode::Ida.label())])
+        .clone();
+    let mut pool: Vec<Out> = Vec::new();
+    // Upload tokens already paid for (a frame that turned out not to be needed).
+    let mut credit = 0usize;
+    // Tokens for the next chunk are acquired before it is chosen, so the choice is as late (and
+    // as well informed by `Have`s) as possible; control frames overtake it meanwhile.
+    let mut paced: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    loop {
+        if paced.is_none()
+            && let Some(p) = &w.pacer
+            && let Some((_, f)) = pool.first()
+        {
+            let (p, n) = (p.clone(), f.len().saturating_sub(credit));
+            credit = 0;
+            paced = Some(Box::pin(async move { p.wait(n).await }));
+        }
+        
+        let frame = tokio::select! {
+            biased;
+            c = w.ctl.recv() => match c {
+                Some(f) => f,
+                None => break,
+            },
+            _ = async { paced.as_mut().expect("guarded").await }, if paced.is_some() => {
+                paced = None;
+                let paid = pool.first().map_or(0, |(_, f)| f.len());
+                match w.pick(&mut pool) {
+                    Some(f) => f,
+                    None => {
+                        credit = paid;
+                        continue;
+                    }
+                }
+            }
+            d = w.rx.recv(), if pool.len() < POOL => {
+                match d {
+                    Some(out) => {
+                        w.metrics.queued_frames.dec();
+                        pool.push(out);
+                    }
+                    // No longer a neighbour: what is left is not sent.
+                    None => break,
+                }
+                if w.pacer.is_some() {
+                    continue;
+                }
+                match w.pick(&mut pool) {
+                    Some(f) => f,
+                    None => continue,
+                }
+            }
+        };
+        if stream.write_all(&frame).await.is_err() {
+            break;
+        }
+        sent.inc_by(frame.len() as u64);
+        // Flushed unless more control frames follow at once: a `Have` must not wait behind chunks.
+        if w.ctl.is_empty() && stream.flush().await.is_err() {
+            break;
         }
     }
     let _ = stream.close().await;
+    // Whatever is left was never sent.
+    w.rx.close();
+    while w.rx.try_recv().is_ok() {
+        w.metrics.queued_frames.dec();
+    }
 }

@@ -11,6 +11,7 @@
 
 mod dial;
 mod gate;
+pub mod gossip;
 pub mod ida;
 pub mod session;
 
@@ -27,6 +28,8 @@ use libp2p::core::transport::Transport;
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::gossipsub::{self, MessageAcceptance, MessageId};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity, noise, ping, tcp, yamux,
@@ -72,6 +75,9 @@ pub struct P2pConfig {
     /// In-process emulation of region latency, upload bandwidth and partitions; off when absent.
     /// Must be set on every node of a network or on none (the connection preamble differs).
     pub netem: Option<NetemConfig>,
+    /// gossipsub (the broadcast baseline) runs only when set; set from `broadcast` by the node.
+    #[serde(skip)]
+    pub gossipsub: Option<gossip::GossipConfig>,
 }
 
 impl Default for P2pConfig {
@@ -89,6 +95,7 @@ impl Default for P2pConfig {
             max_connections: 128,
             region: None,
             netem: None,
+            gossipsub: None,
         }
     }
 }
@@ -173,6 +180,7 @@ struct Behaviour {
     ping: ping::Behaviour,
     kad: gate::DialGate<kad::Behaviour<MemoryStore>>,
     stream: gate::DialGate<libp2p_stream::Behaviour>,
+    gossipsub: Toggle<gossipsub::Behaviour>,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -214,6 +222,8 @@ pub struct NetState {
     pub best_peer_height: u64,
     /// Managed requests queued or in flight.
     pub requests_outstanding: usize,
+    /// Peers subscribed to the gossipsub block topic (0 without gossipsub).
+    pub gossip_peers: usize,
 }
 
 fn ser_display_vec<S: serde::Serializer, T: std::fmt::Display>(
@@ -252,6 +262,8 @@ enum Command {
     Isolate(bool),
     ForcedDiscovery(Option<Duration>),
     StormCanary(bool),
+    Publish(Vec<u8>),
+    GossipVerdict(MessageId, PeerId, MessageAcceptance),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -262,6 +274,8 @@ pub struct P2pHandle {
     state: watch::Receiver<NetState>,
     ctx: Arc<SessionCtx>,
     events: Arc<std::sync::Mutex<Option<mpsc::Receiver<NetEvent>>>>,
+    gossip_in: Arc<std::sync::Mutex<Option<mpsc::Receiver<gossip::Inbound>>>>,
+    ida_faults: Arc<ida::IdaFaults>,
     pub local_peer_id: PeerId,
     region: Option<String>,
     netem: Option<Arc<Netem>>,
@@ -378,6 +392,46 @@ impl P2pHandle {
         let _ = self.tx.try_send(Command::Announce(a));
     }
 
+    /// Fault: probability that a received IDA chunk is dropped unread.
+    pub fn set_chunk_drop_rate(&self, p: f64) {
+        session::set_rate(&self.ida_faults.chunk_drop_rate, p);
+    }
+
+    /// Fault: this node corrupts every IDA chunk it sends (a malicious relay).
+    pub fn set_corrupt_chunks(&self, on: bool) {
+        self.ida_faults.corrupt_chunks.store(on, Ordering::Relaxed);
+    }
+
+    /// Counts one injected fault of this kind (a closed set of labels).
+    pub fn fault_injected(&self, kind: &'static str) {
+        self.ctx
+            .metrics
+            .faults_injected
+            .get_or_create(&[("kind", kind)])
+            .inc();
+    }
+
+    /// The largest frame this node sends or accepts (`p2p.max_frame_bytes`).
+    pub fn max_frame(&self) -> usize {
+        self.ctx.max_frame
+    }
+
+    /// Publishes an encoded block on the gossipsub topic (when gossipsub runs).
+    pub fn publish_block(&self, data: Vec<u8>) {
+        let _ = self.tx.try_send(Command::Publish(data));
+    }
+
+    /// The validation result for a gossiped message: only accepted ones are forwarded.
+    pub fn gossip_verdict(&self, id: MessageId, source: PeerId, verdict: MessageAcceptance) {
+        let _ = self.tx.try_send(Command::GossipVerdict(id, source, verdict));
+    }
+
+    /// Gossiped messages waiting for validation, for the one gossip task. `None` after the first
+    /// call or without gossipsub.
+    pub fn take_gossip(&self) -> Option<mpsc::Receiver<gossip::Inbound>> {
+        self.gossip_in.lock().expect("not poisoned").take()
+    }
+
     /// Drops the peer's sync stream as penalised (cooldown follows).
     pub async fn penalise(&self, peer: PeerId) {
         let _ = self.tx.send(Command::Penalise(peer)).await;
@@ -478,6 +532,7 @@ struct Driver {
     listen_addrs: Vec<Multiaddr>,
     next_housekeeping: Instant,
     net_events: mpsc::Sender<NetEvent>,
+    gossip_tx: mpsc::Sender<gossip::Inbound>,
     isolated: bool,
     /// Aborted when the driver stops, so nothing keeps the store open after shutdown.
     accept_loop: tokio::task::JoinHandle<()>,
@@ -497,6 +552,10 @@ pub async fn spawn(
     let kad_protocol =
         StreamProtocol::try_from_owned(format!("/syncnet/{network}/kad/1")).expect("starts with /");
     let max_conns = cfg.max_connections as u32;
+    let gossip_cfg = match &cfg.gossipsub {
+        Some(g) => Some(g.build().map_err(|e| anyhow::anyhow!("broadcast.gossipsub.{e}"))?),
+        None => None,
+    };
     let make_behaviour = |key: &identity::Keypair| {
         let mut kcfg = kad::Config::new(kad_protocol);
         kcfg.set_query_timeout(Duration::from_secs(10));
@@ -522,6 +581,10 @@ pub async fn spawn(
             ping: ping::Behaviour::new(ping::Config::new()),
             kad: gate::DialGate { inner: kad },
             stream: gate::DialGate { inner: stream },
+            gossipsub: Toggle::from(gossip_cfg.clone().map(|c| {
+                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, c)
+                    .expect("anonymous authenticity with content ids is a valid combination")
+            })),
         }
     };
     let netem = match (&cfg.netem, &cfg.region) {
@@ -553,6 +616,11 @@ pub async fn spawn(
             .listen_on(a.clone())
             .with_context(|| format!("p2p.listen: {a}"))?;
     }
+    if let Some(g) = swarm.behaviour_mut().gossipsub.as_mut() {
+        g.subscribe(&gossip::topic(&network))
+            .map_err(|e| anyhow::anyhow!("subscribing to the block topic: {e}"))?;
+    }
+    let (gossip_tx, gossip_rx) = mpsc::channel(gossip::INBOUND_QUEUE);
     let control = swarm.behaviour().stream.inner.new_control();
     let stream_control = control.clone();
     let protocol = sync_protocol(&network);
@@ -640,6 +708,7 @@ pub async fn spawn(
         net_events,
         isolated: false,
         accept_loop,
+        gossip_tx,
     };
     for b in &cfg.bootnodes {
         let peer = peer_of(b).expect("validated");
@@ -659,6 +728,10 @@ pub async fn spawn(
         state,
         ctx,
         events: Arc::new(std::sync::Mutex::new(Some(net_events_rx))),
+        gossip_in: Arc::new(std::sync::Mutex::new(
+            cfg.gossipsub.is_some().then_some(gossip_rx),
+        )),
+        ida_faults: Arc::default(),
         local_peer_id: local,
         region: cfg.region.clone(),
         netem,
@@ -874,6 +947,22 @@ impl Driver {
             }
             Command::ForcedDiscovery(p) => self.sm.set_forced_discovery(p, now),
             Command::StormCanary(on) => self.sm.set_storm_canary(on),
+            Command::Publish(data) => {
+                let topic = gossip::topic(&self.ctx.spec.network_id);
+                match self.swarm.behaviour_mut().gossipsub.as_mut() {
+                    Some(g) => {
+                        if let Err(e) = g.publish(topic, data) {
+                            warn!("gossipsub publish failed: {e}");
+                        }
+                    }
+                    None => warn!("publish without gossipsub (broadcast.mode is not gossipsub)"),
+                }
+            }
+            Command::GossipVerdict(id, source, verdict) => {
+                if let Some(g) = self.swarm.behaviour_mut().gossipsub.as_mut() {
+                    g.report_message_validation_result(&id, &source, verdict);
+                }
+            }
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
     }
@@ -1055,6 +1144,28 @@ impl Driver {
                     self.swarm.close_connection(connection);
                 }
             },
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                let m = gossip::Inbound {
+                    id: message_id,
+                    source: propagation_source,
+                    data: message.data,
+                };
+                if let Err(e) = self.gossip_tx.try_send(m) {
+                    // Validation is behind: neither forward nor penalise.
+                    let m = e.into_inner();
+                    if let Some(g) = self.swarm.behaviour_mut().gossipsub.as_mut() {
+                        g.report_message_validation_result(
+                            &m.id,
+                            &m.source,
+                            MessageAcceptance::Ignore,
+                        );
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -1517,6 +1628,10 @@ impl Driver {
             ready_for_sync: self.sm.ready_for_sync(),
             best_peer_height,
             requests_outstanding: self.rm.in_flight() + self.rm.queued(),
+            gossip_peers: self.swarm.behaviour().gossipsub.as_ref().map_or(0, |g| {
+                let topic = gossip::topic(&self.ctx.spec.network_id).hash();
+                g.all_peers().filter(|(_, t)| t.contains(&&topic)).count()
+            }),
         };
         self.state_tx.send_if_modified(|s| {
             if *s != state {
