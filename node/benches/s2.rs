@@ -8,9 +8,9 @@
 //! delivery is the broadcast's. Delivery latency runs from just before the producer builds the block
 //! to the block being complete on a node.
 //!
-//! Knobs: `S2_NODES` (32), `S2_DEGREE` (8: sync streams, so IDA neighbours, kept per node), `S2_BLOCKS` (8 measured, after 1 warm-up), `S2_BLOCK_KIB` (2048),
+//! Knobs: `S2_K` (16: k = m),  `S2_NODES` (32), `S2_MBIT` (100, upload per node), `S2_DEGREE` (8: sync streams, so IDA neighbours, kept per node), `S2_BLOCKS` (8 measured, after 1 warm-up), `S2_BLOCK_KIB` (2048),
 //! `S2_IDA` (IDA variants as
-//! `fanout:budget` pairs, default "0:0,0:4"; 0 = no limit), `S2_REPAIR_MS` (assembler repair_after), `S2_PACE` (1: IDA frames paced at the
+//! `fanout:budget` pairs, default "3:0,0:0"; 0 = no limit), `S2_REPAIR_MS` (assembler repair_after), `S2_PACE` (1: IDA frames paced at the
 //! upload rate; 0: unpaced), `S2_ONLY` (`ida` or `gossipsub`).
 
 use std::collections::BTreeMap;
@@ -35,7 +35,10 @@ use syncnet_node::streams::StreamConfig;
 use tokio::sync::broadcast as bcast;
 
 const REGIONS: [&str; 4] = ["us", "eu", "ap", "sa"];
-const UPLOAD: u64 = 100_000_000 / 8;
+/// Upload per node in bytes/s: `S2_MBIT` (100) Mbit/s.
+fn upload_rate() -> u64 {
+    env::<u64>("S2_MBIT", 100) * 1_000_000 / 8
+}
 const INTRA_MS: u32 = 2;
 /// Degree: each node keeps `S2_DEGREE` (default 8) to +4 sync streams, IDA's neighbours;
 /// gossipsub's mesh D = 8 either way.
@@ -61,7 +64,7 @@ fn matrix() -> NetemConfig {
         ("ap", "sa", 100),
     ];
     let mut cfg = NetemConfig {
-        upload_bytes_per_sec: UPLOAD,
+        upload_bytes_per_sec: upload_rate(),
         ..NetemConfig::default()
     };
     for r in REGIONS {
@@ -71,7 +74,10 @@ fn matrix() -> NetemConfig {
             .insert(r.into(), INTRA_MS);
     }
     for (a, b, ms) in inter {
-        cfg.latency_ms.entry(a.into()).or_default().insert(b.into(), ms);
+        cfg.latency_ms
+            .entry(a.into())
+            .or_default()
+            .insert(b.into(), ms);
     }
     cfg
 }
@@ -106,7 +112,13 @@ enum Mode {
 
 impl Mode {
     fn name(&self) -> String {
-        let all = |n: usize| if n == 0 { "all".to_string() } else { n.to_string() };
+        let all = |n: usize| {
+            if n == 0 {
+                "all".to_string()
+            } else {
+                n.to_string()
+            }
+        };
         match self {
             Mode::Ida {
                 fanout,
@@ -184,7 +196,7 @@ async fn start_network(spec: &ChainSpec, n: usize, mode: Mode, params: IdaParams
                     params,
                     forward_fanout: fanout,
                     push_budget: budget,
-                    upload_bytes_per_sec: if pace { UPLOAD } else { 0 },
+                    upload_bytes_per_sec: if pace { upload_rate() } else { 0 },
                     ..IdaConfig::default()
                 };
                 if let Some(ms) = std::env::var("S2_REPAIR_MS")
@@ -238,7 +250,10 @@ async fn start_network(spec: &ChainSpec, n: usize, mode: Mode, params: IdaParams
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let degrees: Vec<usize> = nodes.iter().map(|n| n.h.state().stream_peers.len()).collect();
+    let degrees: Vec<usize> = nodes
+        .iter()
+        .map(|n| n.h.state().stream_peers.len())
+        .collect();
     eprintln!(
         "s2: {} network of {n} after {:?}: neighbours min {} max {}",
         mode.name(),
@@ -254,7 +269,10 @@ fn n_minus_one(n: usize) -> usize {
 }
 
 fn upload(nodes: &[Node]) -> Vec<u64> {
-    nodes.iter().map(|n| n.metrics.netem.bytes_out.get()).collect()
+    nodes
+        .iter()
+        .map(|n| n.metrics.netem.bytes_out.get())
+        .collect()
 }
 
 /// Waits until no node has uploaded anything for 300 ms (queues drained).
@@ -294,7 +312,8 @@ async fn one_block(
     let start = Instant::now();
     let head = nodes[0].store.head();
     let ida = matches!(mode, Mode::Ida { .. }).then_some(params);
-    let (block, enc) = broadcast::produce(producer, &head.header, syncnet_node::node::now_ms(), ida);
+    let (block, enc) =
+        broadcast::produce(producer, &head.header, syncnet_node::node::now_ms(), ida);
     let v = spec.verify(block.clone(), &head.header).unwrap();
     nodes[0].store.insert_batch(&[v]).unwrap();
     let height = block.header.height;
@@ -341,7 +360,13 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn run_mode(mode: Mode, n: usize, blocks: usize, kib: u32, params: IdaParams) -> serde_json::Value {
+async fn run_mode(
+    mode: Mode,
+    n: usize,
+    blocks: usize,
+    kib: u32,
+    params: IdaParams,
+) -> serde_json::Value {
     let key = keys::generate();
     let spec = ChainSpec::new("s2", &keys::public_key(&key), 1_700_000_000_000).unwrap();
     let producer = Producer::new(key, PayloadSize::fixed(kib * 1024), 9);
@@ -377,7 +402,14 @@ async fn run_mode(mode: Mode, n: usize, blocks: usize, kib: u32, params: IdaPara
     // Chunk outcomes per node and block (warm-up included), to see where upload goes.
     let per = (nodes.len() * (blocks + 1)) as f64;
     let chunks: BTreeMap<&str, f64> = [
-        "sent", "received", "forwarded", "duplicate", "late", "skipped_has", "queue_full", "invalid",
+        "sent",
+        "received",
+        "forwarded",
+        "duplicate",
+        "late",
+        "skipped_has",
+        "queue_full",
+        "invalid",
     ]
     .into_iter()
     .map(|o| {
@@ -413,14 +445,18 @@ fn main() {
     let pace = env("S2_PACE", 1u8) == 1;
     let only: String = env("S2_ONLY", String::new());
     // IDA variants as fanout:budget pairs (0 = no limit).
-    let variants: Vec<(usize, usize)> = env("S2_IDA", "0:0,0:4".to_string())
+    let variants: Vec<(usize, usize)> = env("S2_IDA", "3:0,0:0".to_string())
         .split(',')
         .filter_map(|v| {
             let (f, b) = v.trim().split_once(':')?;
             Some((f.parse().ok()?, b.parse().ok()?))
         })
         .collect();
-    let params = IdaParams::default();
+    let k: u16 = env("S2_K", 16);
+    let params = IdaParams {
+        data_shards: k,
+        parity_shards: k,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -445,7 +481,7 @@ fn main() {
     }
     let netem = matrix();
     let b = f64::from(kib * 1024);
-    let t_lb = b / UPLOAD as f64 + f64::from(delta_max(&netem)) / 1000.0;
+    let t_lb = b / upload_rate() as f64 + f64::from(delta_max(&netem)) / 1000.0;
     let gossip_p100 = results
         .get("gossipsub")
         .map(|r| r["latency_s"]["p100"].as_f64().unwrap_or(f64::NAN));
@@ -454,7 +490,9 @@ fn main() {
         .filter(|(k, _)| k.starts_with("ida"))
         .map(|(k, r)| {
             let p100 = r["latency_s"]["p100"].as_f64().unwrap_or(f64::NAN);
-            let sender = r["sender_upload_over_block"]["max"].as_f64().unwrap_or(f64::NAN);
+            let sender = r["sender_upload_over_block"]["max"]
+                .as_f64()
+                .unwrap_or(f64::NAN);
             let bound = 1.05 * f64::from(params.total() as u32) / f64::from(params.data_shards);
             json!({
                 "mode": k,
@@ -473,7 +511,7 @@ fn main() {
         "regions": REGIONS,
         "block_bytes": b,
         "blocks_measured": blocks,
-        "upload_bytes_per_sec": UPLOAD,
+        "upload_bytes_per_sec": upload_rate(),
         "latency_ms": {"intra": INTRA_MS, "inter_min": 25, "inter_max": delta_max(&netem)},
         "ida_params": {"k": params.data_shards, "m": params.parity_shards},
         "ida_paced": pace,

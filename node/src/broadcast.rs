@@ -122,8 +122,6 @@ pub fn produce(
     }
 }
 
-
-
 /// A block that arrived complete by broadcast (for benchmarks and tests).
 #[derive(Clone, Debug)]
 pub struct Delivered {

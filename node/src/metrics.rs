@@ -506,11 +506,7 @@ impl BroadcastMetrics {
 
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("syncnet_broadcast");
-        r.register(
-            "ida_chunks",
-            "IDA chunks by outcome",
-            self.chunks.clone(),
-        );
+        r.register("ida_chunks", "IDA chunks by outcome", self.chunks.clone());
         r.register(
             "ida_invalid_chunks",
             "IDA chunks rejected, by reason (the sender is penalised)",

@@ -97,7 +97,7 @@ pub async fn run(
     let broadcaster = match cfg.broadcast.mode {
         BroadcastMode::Ida => Some(Broadcaster::Ida(
             crate::p2p::ida::spawn(
-                cfg.broadcast.ida.clone(),
+                ida_config(&cfg.broadcast.ida, &cfg.p2p),
                 loaded.spec.clone(),
                 store.clone(),
                 p2p.clone(),
@@ -272,6 +272,22 @@ pub async fn run(
     failed.map_or(Ok(()), Err)
 }
 
+/// The IDA config as run: unpaced chunks under an emulated uplink would queue in the emulation's
+/// delay lines, where a `Have` can no longer recall them, so pacing defaults to that rate.
+fn ida_config(
+    ida: &crate::p2p::ida::IdaConfig,
+    p2p: &crate::p2p::P2pConfig,
+) -> crate::p2p::ida::IdaConfig {
+    let mut c = ida.clone();
+    if c.upload_bytes_per_sec == 0
+        && let Some(n) = &p2p.netem
+        && n.upload_bytes_per_sec >= crate::p2p::ida::MIN_PACE
+    {
+        c.upload_bytes_per_sec = n.upload_bytes_per_sec;
+    }
+    c
+}
+
 /// How this node pushes the blocks it produces.
 #[derive(Clone)]
 enum Broadcaster {
@@ -300,8 +316,8 @@ async fn produce_loop(
         }
         let (store2, producer2, spec2) = (store.clone(), producer.clone(), spec.clone());
         // Encoding, signing, hashing and the fsync'ing commit are blocking work.
-        let (head, block, encoded) = tokio::task::spawn_blocking(
-            move || -> anyhow::Result<(_, _, Option<Arc<Encoded>>)> {
+        let (head, block, encoded) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(_, _, Option<Arc<Encoded>>)> {
                 let head = store2.head();
                 let (block, enc) =
                     crate::broadcast::produce(&producer2, &head.header, now_ms(), ida);
@@ -309,9 +325,8 @@ async fn produce_loop(
                     .verify(block.clone(), &head.header)
                     .context("own block does not verify")?;
                 Ok((store2.insert_batch(&[verified])?, block, enc))
-            },
-        )
-        .await??;
+            })
+            .await??;
         match (&broadcaster, encoded) {
             (Some(Broadcaster::Ida(h)), Some(enc)) => h.broadcast(block, enc).await,
             (Some(Broadcaster::Gossip), _) => {

@@ -12,9 +12,9 @@ use syncnet_node::broadcast::{self, BroadcastMode, Inserter};
 use syncnet_node::chain::Block;
 use syncnet_node::ida::IdaParams;
 use syncnet_node::metrics::BroadcastMetrics;
+use syncnet_node::p2p::P2pConfig;
 use syncnet_node::p2p::gossip::{self, GossipConfig};
 use syncnet_node::p2p::ida::{self, IdaConfig, IdaHandle};
-use syncnet_node::p2p::P2pConfig;
 
 const NODES: usize = 8;
 const PARAMS: IdaParams = IdaParams {
@@ -134,10 +134,33 @@ async fn run_ida_blocks(net: &Net, ida: &Ida, n: u64) {
     for (i, n) in ida.nodes.iter().enumerate() {
         assert_eq!(
             n.store.block(n_height(n)).unwrap().unwrap().hash(),
-            ida.nodes[0].store.block(n_height(n)).unwrap().unwrap().hash(),
+            ida.nodes[0]
+                .store
+                .block(n_height(n))
+                .unwrap()
+                .unwrap()
+                .hash(),
             "node {i}"
         );
     }
+}
+
+/// Per node: height, neighbours and chunk counters (for failure messages).
+fn dump(ida: &Ida) -> String {
+    let mut out = String::new();
+    for (i, (n, m)) in ida.nodes.iter().zip(&ida.metrics).enumerate() {
+        out += &format!(
+            "\n node {i} {}: height {}, neighbours {:?}, received {}, invalid {}, duplicate {}, repairs {}",
+            n.id(),
+            n.store.head().height,
+            n.h.state().stream_peers,
+            count(m, "received"),
+            count(m, "invalid"),
+            count(m, "duplicate"),
+            m.repairs.get_or_create(&[("kind", "requested")]).get(),
+        );
+    }
+    out
 }
 
 fn n_height(n: &Node) -> u64 {
@@ -161,8 +184,10 @@ async fn every_node_receives_every_block_by_ida() {
             "node {i}: {text}"
         );
     }
-    // The producer sent each of the 16 chunks of each block once.
-    assert_eq!(count(&ida.metrics[0], "sent"), 5 * 16);
+    // The producer sent each of the 16 chunks of each block at most once (a neighbour that got a
+    // chunk from a relay first is skipped), and at least k distinct ones.
+    let sent = count(&ida.metrics[0], "sent");
+    assert!((5 * 8..=5 * 16).contains(&sent), "{sent}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +207,11 @@ async fn blocks_complete_with_a_quarter_of_all_chunks_dropped() {
         dropped + received
     );
     for (i, m) in ida.metrics.iter().enumerate().skip(1) {
-        assert_eq!(decoded(m), 5, "node {i} rebuilt every block from what arrived");
+        assert_eq!(
+            decoded(m),
+            5,
+            "node {i} rebuilt every block from what arrived"
+        );
     }
     let injected: u64 = ida
         .nodes
@@ -203,18 +232,32 @@ async fn a_malicious_relay_does_not_stop_delivery_and_is_penalised() {
     let ida = ida_network(&net).await;
     let bad = NODES - 1;
     ida.nodes[bad].h.set_corrupt_chunks(true);
-    for b in 1..=5u64 {
+    let rejected = |ida: &Ida| -> u64 {
+        ida.metrics[..bad]
+            .iter()
+            .map(|m| m.invalid_chunks.get_or_create(&[("reason", "proof")]).get())
+            .sum()
+    };
+    // At least 5 blocks, and on until a corrupt chunk reached someone (a relay whose forwards all
+    // went to neighbours that had the chunk already corrupts nothing anyone sees); at most 20.
+    let mut blocks = 0u64;
+    while blocks < 5 || (rejected(&ida) == 0 && blocks < 20) {
+        blocks += 1;
+        let b = blocks;
         let (block, enc) = produce(&net, &ida.nodes[0], true);
         ida.handles[0].broadcast(block, enc.unwrap()).await;
-        eventually(
-            &format!("block {b} on every honest node"),
-            Duration::from_secs(30),
-            || ida.nodes[..bad].iter().all(|n| n.store.head().height >= b),
-        )
-        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ida.nodes[..bad].iter().all(|n| n.store.head().height >= b) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "block {b} not on every honest node: {}",
+                dump(&ida)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     for (i, m) in ida.metrics.iter().enumerate().take(bad).skip(1) {
-        assert_eq!(decoded(m), 5, "node {i}");
+        assert_eq!(decoded(m), blocks, "node {i}");
     }
     let corrupted = ida.nodes[bad]
         .metrics
@@ -223,11 +266,10 @@ async fn a_malicious_relay_does_not_stop_delivery_and_is_penalised() {
         .get();
     assert!(corrupted > 0, "the relay never relayed");
     // Everyone who got a corrupt chunk rejected it for its proof and dropped the relay's stream.
-    let rejected: u64 = ida.metrics[..bad]
-        .iter()
-        .map(|m| m.invalid_chunks.get_or_create(&[("reason", "proof")]).get())
-        .sum();
-    assert!(rejected > 0);
+    assert!(
+        rejected(&ida) > 0,
+        "no corrupt chunk arrived in {blocks} blocks"
+    );
     let penalised: u64 = ida.nodes[..bad]
         .iter()
         .map(|n| {
@@ -238,7 +280,11 @@ async fn a_malicious_relay_does_not_stop_delivery_and_is_penalised() {
         })
         .sum();
     assert!(penalised > 0, "nobody dropped the malicious relay");
-    assert!(ida.metrics[..bad].iter().all(|m| count(m, "invalid") <= corrupted));
+    assert!(
+        ida.metrics[..bad]
+            .iter()
+            .all(|m| count(m, "invalid") <= corrupted)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +317,9 @@ async fn every_node_receives_every_block_by_gossipsub() {
     }
     for b in 1..=3u64 {
         let (block, _) = produce(&net, &nodes[0], false);
-        nodes[0].h.publish_block(postcard::to_allocvec(&block).unwrap());
+        nodes[0]
+            .h
+            .publish_block(postcard::to_allocvec(&block).unwrap());
         eventually(
             &format!("block {b} everywhere by gossipsub"),
             Duration::from_secs(30),
@@ -279,8 +327,13 @@ async fn every_node_receives_every_block_by_gossipsub() {
         )
         .await;
     }
+    // Each follower inserted all three itself (the counter moves just after the head does).
+    let inserted = |m: &BroadcastMetrics| m.blocks.get_or_create(&[("outcome", "inserted")]).get();
+    eventually("every block counted", Duration::from_secs(5), || {
+        metrics[1..].iter().all(|m| inserted(m) >= 3)
+    })
+    .await;
     for (i, m) in metrics.iter().enumerate().skip(1) {
-        let inserted = m.blocks.get_or_create(&[("outcome", "inserted")]).get();
-        assert_eq!(inserted, 3, "node {i}");
+        assert_eq!(inserted(m), 3, "node {i}");
     }
 }

@@ -19,6 +19,7 @@ fn scfg() -> DownloaderConfig {
         watchdog: Duration::from_secs(3),
         bad_peer_ttl: Duration::from_secs(5),
         max_peers: 64,
+        tip_grace: Duration::ZERO,
     }
 }
 

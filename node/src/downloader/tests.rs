@@ -366,7 +366,10 @@ fn the_tip_waits_for_broadcast_for_the_grace_but_long_range_does_not() {
     let mut d = Downloader::<u32>::new(c, 100, t0);
     let head = |height| Event::PeerHead { peer: 1, height };
     d.handle(head(101), t0);
-    assert!(fetched_heights(&mut d).is_empty(), "fetched inside the grace");
+    assert!(
+        fetched_heights(&mut d).is_empty(),
+        "fetched inside the grace"
+    );
     // The wake-up is the grace's end, not later.
     assert_eq!(d.poll_timeout(), Some(t0 + grace));
     // Broadcast delivered 101 meanwhile: nothing to fetch, ever.
@@ -383,7 +386,14 @@ fn the_tip_waits_for_broadcast_for_the_grace_but_long_range_does_not() {
     assert_eq!(fetched_heights(&mut d), vec![(102, 1)]);
 
     // Far behind (long range): everything at once, grace or not.
-    let mut d = Downloader::<u32>::new(DownloaderConfig { tip_grace: grace, ..cfg() }, 100, t0);
+    let mut d = Downloader::<u32>::new(
+        DownloaderConfig {
+            tip_grace: grace,
+            ..cfg()
+        },
+        100,
+        t0,
+    );
     d.handle(head(500), t0);
     assert!(!fetched_heights(&mut d).is_empty());
 }

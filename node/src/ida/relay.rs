@@ -246,10 +246,19 @@ mod tests {
             r.add(p);
         }
         let root = H256([1; 32]);
-        assert_eq!(r.forward_to(&root, Some(&2), 0, (0, 0), |_| false), vec![1, 3, 4]);
+        assert_eq!(
+            r.forward_to(&root, Some(&2), 0, (0, 0), |_| false),
+            vec![1, 3, 4]
+        );
         r.on_done(&3, root);
-        assert_eq!(r.forward_to(&root, Some(&2), 0, (0, 0), |_| false), vec![1, 4]);
-        assert_eq!(r.forward_to(&H256([2; 32]), None, 0, (0, 0), |_| false), vec![1, 2, 3, 4]);
+        assert_eq!(
+            r.forward_to(&root, Some(&2), 0, (0, 0), |_| false),
+            vec![1, 4]
+        );
+        assert_eq!(
+            r.forward_to(&H256([2; 32]), None, 0, (0, 0), |_| false),
+            vec![1, 2, 3, 4]
+        );
         r.remove(&1);
         assert_eq!(r.forward_to(&root, None, 0, (0, 0), |_| false), vec![2, 4]);
         // Neighbours known to have the chunk are skipped.

@@ -56,6 +56,19 @@ impl GossipConfig {
         if self.heartbeat_ms == 0 || self.queue_ms == 0 {
             return Err("heartbeat_ms and queue_ms must be > 0".into());
         }
+        // gossipsub 0.50 checks these only for per-topic settings, not for the defaults used here.
+        if !(1 <= self.mesh_n_low
+            && self.mesh_n_low <= self.mesh_n
+            && self.mesh_n <= self.mesh_n_high)
+        {
+            return Err(format!(
+                "mesh_n: needs 1 <= mesh_n_low ({}) <= mesh_n ({}) <= mesh_n_high ({})",
+                self.mesh_n_low, self.mesh_n, self.mesh_n_high
+            ));
+        }
+        if self.max_transmit_bytes < 1024 {
+            return Err("max_transmit_bytes: at least 1024".into());
+        }
         self.build().map(|_| ())
     }
 

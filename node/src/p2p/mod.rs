@@ -25,11 +25,11 @@ use anyhow::Context;
 use futures::StreamExt;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Transport;
+use libp2p::gossipsub::{self, MessageAcceptance, MessageId};
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::gossipsub::{self, MessageAcceptance, MessageId};
 use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity, noise, ping, tcp, yamux,
@@ -423,7 +423,9 @@ impl P2pHandle {
 
     /// The validation result for a gossiped message: only accepted ones are forwarded.
     pub fn gossip_verdict(&self, id: MessageId, source: PeerId, verdict: MessageAcceptance) {
-        let _ = self.tx.try_send(Command::GossipVerdict(id, source, verdict));
+        let _ = self
+            .tx
+            .try_send(Command::GossipVerdict(id, source, verdict));
     }
 
     /// Gossiped messages waiting for validation, for the one gossip task. `None` after the first
@@ -553,7 +555,10 @@ pub async fn spawn(
         StreamProtocol::try_from_owned(format!("/syncnet/{network}/kad/1")).expect("starts with /");
     let max_conns = cfg.max_connections as u32;
     let gossip_cfg = match &cfg.gossipsub {
-        Some(g) => Some(g.build().map_err(|e| anyhow::anyhow!("broadcast.gossipsub.{e}"))?),
+        Some(g) => Some(
+            g.build()
+                .map_err(|e| anyhow::anyhow!("broadcast.gossipsub.{e}"))?,
+        ),
         None => None,
     };
     let make_behaviour = |key: &identity::Keypair| {

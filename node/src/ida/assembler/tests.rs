@@ -106,6 +106,9 @@ fn bad_proofs_and_bad_signatures_are_rejected() {
         a.on_chunk(c, t0),
         Outcome::Invalid(ChunkError::Proof)
     ));
+    // (That chunk's genuine header made a placeholder for repair; start afresh.)
+    assert_eq!(a.stats().buffered_bytes, 0);
+    let mut a = f.assembler(AssemblerConfig::default());
     let mut c = chunk(&block, &enc, 1);
     c.signature.0[0] ^= 1;
     assert!(matches!(
@@ -250,4 +253,50 @@ fn stalled_blocks_ask_for_repair_then_go_to_sync() {
     );
     assert_eq!(a.stats().given_up, 1);
     assert!(matches!(a.on_chunk(chunk(&b, &e, 2), t0), Outcome::Known));
+}
+
+#[test]
+fn a_block_known_only_from_corrupt_chunks_is_still_repaired() {
+    let f = Fixture::new(4, 4);
+    let (block, enc) = f.block(1, 10_000);
+    let cfg = AssemblerConfig::default();
+    let mut a = f.assembler(cfg.clone());
+    let t0 = Instant::now();
+    // A corrupting relay's chunk: genuine header, flipped data; it also lies about the shard length.
+    let mut bad = chunk(&block, &enc, 2);
+    let mut d = bad.data.to_vec();
+    d[0] ^= 0xff;
+    bad.data = d.into();
+    assert!(matches!(
+        a.on_chunk(bad.clone(), t0),
+        Outcome::Invalid(ChunkError::Proof)
+    ));
+    bad.shard_len += 2;
+    assert!(matches!(a.on_chunk(bad, t0), Outcome::Invalid(_)));
+    assert_eq!(a.stats().partial_blocks, 1);
+    assert_eq!(a.stats().buffered_bytes, 0);
+    // No valid chunk ever came, yet the block is asked for: its data shards.
+    let t = a.tick(t0 + cfg.repair_after);
+    let want: Vec<u16> = (0..4).collect();
+    assert!(
+        matches!(&t[..], [Timeout::Repair { missing, height: 1, .. }] if *missing == want),
+        "{t:?}"
+    );
+    // The honest chunks are taken (the lie about the shard length was not kept) and rebuild it.
+    for i in [5, 0, 7] {
+        assert!(matches!(
+            a.on_chunk(chunk(&block, &enc, i), t0),
+            Outcome::New
+        ));
+    }
+    match a.on_chunk(chunk(&block, &enc, 3), t0) {
+        Outcome::Complete(Ok(b)) => assert_eq!(b.hash(), block.hash()),
+        o => panic!("{o:?}"),
+    }
+    // A forged header makes no placeholder.
+    let mut a = f.assembler(cfg);
+    let mut forged = chunk(&block, &enc, 1);
+    forged.header.timestamp_ms += 1;
+    assert!(matches!(a.on_chunk(forged, t0), Outcome::Invalid(_)));
+    assert_eq!(a.stats().partial_blocks, 0);
 }
