@@ -161,6 +161,7 @@ pub async fn run(
         ),
         None => std::env::var("SYNCNODE_CONTROL_TOKEN").ok(),
     };
+    let broadcast_mode = cfg.broadcast.mode;
     let control = {
         let (p2p_check, p2p_apply, p2p_status, store_status, sync_status) = (
             p2p.clone(),
@@ -193,6 +194,7 @@ pub async fn run(
                     "connections": net.connections,
                     "peer_id": p2p_status.local_peer_id.to_string(),
                     "region": p2p_status.region(),
+                    "broadcast": broadcast_mode.label(),
                     "netem": p2p_status.netem().is_some(),
                     "connections_by_region": p2p_status.netem().map(|n| n.connections_by_region()),
                 })
