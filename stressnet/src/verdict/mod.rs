@@ -1,0 +1,297 @@
+//! Verdicts from scraped metrics: leak detection (per node and metric), discovery/stream storms,
+//! and sync progress after faults. Sans-IO: series in, verdicts out. stressnet and the operator
+//! both call this; there is no second copy.
+
+pub mod stats;
+
+use serde::{Deserialize, Serialize};
+
+pub use stats::Point;
+
+/// How a series is judged for a leak (design notes §5).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeakConfig {
+    /// Seconds from the start that are ignored (caches filling, connections forming).
+    pub warmup_secs: f64,
+    /// Median window for downsampling, seconds.
+    pub bucket_secs: f64,
+    /// A trend must be this significant (Mann–Kendall, autocorrelation-corrected)...
+    pub p_threshold: f64,
+    /// ...and at least this steep (metric units per hour) to be a leak.
+    pub slope_budget_per_hour: f64,
+    /// Where the metric hurts (e.g. the memory limit), for time-to-limit.
+    pub limit: Option<f64>,
+}
+
+impl Default for LeakConfig {
+    fn default() -> Self {
+        LeakConfig {
+            warmup_secs: 300.0,
+            bucket_secs: 60.0,
+            p_threshold: 0.01,
+            slope_budget_per_hour: 0.0,
+            limit: None,
+        }
+    }
+}
+
+/// Fewer downsampled points than this after the warm-up: no verdict either way.
+pub const MIN_POINTS: usize = 8;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LeakVerdict {
+    /// Downsampled points judged.
+    pub points: usize,
+    /// Theil–Sen slope, units per hour.
+    pub slope_per_hour: f64,
+    /// Mann–Kendall two-sided p (1.0 when there is too little data).
+    pub p: f64,
+    pub leak: bool,
+    /// (limit - last value) / slope, when rising toward a configured limit.
+    pub time_to_limit_hours: Option<f64>,
+    /// Why there is no verdict (too little data), if so.
+    pub undecided: Option<&'static str>,
+}
+
+/// Judges one series: drop the warm-up, downsample by medians, Theil–Sen slope and Mann–Kendall
+/// (Hamed–Rao). A leak only when p < threshold AND the slope exceeds the budget: either test alone
+/// flags flat-but-noisy or wandering series.
+pub fn leak(series: &[Point], cfg: &LeakConfig) -> LeakVerdict {
+    let t0 = series.first().map_or(0.0, |p| p.0);
+    let kept: Vec<Point> = series
+        .iter()
+        .copied()
+        .filter(|p| p.0 - t0 >= cfg.warmup_secs)
+        .collect();
+    let down = stats::downsample_median(&kept, cfg.bucket_secs);
+    let undecided = |why| LeakVerdict {
+        points: down.len(),
+        slope_per_hour: 0.0,
+        p: 1.0,
+        leak: false,
+        time_to_limit_hours: None,
+        undecided: Some(why),
+    };
+    if down.len() < MIN_POINTS {
+        return undecided("too few points after the warm-up");
+    }
+    let (Some((slope, _)), Some(mk)) = (stats::theil_sen(&down), stats::mann_kendall(&down)) else {
+        return undecided("no time span");
+    };
+    let per_hour = slope * 3600.0;
+    let leak = mk.p < cfg.p_threshold && per_hour > cfg.slope_budget_per_hour;
+    let last = down.last().expect("non-empty").1;
+    let time_to_limit_hours = cfg
+        .limit
+        .filter(|_| per_hour > 0.0)
+        .map(|limit| ((limit - last) / per_hour).max(0.0));
+    LeakVerdict {
+        points: down.len(),
+        slope_per_hour: per_hour,
+        p: mk.p,
+        leak,
+        time_to_limit_hours,
+        undecided: None,
+    }
+}
+
+/// Per-minute rates of a cumulative counter (e.g. stream setups), over windows of `window_secs`.
+/// A drop in the counter is a process restart: the new value counts from zero.
+pub fn rate_per_minute(counter: &[Point], window_secs: f64) -> Vec<Point> {
+    assert!(window_secs > 0.0);
+    let mut out = vec![];
+    let Some(&(mut w_start, _)) = counter.first() else {
+        return out;
+    };
+    let mut acc = 0.0;
+    for pair in counter.windows(2) {
+        let ((_, a), (t, b)) = (pair[0], pair[1]);
+        acc += if b >= a { b - a } else { b };
+        if t - w_start >= window_secs {
+            out.push((t, acc * 60.0 / (t - w_start)));
+            w_start = t;
+            acc = 0.0;
+        }
+    }
+    out
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StormVerdict {
+    pub max_per_minute: f64,
+    /// When the highest rate was seen (end of its window).
+    pub at: Option<f64>,
+    pub storm: bool,
+}
+
+/// A storm: after the warm-up, some minute's rate of the counter exceeds `bound_per_minute`.
+pub fn storm(counter: &[Point], bound_per_minute: f64, warmup_secs: f64) -> StormVerdict {
+    let t0 = counter.first().map_or(0.0, |p| p.0);
+    let rates = rate_per_minute(counter, 60.0);
+    let worst = rates
+        .iter()
+        .filter(|p| p.0 - t0 >= warmup_secs)
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    StormVerdict {
+        max_per_minute: worst.map_or(0.0, |p| p.1),
+        at: worst.map(|p| p.0),
+        storm: worst.is_some_and(|p| p.1 > bound_per_minute),
+    }
+}
+
+/// Thresholds of the sync-progress verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProgressConfig {
+    /// A node is caught up within this many blocks of the head.
+    pub within_blocks: u64,
+    /// ... and must be so this long after a fault ends; outside faults, lagging longer is "stuck".
+    pub catch_up_secs: f64,
+}
+
+impl Default for ProgressConfig {
+    fn default() -> Self {
+        ProgressConfig {
+            within_blocks: 2,
+            catch_up_secs: 30.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CatchUp {
+    /// When the fault ended.
+    pub fault_end: f64,
+    /// Slowest node's catch-up time, seconds (None: some node never caught up in the run).
+    pub worst_secs: Option<f64>,
+    pub worst_node: Option<usize>,
+    pub ok: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Stuck {
+    pub node: usize,
+    pub from: f64,
+    pub to: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProgressVerdict {
+    pub catch_ups: Vec<CatchUp>,
+    pub stuck: Vec<Stuck>,
+    pub pass: bool,
+}
+
+/// The value of a step series at `t` (its last sample at or before `t`).
+fn at(series: &[Point], t: f64) -> Option<f64> {
+    let i = series.partition_point(|p| p.0 <= t);
+    (i > 0).then(|| series[i - 1].1)
+}
+
+/// Sync progress from per-node height series (time-ordered) and fault windows `(start, end)`:
+/// after each fault ends, every node must be within `within_blocks` of the head (the highest height
+/// any node reports) within `catch_up_secs`; outside faults (and their catch-up allowance) no node
+/// may lag for longer than that ("stuck"). A node with no samples yet is not judged.
+pub fn progress(
+    heights: &[Vec<Point>],
+    faults: &[(f64, f64)],
+    cfg: &ProgressConfig,
+) -> ProgressVerdict {
+    let mut times: Vec<f64> = heights.iter().flatten().map(|p| p.0).collect();
+    times.sort_by(f64::total_cmp);
+    times.dedup();
+    let head = |t: f64| {
+        heights
+            .iter()
+            .filter_map(|s| at(s, t))
+            .fold(f64::NEG_INFINITY, f64::max)
+    };
+    let lagging = |node: usize, t: f64| -> Option<bool> {
+        let h = at(&heights[node], t)?;
+        Some(head(t) - h > cfg.within_blocks as f64)
+    };
+    let end = times.last().copied().unwrap_or(0.0);
+
+    let mut catch_ups = vec![];
+    for &(_, fault_end) in faults {
+        let mut worst: Option<(usize, Option<f64>)> = None;
+        for node in 0..heights.len() {
+            let caught = times
+                .iter()
+                .filter(|&&t| t >= fault_end)
+                .find(|&&t| lagging(node, t) == Some(false))
+                .map(|t| t - fault_end);
+            let worse = match (&worst, caught) {
+                (None, _) => true,
+                (Some((_, None)), _) => false,
+                (Some(_), None) => true,
+                (Some((_, Some(w))), Some(c)) => c > *w,
+            };
+            if worse {
+                worst = Some((node, caught));
+            }
+        }
+        let (worst_node, worst_secs) = match worst {
+            Some((n, s)) => (Some(n), s),
+            None => (None, Some(0.0)),
+        };
+        // A fault that ended too close to the end of the run to judge is not failed for it.
+        let judged = end - fault_end >= cfg.catch_up_secs;
+        let ok = match worst_secs {
+            Some(s) => s <= cfg.catch_up_secs,
+            None => !judged,
+        };
+        catch_ups.push(CatchUp {
+            fault_end,
+            worst_secs,
+            worst_node,
+            ok,
+        });
+    }
+
+    let excused = |t: f64| {
+        faults
+            .iter()
+            .any(|&(s, e)| t >= s && t <= e + cfg.catch_up_secs)
+    };
+    let mut stuck = vec![];
+    for node in 0..heights.len() {
+        let mut since: Option<f64> = None;
+        for &t in &times {
+            let lag = lagging(node, t) == Some(true) && !excused(t);
+            match (lag, since) {
+                (true, None) => since = Some(t),
+                (false, Some(s)) => {
+                    if t - s > cfg.catch_up_secs {
+                        stuck.push(Stuck {
+                            node,
+                            from: s,
+                            to: t,
+                        });
+                    }
+                    since = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = since
+            && end - s > cfg.catch_up_secs
+        {
+            stuck.push(Stuck {
+                node,
+                from: s,
+                to: end,
+            });
+        }
+    }
+    let pass = stuck.is_empty() && catch_ups.iter().all(|c| c.ok);
+    ProgressVerdict {
+        catch_ups,
+        stuck,
+        pass,
+    }
+}
+
+#[cfg(test)]
+mod tests;
