@@ -1,4 +1,5 @@
 //! stressnet: runs a `SyncNetwork` spec as a network of `syncnode` processes and decides verdicts.
 //! The verdict logic ([`verdict`]) is sans-IO and is the one copy the operator uses too.
 
+pub mod plan;
 pub mod verdict;

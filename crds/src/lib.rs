@@ -1,0 +1,635 @@
+//! The `SyncNetwork` custom resource (group `syncnet.dev`, version `v1alpha1`): one spec that
+//! stressnet runs locally and the operator reconciles on Kubernetes. Types, validation with errors
+//! that name the field, and the status both backends write.
+//!
+//! Field names are camelCase (Kubernetes convention). Durations are whole seconds or milliseconds,
+//! named by unit, so the schema stays plain integers. Fault actions are a string enum with their
+//! parameters as optional sibling fields (no `oneOf`), which keeps the schema structural.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "syncnet.dev";
+pub const VERSION: &str = "v1alpha1";
+pub const KIND: &str = "SyncNetwork";
+pub const API_VERSION: &str = "syncnet.dev/v1alpha1";
+
+/// Nodes in one network at most (S5 renders 1,000).
+pub const MAX_NODES: u32 = 5_000;
+
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "syncnet.dev",
+    version = "v1alpha1",
+    kind = "SyncNetwork",
+    namespaced,
+    status = "SyncNetworkStatus",
+    shortname = "sn",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Regions","type":"integer","jsonPath":".status.regionCount"}"#,
+    printcolumn = r#"{"name":"Head","type":"integer","jsonPath":".status.head"}"#,
+    printcolumn = r#"{"name":"Max lag","type":"integer","jsonPath":".status.maxLag"}"#,
+    printcolumn = r#"{"name":"Verdict","type":"string","jsonPath":".status.verdict"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncNetworkSpec {
+    #[serde(default)]
+    pub node: NodeSpec,
+    pub regions: Vec<RegionSpec>,
+    #[serde(default)]
+    pub latency: LatencySpec,
+    #[serde(default)]
+    pub bandwidth: BandwidthSpec,
+    pub producer: ProducerSpec,
+    #[serde(default)]
+    pub sync: SyncSpec,
+    #[serde(default)]
+    pub broadcast: BroadcastSpec,
+    #[serde(default)]
+    pub faults: Vec<FaultSpec>,
+    pub soak: SoakSpec,
+    #[serde(default)]
+    pub verdicts: VerdictSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Container image of syncnode (Kubernetes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Path of the syncnode binary (local runs; default: the one next to stressnet, else built).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegionSpec {
+    /// 1-63 of a-z, 0-9, '-' (a label value).
+    pub name: String,
+    pub replicas: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LatencySpec {
+    /// One-way latency in ms, `matrixMs[from][to]`. A missing `[b][a]` is `[a][b]` (write a
+    /// symmetric matrix once); unless `directed`, giving both with different values is an error.
+    #[serde(default)]
+    pub matrix_ms: BTreeMap<String, BTreeMap<String, u32>>,
+    /// `[a][b]` and `[b][a]` may differ (asymmetric routes).
+    #[serde(default)]
+    pub directed: bool,
+    #[serde(default)]
+    pub jitter_ms: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BandwidthSpec {
+    /// Upload per node in Mbit/s; absent = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_mbit: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProducerSpec {
+    pub region: String,
+    pub block_interval_ms: u64,
+    pub payload_bytes: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncSpec {
+    /// Sync streams each node keeps (the stream manager's soft low / high thresholds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams_low: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams_high: Option<u32>,
+    /// Discovery interval in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_interval_ms: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BroadcastMode {
+    #[default]
+    Ida,
+    Gossipsub,
+    Off,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BroadcastSpec {
+    #[serde(default)]
+    pub mode: BroadcastMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_shards: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parity_shards: Option<u16>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultAction {
+    /// SIGKILL the targets, restart them after `durationSecs`.
+    KillRestart,
+    /// Cut the targets off from `regions` (or, without regions, from everyone else).
+    Partition,
+    /// Sync requests the targets serve fail with probability `rate`.
+    ErrorRate,
+    /// Sync streams of the targets are reset with probability `rate` per request.
+    StreamReset,
+    /// Every reply the targets serve is delayed by `ms`.
+    Stall,
+    /// Discovery runs every `ms` whatever the stream count.
+    DiscoveryPeriod,
+    /// CANARY: the targets keep `kibPerSetup` KiB per stream setup forever.
+    LeakCanary,
+    /// CANARY: the original discovery/stream storm.
+    StormCanary,
+}
+
+impl FaultAction {
+    pub fn label(self) -> &'static str {
+        match self {
+            FaultAction::KillRestart => "kill-restart",
+            FaultAction::Partition => "partition",
+            FaultAction::ErrorRate => "error-rate",
+            FaultAction::StreamReset => "stream-reset",
+            FaultAction::Stall => "stall",
+            FaultAction::DiscoveryPeriod => "discovery-period",
+            FaultAction::LeakCanary => "leak-canary",
+            FaultAction::StormCanary => "storm-canary",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetSpec {
+    /// Only nodes of this region (default: all regions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// This many of them...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// ...or this fraction (0 < f <= 1, rounded up); neither = all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
+    /// Whether the producer may be picked (default: no).
+    #[serde(default)]
+    pub include_producer: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultSpec {
+    /// Shown in reports and events.
+    pub name: String,
+    /// Once, this many seconds after the start...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_secs: Option<u64>,
+    /// ...or every this many seconds (first after one period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_secs: Option<u64>,
+    /// How long the fault lasts (for kill-restart: the downtime).
+    pub duration_secs: u64,
+    #[serde(default)]
+    pub target: TargetSpec,
+    pub action: FaultAction,
+    /// partition: the regions cut off from the targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+    /// error-rate, stream-reset: probability 0..1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// stall, discovery-period: milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ms: Option<u64>,
+    /// leak-canary: KiB kept per stream setup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kib_per_setup: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SoakSpec {
+    pub duration_secs: u64,
+    /// Left out of leak statistics.
+    #[serde(default)]
+    pub warmup_secs: u64,
+    #[serde(default = "default_scrape")]
+    pub scrape_interval_secs: u64,
+}
+
+fn default_scrape() -> u64 {
+    5
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct VerdictSpec {
+    /// RSS slope (MiB per hour) above which a significant trend is a leak.
+    pub leak_slope_mib_per_hour: f64,
+    /// Significance of a trend (Mann–Kendall, autocorrelation-corrected).
+    pub leak_p: f64,
+    /// Median window for the leak statistics, seconds.
+    pub leak_bucket_secs: u64,
+    /// After a fault ends, every node within this many blocks of the head...
+    pub catch_up_blocks: u64,
+    /// ...within this many seconds.
+    pub catch_up_secs: u64,
+    /// Stream setups per node and minute above this are a storm.
+    pub setups_per_minute: f64,
+}
+
+impl Default for VerdictSpec {
+    fn default() -> Self {
+        VerdictSpec {
+            leak_slope_mib_per_hour: 1.0,
+            leak_p: 0.01,
+            leak_bucket_secs: 60,
+            catch_up_blocks: 2,
+            catch_up_secs: 30,
+            setups_per_minute: 60.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Running,
+    Completed,
+    Failed,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionStatus {
+    pub name: String,
+    pub ready: u32,
+    pub replicas: u32,
+    pub head: u64,
+    pub max_lag: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncNetworkStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub phase: Phase,
+    #[serde(default)]
+    pub region_count: u32,
+    #[serde(default)]
+    pub head: u64,
+    #[serde(default)]
+    pub max_lag: u64,
+    /// `pass` or `fail: <verdicts>` once decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    #[serde(default)]
+    pub regions: Vec<RegionStatus>,
+    /// Ready, Progressing, SyncStalled, LeakSuspected, Completed.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A rejected spec: which field (a dotted path), and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Region names: what a Kubernetes label value accepts, minus upper case.
+pub fn validate_name(r: &str) -> Result<(), String> {
+    let ok = !r.is_empty()
+        && r.len() <= 63
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !r.starts_with('-')
+        && !r.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{r:?} is not a valid name (1-63 of a-z, 0-9, '-', not starting or ending in '-')"
+        ))
+    }
+}
+
+impl SyncNetwork {
+    /// Parses a SyncNetwork YAML document (the file `kubectl apply` takes) and validates it.
+    /// Unknown fields and wrong types name their path.
+    pub fn from_yaml(text: &str) -> Result<SyncNetwork, SpecError> {
+        // The derived root type takes apiVersion and kind as given; this one checks them and
+        // refuses unknown top-level fields.
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct Doc {
+            api_version: String,
+            kind: String,
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+            spec: SyncNetworkSpec,
+            #[serde(default)]
+            status: Option<SyncNetworkStatus>,
+        }
+        let de = serde_yaml::Deserializer::from_str(text);
+        let doc: Doc = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            err(
+                if path == "." { "document".into() } else { path },
+                e.inner().to_string(),
+            )
+        })?;
+        if doc.api_version != API_VERSION || doc.kind != KIND {
+            return Err(err(
+                "apiVersion",
+                format!(
+                    "expected {API_VERSION} {KIND}, got {} {}",
+                    doc.api_version, doc.kind
+                ),
+            ));
+        }
+        let name = doc.metadata.name.as_deref().unwrap_or("");
+        validate_name(name).map_err(|e| err("metadata.name", e))?;
+        doc.spec.validate()?;
+        Ok(SyncNetwork {
+            metadata: doc.metadata,
+            spec: doc.spec,
+            status: doc.status,
+        })
+    }
+}
+
+impl SyncNetworkSpec {
+    pub fn total_nodes(&self) -> u32 {
+        self.regions.iter().map(|r| r.replicas).sum()
+    }
+
+    fn region(&self, name: &str) -> Option<&RegionSpec> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    /// Cross-field checks, each error naming its field.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.regions.is_empty() {
+            return Err(err("spec.regions", "at least one region is needed"));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, r) in self.regions.iter().enumerate() {
+            validate_name(&r.name).map_err(|e| err(format!("spec.regions[{i}].name"), e))?;
+            if !seen.insert(r.name.as_str()) {
+                return Err(err(
+                    format!("spec.regions[{i}].name"),
+                    format!("{:?} appears twice", r.name),
+                ));
+            }
+            if r.replicas == 0 {
+                return Err(err(format!("spec.regions[{i}].replicas"), "must be >= 1"));
+            }
+        }
+        if self.total_nodes() > MAX_NODES {
+            return Err(err(
+                "spec.regions",
+                format!("{} nodes in total; at most {MAX_NODES}", self.total_nodes()),
+            ));
+        }
+        for (from, row) in &self.latency.matrix_ms {
+            if self.region(from).is_none() {
+                return Err(err(
+                    format!("spec.latency.matrixMs.{from}"),
+                    format!("unknown region {from:?}"),
+                ));
+            }
+            for (to, ms) in row {
+                let field = format!("spec.latency.matrixMs.{from}.{to}");
+                if self.region(to).is_none() {
+                    return Err(err(field, format!("unknown region {to:?}")));
+                }
+                if *ms > 10_000 {
+                    return Err(err(field, "at most 10000 ms"));
+                }
+                let back = self.latency.matrix_ms.get(to).and_then(|r| r.get(from));
+                if !self.latency.directed
+                    && let Some(b) = back
+                    && b != ms
+                {
+                    return Err(err(
+                        field,
+                        format!(
+                            "{ms} ms here but {b} ms for {to} -> {from}; set latency.directed: true \
+                             for an asymmetric matrix, or give one direction"
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.latency.jitter_ms > 10_000 {
+            return Err(err("spec.latency.jitterMs", "at most 10000 ms"));
+        }
+        if self.bandwidth.upload_mbit == Some(0) {
+            return Err(err(
+                "spec.bandwidth.uploadMbit",
+                "must be > 0 (leave it out for unlimited)",
+            ));
+        }
+        let p = &self.producer;
+        if self.region(&p.region).is_none() {
+            return Err(err(
+                "spec.producer.region",
+                format!("unknown region {:?}", p.region),
+            ));
+        }
+        if !(1..=3_600_000).contains(&p.block_interval_ms) {
+            return Err(err(
+                "spec.producer.blockIntervalMs",
+                "must be within 1..=3600000",
+            ));
+        }
+        if p.payload_bytes > 8 * 1024 * 1024 {
+            return Err(err("spec.producer.payloadBytes", "at most 8 MiB"));
+        }
+        if let (Some(lo), Some(hi)) = (self.sync.streams_low, self.sync.streams_high)
+            && lo > hi
+        {
+            return Err(err("spec.sync.streamsLow", "must not exceed streamsHigh"));
+        }
+        for (i, f) in self.faults.iter().enumerate() {
+            self.validate_fault(f)
+                .map_err(|e| err(format!("spec.faults[{i}].{}", e.field), e.message))?;
+        }
+        let s = &self.soak;
+        if s.duration_secs == 0 {
+            return Err(err("spec.soak.durationSecs", "must be > 0"));
+        }
+        if s.warmup_secs >= s.duration_secs {
+            return Err(err(
+                "spec.soak.warmupSecs",
+                "must be below durationSecs (nothing would be judged)",
+            ));
+        }
+        if s.scrape_interval_secs == 0 || s.scrape_interval_secs > s.duration_secs {
+            return Err(err(
+                "spec.soak.scrapeIntervalSecs",
+                "must be within 1..=durationSecs",
+            ));
+        }
+        let v = &self.verdicts;
+        if !(v.leak_p > 0.0 && v.leak_p < 1.0) {
+            return Err(err("spec.verdicts.leakP", "must be within (0, 1)"));
+        }
+        for (name, x) in [
+            ("leakSlopeMibPerHour", v.leak_slope_mib_per_hour),
+            ("setupsPerMinute", v.setups_per_minute),
+        ] {
+            if !(x.is_finite() && x >= 0.0) {
+                return Err(err(format!("spec.verdicts.{name}"), "must be >= 0"));
+            }
+        }
+        if v.leak_bucket_secs == 0 || v.catch_up_secs == 0 {
+            return Err(err(
+                "spec.verdicts",
+                "leakBucketSecs and catchUpSecs must be > 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks one fault; the error's field is relative to the fault.
+    fn validate_fault(&self, f: &FaultSpec) -> Result<(), SpecError> {
+        validate_name(&f.name).map_err(|e| err("name", e))?;
+        match (f.at_secs, f.every_secs) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(err("atSecs", "give exactly one of atSecs and everySecs"));
+            }
+            (None, Some(0)) => return Err(err("everySecs", "must be > 0")),
+            (None, Some(e)) if f.duration_secs >= e => {
+                return Err(err(
+                    "durationSecs",
+                    "must be below everySecs (the next round would start before this one ends)",
+                ));
+            }
+            _ => {}
+        }
+        if f.duration_secs == 0 {
+            return Err(err("durationSecs", "must be > 0"));
+        }
+        let t = &f.target;
+        let pool = match &t.region {
+            Some(r) => match self.region(r) {
+                Some(r) => r.replicas,
+                None => return Err(err("target.region", format!("unknown region {r:?}"))),
+            },
+            None => self.total_nodes(),
+        };
+        if t.count.is_some() && t.fraction.is_some() {
+            return Err(err("target.count", "give count or fraction, not both"));
+        }
+        if let Some(c) = t.count
+            && (c == 0 || c > pool)
+        {
+            return Err(err(
+                "target.count",
+                format!("must be within 1..={pool} (the nodes it selects from)"),
+            ));
+        }
+        if let Some(x) = t.fraction
+            && !(x > 0.0 && x <= 1.0)
+        {
+            return Err(err("target.fraction", "must be within (0, 1]"));
+        }
+        let need = |ok: bool, field: &str, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(err(field, format!("{} needs {what}", f.action.label())))
+            }
+        };
+        match f.action {
+            FaultAction::ErrorRate | FaultAction::StreamReset => {
+                let r = f.rate.unwrap_or(-1.0);
+                need((0.0..=1.0).contains(&r), "rate", "a probability 0..1")?;
+            }
+            FaultAction::Stall | FaultAction::DiscoveryPeriod => {
+                need(f.ms.is_some_and(|m| m > 0), "ms", "milliseconds > 0")?;
+            }
+            FaultAction::LeakCanary => {
+                need(
+                    f.kib_per_setup.is_some_and(|k| (1..=16_384).contains(&k)),
+                    "kibPerSetup",
+                    "1..=16384 KiB",
+                )?;
+            }
+            FaultAction::Partition => {
+                for (i, r) in f.regions.iter().enumerate() {
+                    if self.region(r).is_none() {
+                        return Err(err(
+                            format!("regions[{i}]"),
+                            format!("unknown region {r:?}"),
+                        ));
+                    }
+                }
+            }
+            FaultAction::KillRestart | FaultAction::StormCanary => {}
+        }
+        // Parameters an action does not use are mistakes, not silently ignored.
+        let unused = [
+            (
+                "regions",
+                !f.regions.is_empty(),
+                f.action == FaultAction::Partition,
+            ),
+            (
+                "rate",
+                f.rate.is_some(),
+                matches!(f.action, FaultAction::ErrorRate | FaultAction::StreamReset),
+            ),
+            (
+                "ms",
+                f.ms.is_some(),
+                matches!(f.action, FaultAction::Stall | FaultAction::DiscoveryPeriod),
+            ),
+            (
+                "kibPerSetup",
+                f.kib_per_setup.is_some(),
+                f.action == FaultAction::LeakCanary,
+            ),
+        ];
+        for (field, given, used) in unused {
+            if given && !used {
+                return Err(err(
+                    field,
+                    format!("not a parameter of {}", f.action.label()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

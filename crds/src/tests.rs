@@ -1,0 +1,169 @@
+use super::*;
+
+const GOOD: &str = r#"
+apiVersion: syncnet.dev/v1alpha1
+kind: SyncNetwork
+metadata:
+  name: quickstart
+spec:
+  regions:
+    - {name: us, replicas: 4}
+    - {name: eu, replicas: 4}
+  latency:
+    matrixMs:
+      us: {us: 2, eu: 40}
+      eu: {eu: 2}
+    jitterMs: 2
+  bandwidth: {uploadMbit: 100}
+  producer: {region: us, blockIntervalMs: 1000, payloadBytes: 16384}
+  faults:
+    - {name: kill-one, everySecs: 120, durationSecs: 10, target: {region: eu, count: 1}, action: kill-restart}
+    - {name: split, atSecs: 60, durationSecs: 30, target: {region: us}, action: partition, regions: [eu]}
+    - {name: flaky, atSecs: 30, durationSecs: 60, target: {fraction: 0.5}, action: error-rate, rate: 0.05}
+  soak: {durationSecs: 300, warmupSecs: 60, scrapeIntervalSecs: 5}
+"#;
+
+#[test]
+fn a_good_spec_parses_and_round_trips() {
+    let sn = SyncNetwork::from_yaml(GOOD).unwrap();
+    assert_eq!(sn.spec.total_nodes(), 8);
+    assert_eq!(sn.spec.faults[1].action, FaultAction::Partition);
+    assert_eq!(sn.spec.soak.scrape_interval_secs, 5);
+    assert_eq!(sn.spec.verdicts, VerdictSpec::default());
+    let yaml = serde_yaml::to_string(&sn).unwrap();
+    assert!(yaml.contains("apiVersion: syncnet.dev/v1alpha1"), "{yaml}");
+    let again = SyncNetwork::from_yaml(&yaml).unwrap();
+    assert_eq!((again.metadata, again.spec), (sn.metadata, sn.spec));
+}
+
+fn field_of(yaml: &str) -> String {
+    SyncNetwork::from_yaml(yaml).unwrap_err().field
+}
+
+#[test]
+fn bad_specs_name_the_field() {
+    let cases = [
+        ("regions:", "regionz:", "spec.regionz"),
+        (
+            "jitterMs: 2",
+            "jitterMs: 2\n    bogus: 1",
+            "spec.latency.bogus",
+        ),
+        ("jitterMs: 2", "jitterMs: -2", "spec.latency.jitterMs"),
+        (
+            "eu: {eu: 2}",
+            "eu: {eu: 2, us: 50}",
+            "spec.latency.matrixMs.eu.us",
+        ),
+        (
+            "eu: {eu: 2}",
+            "eu: {eu: 2, ap: 50}",
+            "spec.latency.matrixMs.eu.ap",
+        ),
+        (
+            "{name: eu, replicas: 4}",
+            "{name: eu, replicas: 0}",
+            "spec.regions[1].replicas",
+        ),
+        (
+            "{name: eu, replicas: 4}",
+            "{name: us, replicas: 4}",
+            "spec.regions[1].name",
+        ),
+        (
+            "{name: eu, replicas: 4}",
+            "{name: EU, replicas: 4}",
+            "spec.regions[1].name",
+        ),
+        (
+            "region: us, block",
+            "region: ap, block",
+            "spec.producer.region",
+        ),
+        (
+            "target: {region: eu, count: 1}",
+            "target: {region: eu, count: 9}",
+            "spec.faults[0].target.count",
+        ),
+        (
+            "target: {region: eu, count: 1}",
+            "target: {region: ap}",
+            "spec.faults[0].target.region",
+        ),
+        (
+            "regions: [eu]}",
+            "regions: [ap]}",
+            "spec.faults[1].regions[0]",
+        ),
+        ("rate: 0.05", "rate: 1.5", "spec.faults[2].rate"),
+        ("rate: 0.05", "ms: 5", "spec.faults[2].rate"),
+        (
+            "action: kill-restart",
+            "action: kill-restart, rate: 0.5",
+            "spec.faults[0].rate",
+        ),
+        (
+            "action: kill-restart",
+            "action: explode",
+            "spec.faults[0].action",
+        ),
+        (
+            "atSecs: 60, durationSecs: 30",
+            "atSecs: 60, everySecs: 90, durationSecs: 30",
+            "spec.faults[1].atSecs",
+        ),
+        (
+            "everySecs: 120, durationSecs: 10",
+            "everySecs: 120, durationSecs: 200",
+            "spec.faults[0].durationSecs",
+        ),
+        ("warmupSecs: 60", "warmupSecs: 300", "spec.soak.warmupSecs"),
+        ("name: quickstart", "name: Quick_Start", "metadata.name"),
+        ("kind: SyncNetwork", "kind: Deployment", "apiVersion"),
+    ];
+    let mut wrong = vec![];
+    for (from, to, field) in cases {
+        let yaml = GOOD.replacen(from, to, 1);
+        assert_ne!(yaml, GOOD, "{from} not in the spec");
+        let got = field_of(&yaml);
+        if got != field {
+            wrong.push(format!("{to}: got {got}, want {field}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // A directed matrix may differ per direction.
+    let directed = GOOD
+        .replace("eu: {eu: 2}", "eu: {eu: 2, us: 50}")
+        .replace("jitterMs: 2", "jitterMs: 2\n    directed: true");
+    assert!(SyncNetwork::from_yaml(&directed).is_ok());
+    let e =
+        SyncNetwork::from_yaml(&GOOD.replace("eu: {eu: 2}", "eu: {eu: 2, us: 50}")).unwrap_err();
+    assert!(e.message.contains("directed"), "{e}");
+}
+
+#[test]
+fn the_crd_has_the_status_subresource_short_name_and_columns() {
+    use kube::CustomResourceExt;
+    let crd = SyncNetwork::crd();
+    let yaml = serde_yaml::to_string(&crd).unwrap();
+    assert_eq!(crd.spec.group, GROUP);
+    assert_eq!(crd.spec.names.short_names, Some(vec!["sn".to_owned()]));
+    let v = &crd.spec.versions[0];
+    assert_eq!(v.name, VERSION);
+    assert!(v.subresources.as_ref().unwrap().status.is_some());
+    let columns: Vec<&str> = v
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        columns,
+        ["Phase", "Regions", "Head", "Max lag", "Verdict", "Age"]
+    );
+    // The fault action is a plain string enum in the schema (structural, no oneOf).
+    assert!(
+        yaml.contains("kill-restart") && !yaml.contains("oneOf"),
+        "{yaml}"
+    );
+}
