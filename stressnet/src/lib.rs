@@ -2,4 +2,5 @@
 //! The verdict logic ([`verdict`]) is sans-IO and is the one copy the operator uses too.
 
 pub mod plan;
+pub mod scrape;
 pub mod verdict;
