@@ -453,9 +453,9 @@ impl SyncMetrics {
 /// Metrics of block broadcast (IDA gossip or the gossipsub baseline). Clone = same metrics.
 #[derive(Clone, Debug)]
 pub struct BroadcastMetrics {
-    /// IDA chunks by outcome: `received`, `forwarded`, `duplicate`, `invalid`, `sent` (producer
-    /// share and repairs served), `queue_full`, `skipped_done` (queued for a neighbour that had
-    /// the block by the time it was its turn), `fault_dropped`.
+    /// IDA chunks by outcome: `received`, `forwarded`, `sent` (the producer's share),
+    /// `duplicate` (before the block was rebuilt), `late` (after), `invalid`, `too_large`,
+    /// `queue_full`, `skipped_has` (the neighbour had it by its turn), `fault_dropped`.
     pub chunks: Family<L1, Counter>,
     /// Rejected chunks by reason (closed set, `ChunkError::reason`).
     pub invalid_chunks: Family<L1, Counter>,

@@ -131,11 +131,6 @@ impl IdaHandle {
     }
 }
 
-/// Encodes a payload for a new block: the root goes into the header before it is signed.
-pub fn encode_payload(params: IdaParams, payload: &[u8]) -> Arc<Encoded> {
-    Arc::new(encode(params, payload))
-}
-
 /// Which chunk a frame carries (`k` too: a neighbour with `k` chunks needs no more).
 #[derive(Clone, Copy)]
 struct Key {
