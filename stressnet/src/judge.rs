@@ -1,0 +1,244 @@
+//! A run's verdicts from its samples: sync progress over all nodes, leaks per node and metric,
+//! storms per node. The one place that maps a spec's thresholds onto the verdict library; the
+//! local runner and the operator both call [`judge`].
+
+use serde::Serialize;
+use syncnet_crds::SyncNetworkSpec;
+
+use crate::plan::FaultWindow;
+use crate::scrape::{Sample, series};
+use crate::verdict::{
+    self, LeakConfig, LeakVerdict, ProgressConfig, ProgressVerdict, StormVerdict,
+};
+
+/// Metrics judged for leaks, with the budget of each (units per hour) when the spec gives none:
+/// RSS uses `verdicts.leakSlopeMibPerHour`.
+pub const LEAK_METRICS: &[(&str, &str, f64)] = &[
+    ("rss", "process_resident_memory_bytes", f64::NAN),
+    ("fds", "process_open_fds", 10.0),
+    ("threads", "process_threads", 5.0),
+    ("cpu", CPU_RATE, 0.05),
+];
+
+/// Derived series: CPU cores in use, from `process_cpu_seconds_total`.
+pub const CPU_RATE: &str = "cpu_cores";
+const CPU_TOTAL: &str = "process_cpu_seconds_total";
+const HEIGHT: &str = "syncnet_chain_head_height";
+const SETUPS: &str = "syncnet_p2p_stream_setups_total{outcome=\"ok\"}";
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeLeak {
+    pub node: String,
+    pub metric: &'static str,
+    pub verdict: LeakVerdict,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeStorm {
+    pub node: String,
+    pub verdict: StormVerdict,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub pass: bool,
+    /// Named failed verdicts: `sync_progress`, `leak:<node>:<metric>`, `storm:<node>`.
+    pub failed: Vec<String>,
+    pub progress: ProgressVerdict,
+    pub leaks: Vec<NodeLeak>,
+    pub storms: Vec<NodeStorm>,
+}
+
+/// The part of a series since the node's last (re)start: a process restart resets its CPU counter,
+/// and statistics across a restart would judge two processes as one.
+fn since_last_start(samples: &[Sample], node: &str, metric: &str) -> Vec<(f64, f64)> {
+    let cpu = series(samples, node, CPU_TOTAL);
+    let start = cpu
+        .windows(2)
+        .filter(|w| w[1].1 < w[0].1)
+        .map(|w| w[1].0)
+        .next_back()
+        .unwrap_or(f64::NEG_INFINITY);
+    let s = if metric == CPU_RATE {
+        cpu.windows(2)
+            .filter(|w| w[1].1 >= w[0].1 && w[1].0 > w[0].0)
+            .map(|w| (w[1].0, (w[1].1 - w[0].1) / (w[1].0 - w[0].0)))
+            .collect()
+    } else {
+        series(samples, node, metric)
+    };
+    s.into_iter().filter(|p| p.0 >= start).collect()
+}
+
+pub fn judge(
+    spec: &SyncNetworkSpec,
+    nodes: &[String],
+    samples: &[Sample],
+    faults: &[FaultWindow],
+) -> Summary {
+    let v = &spec.verdicts;
+    let heights: Vec<Vec<(f64, f64)>> = nodes.iter().map(|n| series(samples, n, HEIGHT)).collect();
+    let windows: Vec<(f64, f64)> = faults
+        .iter()
+        .map(|w| (w.start as f64, w.end as f64))
+        .collect();
+    let progress = verdict::progress(
+        &heights,
+        &windows,
+        &ProgressConfig {
+            within_blocks: v.catch_up_blocks,
+            catch_up_secs: v.catch_up_secs as f64,
+        },
+    );
+    let mut failed = vec![];
+    if !progress.pass {
+        failed.push("sync_progress".to_owned());
+    }
+    let mut leaks = vec![];
+    let mut storms = vec![];
+    for node in nodes {
+        for &(name, metric, budget) in LEAK_METRICS {
+            let budget = if budget.is_nan() {
+                v.leak_slope_mib_per_hour * 1024.0 * 1024.0
+            } else {
+                budget
+            };
+            let cfg = LeakConfig {
+                warmup_secs: spec.soak.warmup_secs as f64,
+                bucket_secs: v.leak_bucket_secs as f64,
+                p_threshold: v.leak_p,
+                slope_budget_per_hour: budget,
+                limit: None,
+            };
+            let verdict = verdict::leak(&since_last_start(samples, node, metric), &cfg);
+            if verdict.leak {
+                failed.push(format!("leak:{node}:{name}"));
+            }
+            leaks.push(NodeLeak {
+                node: node.clone(),
+                metric: name,
+                verdict,
+            });
+        }
+        let verdict = verdict::storm(
+            &series(samples, node, SETUPS),
+            v.setups_per_minute,
+            spec.soak.warmup_secs as f64,
+        );
+        if verdict.storm {
+            failed.push(format!("storm:{node}"));
+        }
+        storms.push(NodeStorm {
+            node: node.clone(),
+            verdict,
+        });
+    }
+    Summary {
+        pass: failed.is_empty(),
+        failed,
+        progress,
+        leaks,
+        storms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncnet_crds::SyncNetwork;
+
+    const SPEC: &str = r#"
+apiVersion: syncnet.dev/v1alpha1
+kind: SyncNetwork
+metadata: {name: t}
+spec:
+  regions: [{name: us, replicas: 3}]
+  producer: {region: us, blockIntervalMs: 1000, payloadBytes: 1024}
+  soak: {durationSecs: 3600, warmupSecs: 300, scrapeIntervalSecs: 10}
+  verdicts: {leakSlopeMibPerHour: 1}
+"#;
+
+    /// One hour of scrapes every 10 s for three healthy nodes, with `tweak` applied per sample.
+    fn run(
+        tweak: impl Fn(usize, f64, &mut std::collections::BTreeMap<String, f64>),
+    ) -> Vec<Sample> {
+        let mut out = vec![];
+        for i in 0..360 {
+            let t = i as f64 * 10.0;
+            for n in 0..3 {
+                let wobble = ((i * 7 + n * 13) % 11) as f64;
+                let mut values: std::collections::BTreeMap<String, f64> = [
+                    (HEIGHT, t.floor()),
+                    ("process_resident_memory_bytes", 100e6 + wobble * 1e5),
+                    ("process_open_fds", 40.0 + (wobble % 3.0)),
+                    ("process_threads", 12.0),
+                    (CPU_TOTAL, 0.2 * t + wobble * 0.01),
+                    (SETUPS, (t / 60.0).floor()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+                tweak(n, t, &mut values);
+                out.push(Sample {
+                    t,
+                    node: format!("us-{n}"),
+                    values,
+                });
+            }
+        }
+        out
+    }
+
+    fn names() -> Vec<String> {
+        (0..3).map(|n| format!("us-{n}")).collect()
+    }
+
+    #[test]
+    fn a_healthy_run_passes_and_a_leak_and_a_storm_are_named() {
+        let spec = SyncNetwork::from_yaml(SPEC).unwrap().spec;
+        let s = judge(&spec, &names(), &run(|_, _, _| {}), &[]);
+        assert!(s.pass, "{:?}", s.failed);
+        assert_eq!(s.leaks.len(), 3 * LEAK_METRICS.len());
+
+        // us-1 leaks 20 MiB/h; us-2 sets up 200 streams a minute from minute 30.
+        let bad = run(|n, t, v| {
+            if n == 1 {
+                *v.get_mut("process_resident_memory_bytes").unwrap() +=
+                    20.0 * 1048576.0 * t / 3600.0;
+            }
+            if n == 2 && t > 1800.0 {
+                *v.get_mut(SETUPS).unwrap() += 200.0 * (t - 1800.0) / 60.0;
+            }
+        });
+        let s = judge(&spec, &names(), &bad, &[]);
+        assert!(!s.pass);
+        assert_eq!(s.failed, ["leak:us-1:rss", "storm:us-2"]);
+    }
+
+    #[test]
+    fn a_restart_splits_the_series_and_a_stuck_node_fails_progress() {
+        let spec = SyncNetwork::from_yaml(SPEC).unwrap().spec;
+        // us-0 is restarted at 30 min (its CPU counter and RSS start over); only the process
+        // since the restart is judged. us-2 stops at 40 min: stuck, whatever its memory does.
+        let s = run(|n, t, v| {
+            if n == 0 && t >= 1800.0 {
+                *v.get_mut(CPU_TOTAL).unwrap() -= 0.2 * 1800.0;
+                *v.get_mut("process_resident_memory_bytes").unwrap() -= 50e6;
+            }
+            if n == 2 && t >= 2400.0 {
+                *v.get_mut(HEIGHT).unwrap() = 2400.0;
+            }
+        });
+        let kill = FaultWindow {
+            fault: 0,
+            name: "kill".into(),
+            action: syncnet_crds::FaultAction::KillRestart,
+            start: 1790,
+            end: 1800,
+            targets: vec![0],
+        };
+        let sum = judge(&spec, &names(), &s, &[kill]);
+        assert_eq!(sum.failed, ["sync_progress"]);
+        assert_eq!(sum.progress.stuck[0].node, 2);
+    }
+}
