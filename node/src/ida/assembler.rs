@@ -211,23 +211,7 @@ impl Assembler {
             if let Err(e) = self.spec.verify_head(&chunk.header, &chunk.signature) {
                 return Outcome::Invalid(ChunkError::Header(e));
             }
-            while self.partial.len() >= self.cfg.max_blocks {
-                self.evict_oldest();
-            }
-            self.partial.insert(
-                root,
-                Partial {
-                    header: chunk.header.clone(),
-                    signature: chunk.signature,
-                    params: chunk.params,
-                    shard_len: chunk.shard_len,
-                    shards: vec![None; chunk.params.total()],
-                    have: 0,
-                    first_seen: now,
-                    next_repair: now + self.cfg.repair_after,
-                    placeholder: false,
-                },
-            );
+            self.admit(root, &chunk, now, false);
         }
         let p = self.partial.get_mut(&root).expect("inserted above");
         if p.header != chunk.header || p.params != chunk.params || p.shard_len != chunk.shard_len {
@@ -290,21 +274,32 @@ impl Assembler {
         {
             return;
         }
+        self.admit(root, chunk, now, true);
+    }
+
+    /// Starts assembling `root` (its header already verified), evicting the oldest partial block
+    /// when at the cap. A placeholder keeps no shard slots: the first valid chunk sets them.
+    fn admit(&mut self, root: H256, chunk: &Chunk, now: Instant, placeholder: bool) {
         while self.partial.len() >= self.cfg.max_blocks {
             self.evict_oldest();
         }
+        let (shard_len, shards) = if placeholder {
+            (0, vec![])
+        } else {
+            (chunk.shard_len, vec![None; chunk.params.total()])
+        };
         self.partial.insert(
             root,
             Partial {
                 header: chunk.header.clone(),
                 signature: chunk.signature,
                 params: chunk.params,
-                shard_len: 0,
-                shards: vec![],
+                shard_len,
+                shards,
                 have: 0,
                 first_seen: now,
                 next_repair: now + self.cfg.repair_after,
-                placeholder: true,
+                placeholder,
             },
         );
     }
