@@ -535,6 +535,8 @@ struct Driver {
     next_housekeeping: Instant,
     net_events: mpsc::Sender<NetEvent>,
     gossip_tx: mpsc::Sender<gossip::Inbound>,
+    /// The block topic, built once (the state is published after every loop iteration).
+    gossip_topic: gossipsub::TopicHash,
     isolated: bool,
     /// Aborted when the driver stops, so nothing keeps the store open after shutdown.
     accept_loop: tokio::task::JoinHandle<()>,
@@ -714,6 +716,7 @@ pub async fn spawn(
         isolated: false,
         accept_loop,
         gossip_tx,
+        gossip_topic: gossip::topic(&network).hash(),
     };
     for b in &cfg.bootnodes {
         let peer = peer_of(b).expect("validated");
@@ -953,7 +956,7 @@ impl Driver {
             Command::ForcedDiscovery(p) => self.sm.set_forced_discovery(p, now),
             Command::StormCanary(on) => self.sm.set_storm_canary(on),
             Command::Publish(data) => {
-                let topic = gossip::topic(&self.ctx.spec.network_id);
+                let topic = self.gossip_topic.clone();
                 match self.swarm.behaviour_mut().gossipsub.as_mut() {
                     Some(g) => {
                         if let Err(e) = g.publish(topic, data) {
@@ -1634,8 +1637,9 @@ impl Driver {
             best_peer_height,
             requests_outstanding: self.rm.in_flight() + self.rm.queued(),
             gossip_peers: self.swarm.behaviour().gossipsub.as_ref().map_or(0, |g| {
-                let topic = gossip::topic(&self.ctx.spec.network_id).hash();
-                g.all_peers().filter(|(_, t)| t.contains(&&topic)).count()
+                g.all_peers()
+                    .filter(|(_, t)| t.contains(&&self.gossip_topic))
+                    .count()
             }),
         };
         self.state_tx.send_if_modified(|s| {
