@@ -1577,18 +1577,40 @@ impl Driver {
         let now = Instant::now();
         match a {
             ReqAction::Send { id, peer, req } => {
-                let sent = self
+                let session = self
                     .sessions
-                    .values()
-                    .find(|s| s.peer == peer && s.in_use)
-                    .map(|s| {
-                        wire::encode(&Message::Request { id, req }, self.ctx.max_frame)
-                            .map(|f| s.tx.try_send(f).is_ok())
-                            .unwrap_or(false)
-                    })
-                    .unwrap_or(false);
-                if !sent {
-                    self.rm.on_failure(id, &peer, FailKind::Transport, now);
+                    .iter()
+                    .find(|(_, s)| s.peer == peer && s.in_use)
+                    .map(|(sid, s)| (*sid, s.tx.clone()));
+                let sent = session.as_ref().map(|(sid, tx)| {
+                    match wire::encode(&Message::Request { id, req }, self.ctx.max_frame) {
+                        Ok(f) => match tx.try_send(f) {
+                            Ok(()) => Ok(()),
+                            Err(mpsc::error::TrySendError::Closed(_)) => Err(Some(*sid)),
+                            Err(mpsc::error::TrySendError::Full(_)) => Err(None),
+                        },
+                        Err(_) => Err(None),
+                    }
+                });
+                match sent {
+                    Some(Ok(())) => {}
+                    // The session task has ended and its Closed event is still on the way
+                    // (e.g. the remote reset the stream in a simultaneous-open conflict).
+                    // Close it now: the request goes back to the queue for the next stream
+                    // instead of burning every attempt on a dead channel.
+                    Some(Err(Some(sid))) => {
+                        if self.sessions.remove(&sid).is_some() {
+                            self.stream_gone(peer, now);
+                            self.fail_direct(peer);
+                            self.sm.handle(
+                                SmEvent::StreamClosed(peer, sid, RemovalReason::StreamError),
+                                now,
+                            );
+                        }
+                    }
+                    Some(Err(None)) | None => {
+                        self.rm.on_failure(id, &peer, FailKind::Transport, now)
+                    }
                 }
             }
             ReqAction::Abandon { .. } => {
