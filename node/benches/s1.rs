@@ -16,7 +16,7 @@ use syncnet_node::chain::ChainSpec;
 use syncnet_node::config::PayloadSize;
 use syncnet_node::downloader::DownloaderConfig;
 use syncnet_node::keys;
-use syncnet_node::metrics::{NodeMetrics, P2pMetrics, SyncMetrics};
+use syncnet_node::metrics::{P2pMetrics, SyncMetrics};
 use syncnet_node::p2p::{self, P2pConfig, P2pHandle};
 use syncnet_node::producer::{Producer, generate_chain};
 use syncnet_node::ratelimit::RateLimitConfig;
@@ -113,7 +113,6 @@ async fn sync_case(blocks: u64, payload: u32) -> serde_json::Value {
         fresh_store.clone(),
         fresh.clone(),
         sync.clone(),
-        NodeMetrics::default(),
         stop_rx,
     ));
     let first_stream = fresh

@@ -14,12 +14,12 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::store::Store;
 
-/// Chain and store metrics of one node. Cheap to clone (atomics behind `Arc`s).
+/// Chain and store metrics of one node. Cheap to clone (atomics behind `Arc`s). The head height
+/// and the inserted-block count are read from the store at scrape time, so every insertion path
+/// (sync, broadcast, production) shows up without having to remember the metric.
 #[derive(Clone, Debug, Default)]
 pub struct NodeMetrics {
-    pub head_height: Gauge,
     pub blocks_produced: Counter,
-    pub blocks_inserted: Counter,
 }
 
 impl NodeMetrics {
@@ -28,20 +28,11 @@ impl NodeMetrics {
         let m = NodeMetrics::default();
         let r = registry.sub_registry_with_prefix("syncnet");
         r.register(
-            "chain_head_height",
-            "Height of the last block committed to the local store",
-            m.head_height.clone(),
-        );
-        r.register(
             "blocks_produced",
             "Blocks this node produced and signed (producer only)",
             m.blocks_produced.clone(),
         );
-        r.register(
-            "blocks_inserted",
-            "Blocks committed to the local store, from any source",
-            m.blocks_inserted.clone(),
-        );
+
         r.register_collector(Box::new(StoreCollector(store)));
         m
     }
@@ -52,6 +43,22 @@ struct StoreCollector(Arc<Store>);
 
 impl Collector for StoreCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let g = ConstGauge::new(self.0.head().height as i64);
+        let m = enc.encode_descriptor(
+            "chain_head_height",
+            "Height of the last block committed to the local store",
+            None,
+            g.metric_type(),
+        )?;
+        g.encode(m)?;
+        let c = ConstCounter::new(self.0.inserted_total());
+        let m = enc.encode_descriptor(
+            "blocks_inserted",
+            "Blocks committed to the local store by this process, from any source",
+            None,
+            c.metric_type(),
+        )?;
+        c.encode(m)?;
         let g = ConstGauge::new(self.0.size_bytes() as i64);
         let m = enc.encode_descriptor(
             "store",

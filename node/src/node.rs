@@ -69,7 +69,6 @@ pub async fn run(
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ProcessCollector));
     let metrics = NodeMetrics::register(&mut registry, store.clone());
-    metrics.head_height.set(head.height as i64);
     let p2p_metrics = P2pMetrics::default();
     p2p_metrics.register(&mut registry);
     let sync_metrics = SyncMetrics::default();
@@ -224,7 +223,6 @@ pub async fn run(
         store.clone(),
         p2p.clone(),
         sync_metrics_run,
-        metrics.clone(),
         stop_rx.clone(),
     ));
     let producing = producer.map(|p| {
@@ -337,8 +335,6 @@ async fn produce_loop(
             _ => {}
         }
         metrics.blocks_produced.inc();
-        metrics.blocks_inserted.inc();
-        metrics.head_height.set(head.height as i64);
         p2p.announce(head.header.clone(), head.signature);
         debug!(height = head.height, hash = %head.hash, "produced block");
         if last_report.elapsed() >= Duration::from_secs(30) {

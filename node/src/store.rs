@@ -84,6 +84,9 @@ pub struct Store {
     genesis: H256,
     /// Cached head; the mutex also serialises writers so the contiguity check and the commit agree.
     head: Mutex<Head>,
+    /// Blocks committed by this process (any source: sync, broadcast, own production). Counted
+    /// here so no insertion path can forget the metric.
+    inserted: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -192,6 +195,7 @@ impl Store {
                 },
                 signature: Sig([0; 64]),
             }),
+            inserted: Default::default(),
         };
         let block = store
             .block(head_height)?
@@ -254,6 +258,8 @@ impl Store {
             meta.insert("head", last.block().header.height.to_le_bytes().as_slice())?;
         }
         txn.commit()?;
+        self.inserted
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         *head = Head {
             height: last.block().header.height,
             hash: last.hash(),
@@ -323,6 +329,11 @@ impl Store {
             .range(from..end)?
             .map(|r| Ok(H256(r?.1.value())))
             .collect()
+    }
+
+    /// Blocks committed since this store was opened.
+    pub fn inserted_total(&self) -> u64 {
+        self.inserted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Size of the database file in bytes.

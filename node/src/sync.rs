@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::chain::{Block, ChainSpec, VerifiedBlock, VerifyError};
 use crate::downloader::{Action, BatchId, Downloader, DownloaderConfig, Event, FetchFailure};
-use crate::metrics::{NodeMetrics, SyncMetrics};
+use crate::metrics::SyncMetrics;
 use crate::p2p::{NetEvent, P2pHandle, RequestError};
 use crate::store::{Store, StoreError};
 use crate::wire::{ErrorReply, Request, Response};
@@ -51,7 +51,6 @@ pub async fn run(
     store: Arc<Store>,
     p2p: P2pHandle,
     metrics: SyncMetrics,
-    node_metrics: NodeMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
     let Some(mut net) = p2p.take_events() else {
@@ -99,8 +98,7 @@ pub async fn run(
                 let now = Instant::now();
                 match result {
                     Ok(head) => {
-                        node_metrics.blocks_inserted.inc_by(n as u64);
-                        node_metrics.head_height.set(head.height as i64);
+
                         metrics.blocks_synced.get_or_create(&[("phase", d.phase().label())]).inc_by(n as u64);
                         p2p.announce(head.header.clone(), head.signature);
                         d.handle(Event::Inserted { id, height: head.height }, now);

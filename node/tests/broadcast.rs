@@ -56,6 +56,16 @@ fn follower_gets_blocks_by(mode: &str) {
         },
     );
     assert!(metric(&body, &latency).unwrap() >= 5.0, "{body}");
+    // The head gauge and the inserted counter count broadcast insertions too (they once counted
+    // only sync's and the producer's).
+    assert!(
+        metric(&body, "syncnet_chain_head_height").unwrap() >= 5.0,
+        "{body}"
+    );
+    assert!(
+        metric(&body, "syncnet_blocks_inserted_total").unwrap() >= 5.0,
+        "{body}"
+    );
     if mode == "ida" {
         let decoded = metric(&body, "syncnet_broadcast_blocks_total{outcome=\"decoded\"}");
         assert!(decoded.unwrap() >= 5.0, "{body}");

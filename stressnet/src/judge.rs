@@ -23,8 +23,8 @@ pub const LEAK_METRICS: &[(&str, &str, f64)] = &[
 /// Derived series: CPU cores in use, from `process_cpu_seconds_total`.
 pub const CPU_RATE: &str = "cpu_cores";
 const CPU_TOTAL: &str = "process_cpu_seconds_total";
-const HEIGHT: &str = "syncnet_chain_head_height";
-const SETUPS: &str = "syncnet_p2p_stream_setups_total{outcome=\"ok\"}";
+pub const HEIGHT: &str = "syncnet_chain_head_height";
+pub const SETUPS: &str = "syncnet_p2p_stream_setups_total{outcome=\"ok\"}";
 
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeLeak {

@@ -118,7 +118,7 @@ fn netem(spec: &SyncNetworkSpec) -> Option<NetemConfig> {
 
 /// One occurrence of a fault: when it starts and ends (seconds from the start) and on which
 /// nodes (indices into [`nodes`]).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FaultWindow {
     pub fault: usize,
     pub name: String,

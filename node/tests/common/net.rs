@@ -10,7 +10,7 @@ use syncnet_node::config::PayloadSize;
 use syncnet_node::downloader::DownloaderConfig;
 use syncnet_node::keys;
 use syncnet_node::metrics::P2pMetrics;
-use syncnet_node::metrics::{NodeMetrics, SyncMetrics};
+use syncnet_node::metrics::SyncMetrics;
 use syncnet_node::p2p::{self, P2pConfig, P2pHandle};
 use syncnet_node::producer::{Producer, generate_chain};
 use syncnet_node::store::Store;
@@ -147,7 +147,6 @@ pub fn attach_sync(net: &Net, node: Node, cfg: DownloaderConfig) -> Full {
         node.store.clone(),
         node.h.clone(),
         sync.clone(),
-        NodeMetrics::default(),
         rx,
     ));
     Full {

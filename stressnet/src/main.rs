@@ -1,0 +1,236 @@
+//! `stressnet`: run a SyncNetwork spec as a local network of syncnode processes, judge it, report.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use stressnet::{compare, local, plan, report};
+
+#[derive(Parser)]
+#[command(
+    name = "stressnet",
+    version,
+    about = "Run a SyncNetwork spec as a local network of syncnode processes with faults; \
+             judge sync progress, leaks and storms; write a report",
+    after_help = "Exit codes: 0 pass, 1 a verdict failed, 2 bad spec or usage, 3 the run could \
+                  not be carried out, 130 interrupted (the report is still written)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a spec locally (one syncnode process per replica on 127.0.0.1) and report.
+    Run {
+        spec: PathBuf,
+        /// Run directory (must not exist or be empty). Default: runs/<name>-<time>.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The syncnode binary. Default: the spec's node.binary, then next to stressnet, then
+        /// $PATH.
+        #[arg(long)]
+        syncnode: Option<PathBuf>,
+        /// Seed of the fault targets' draw (same seed, same schedule).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Leave out leak-canary and storm-canary faults (the control run).
+        #[arg(long)]
+        no_canaries: bool,
+        /// Log filter of the nodes (their logs: nodes/<name>/node.log).
+        #[arg(long, default_value = "info,libp2p=warn")]
+        node_log: String,
+        /// No progress bar (a status line every 30 s instead). Implied when stderr is no
+        /// terminal.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Validate a spec and print the nodes and the fault schedule it gives; starts nothing.
+    Check {
+        spec: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        no_canaries: bool,
+    },
+    /// Judge a run directory again and re-render its report.
+    Report { run_dir: PathBuf },
+    /// Two runs side by side: verdicts, throughput, catch-up, worst slopes, storms.
+    Compare { run_a: PathBuf, run_b: PathBuf },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().cmd {
+        Cmd::Run {
+            spec,
+            out,
+            syncnode,
+            seed,
+            no_canaries,
+            node_log,
+            no_progress,
+        } => run(local::RunOptions {
+            spec,
+            out,
+            syncnode,
+            seed,
+            no_canaries,
+            node_log,
+            progress: !no_progress && std::io::stderr().is_terminal(),
+        }),
+        Cmd::Check {
+            spec,
+            seed,
+            no_canaries,
+        } => check(&spec, seed, no_canaries),
+        Cmd::Report { run_dir } => match report::finish(&run_dir) {
+            Ok(s) => verdict(&s, &run_dir),
+            Err(e) => fail(3, e),
+        },
+        Cmd::Compare { run_a, run_b } => {
+            let (a, b) = match (compare::load(&run_a), compare::load(&run_b)) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(e), _) | (_, Err(e)) => return fail(2, e),
+            };
+            let rows = compare::rows(&a, &b);
+            print!(
+                "{}",
+                compare::table(
+                    &run_a.display().to_string(),
+                    &run_b.display().to_string(),
+                    &rows
+                )
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(code)
+}
+
+fn check(spec: &Path, seed: u64, no_canaries: bool) -> ExitCode {
+    let sn = match local::load_spec(spec, no_canaries) {
+        Ok(s) => s,
+        Err(e) => return fail(2, e),
+    };
+    let nodes = plan::nodes(&sn.spec, Path::new("RUN_DIR"));
+    let windows = match plan::schedule(&sn.spec, &nodes, seed) {
+        Ok(w) => w,
+        Err(e) => return fail(2, e),
+    };
+    println!(
+        "{}: valid; {} nodes in {} regions, {} s soak, {} fault windows",
+        spec.display(),
+        nodes.len(),
+        sn.spec.regions.len(),
+        sn.spec.soak.duration_secs,
+        windows.len()
+    );
+    for n in &nodes {
+        println!(
+            "  node {}{}",
+            n.name,
+            if n.producer { " (producer)" } else { "" }
+        );
+    }
+    for w in &windows {
+        let targets: Vec<&str> = w.targets.iter().map(|i| nodes[*i].name.as_str()).collect();
+        println!(
+            "  {:>5}s..{:<5}s {} ({}) on {}",
+            w.start,
+            w.end,
+            w.name,
+            w.action.label(),
+            targets.join(",")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(opts: local::RunOptions) -> ExitCode {
+    // Everything that can be wrong with the spec or the setup fails here, before any process.
+    let sn = match local::load_spec(&opts.spec, opts.no_canaries) {
+        Ok(s) => s,
+        Err(e) => return fail(2, e),
+    };
+    let syncnode =
+        match local::find_syncnode(opts.syncnode.as_deref(), sn.spec.node.binary.as_deref()) {
+            Ok(p) => p,
+            Err(e) => return fail(2, e),
+        };
+    let name = sn.metadata.name.clone().unwrap_or_default();
+    let dir = opts.out.clone().unwrap_or_else(|| {
+        let ts = jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string();
+        PathBuf::from("runs").join(format!("{name}-{ts}"))
+    });
+    let prepared = match local::prepare(&sn, &dir, opts.seed) {
+        Ok(p) => p,
+        Err(e) => return fail(2, e),
+    };
+    eprintln!(
+        "stressnet: {name}: {} nodes, {} s, {} fault windows; syncnode {}; run dir {}",
+        prepared.nodes.len(),
+        sn.spec.soak.duration_secs,
+        prepared.windows.len(),
+        syncnode.display(),
+        prepared.dir.display()
+    );
+    // One thread: children are spawned from it, so PR_SET_PDEATHSIG (tied to the spawning
+    // thread) lasts as long as the runner.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(3, e),
+    };
+    let dir = prepared.dir.clone();
+    let end = rt.block_on(local::run(prepared, &syncnode, &opts));
+    drop(rt);
+    let interrupted = match end {
+        Ok(e) => e.interrupted,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            // Whatever ran is still judged and reported below; the exit code says it failed.
+            let _ = report::finish(&dir);
+            return ExitCode::from(3);
+        }
+    };
+    match report::finish(&dir) {
+        Ok(s) => {
+            let code = verdict(&s, &dir);
+            if interrupted {
+                ExitCode::from(130)
+            } else {
+                code
+            }
+        }
+        Err(e) => fail(3, e),
+    }
+}
+
+fn verdict(s: &report::RunSummary, dir: &Path) -> ExitCode {
+    println!(
+        "{}: {} nodes, {:.0} s, head {}, {:.2} blocks/s, worst catch-up {}",
+        s.name,
+        s.nodes,
+        s.ran_secs,
+        s.head,
+        s.blocks_per_sec,
+        s.worst_catch_up_secs
+            .map_or("–".into(), |x| format!("{x:.1} s"))
+    );
+    println!("report: {}", dir.join(stressnet::run_dir::REPORT).display());
+    if s.pass {
+        println!("verdict: PASS");
+        ExitCode::SUCCESS
+    } else {
+        println!("verdict: FAIL {}", s.failed.join(" "));
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,547 @@
+//! A run's verdicts and report from its directory alone (so `stressnet report RUN_DIR` re-renders
+//! what `run` wrote): `summary.json`, `report.html` with inline SVG charts made by plotters, and
+//! the same charts as `charts/*.svg`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::judge;
+use crate::run_dir::{self, Event, EventKind, RunInfo};
+use crate::scrape::{Sample, series};
+use crate::verdict;
+
+/// What `summary.json` holds: the verdicts and the run's figures (what `compare` reads).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    pub name: String,
+    pub pass: bool,
+    /// Named failed verdicts: those of [`judge::Summary`] plus `crash:<node>` for a node that
+    /// exited on its own.
+    pub failed: Vec<String>,
+    pub interrupted: bool,
+    pub seed: u64,
+    pub nodes: usize,
+    pub planned_secs: u64,
+    /// Seconds from the first to the last scrape.
+    pub ran_secs: f64,
+    pub head: u64,
+    /// Head growth over the run, blocks per second.
+    pub blocks_per_sec: f64,
+    /// Slowest catch-up after any fault, seconds (None: no fault ended, or a node never caught up).
+    pub worst_catch_up_secs: Option<f64>,
+    pub faults: usize,
+    pub kills: usize,
+    pub crashes: usize,
+    pub verdicts: judge::Summary,
+}
+
+/// One line of a chart: node name, region index, points.
+pub type Line = (String, usize, Vec<(f64, f64)>);
+
+/// One chart's data: what the SVG draws, kept so tests can check every node has a series.
+#[derive(Clone, Debug)]
+pub struct Chart {
+    pub file: &'static str,
+    pub title: &'static str,
+    pub y_label: &'static str,
+    pub series: Vec<Line>,
+    /// Colour by region (heights) instead of by node.
+    pub by_region: bool,
+}
+
+/// Judges the run in `dir` and writes `summary.json`, `report.html` and `charts/`.
+pub fn finish(dir: &Path) -> anyhow::Result<RunSummary> {
+    let info = run_dir::read_info(dir)?;
+    let samples = run_dir::read_samples(dir)?;
+    let events = run_dir::read_events(dir)?;
+    let summary = summarize(&info, &samples, &events);
+    let charts = charts(&info, &samples);
+    std::fs::create_dir_all(dir.join(run_dir::CHARTS))?;
+    let mut svgs = vec![];
+    for c in &charts {
+        let svg = render(c, &info)?;
+        std::fs::write(dir.join(run_dir::CHARTS).join(c.file), &svg)?;
+        svgs.push(svg);
+    }
+    std::fs::write(
+        dir.join(run_dir::SUMMARY),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
+    std::fs::write(
+        dir.join(run_dir::REPORT),
+        html(&info, &summary, &charts, &svgs, &events),
+    )?;
+    Ok(summary)
+}
+
+pub fn summarize(info: &RunInfo, samples: &[Sample], events: &[Event]) -> RunSummary {
+    let names: Vec<String> = info.nodes.iter().map(|n| n.name.clone()).collect();
+    let verdicts = judge::judge(&info.spec, &names, samples, &info.schedule);
+    let mut failed = verdicts.failed.clone();
+    let mut crashed: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Crashed)
+        .filter_map(|e| e.node.as_deref())
+        .collect();
+    let crashes = crashed.len();
+    crashed.sort_unstable();
+    crashed.dedup();
+    failed.extend(crashed.iter().map(|n| format!("crash:{n}")));
+    let t0 = samples.iter().map(|s| s.t).fold(f64::INFINITY, f64::min);
+    let t1 = samples
+        .iter()
+        .map(|s| s.t)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let head_at = |t: f64| {
+        samples
+            .iter()
+            .filter(|s| s.t == t)
+            .filter_map(|s| s.values.get(judge::HEIGHT).copied())
+            .fold(0.0, f64::max)
+    };
+    let (h0, h1) = if samples.is_empty() {
+        (0.0, 0.0)
+    } else {
+        (head_at(t0), head_at(t1))
+    };
+    let ran = if samples.is_empty() { 0.0 } else { t1 - t0 };
+    let catch = &verdicts.progress.catch_ups;
+    let worst_catch_up_secs = if catch.iter().any(|c| c.worst_secs.is_none()) {
+        None
+    } else {
+        catch
+            .iter()
+            .filter_map(|c| c.worst_secs)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+    };
+    RunSummary {
+        name: info.name.clone(),
+        pass: failed.is_empty(),
+        failed,
+        interrupted: events.iter().any(|e| e.kind == EventKind::Interrupted),
+        seed: info.seed,
+        nodes: info.nodes.len(),
+        planned_secs: info.spec.soak.duration_secs,
+        ran_secs: ran,
+        head: h1 as u64,
+        blocks_per_sec: if ran > 0.0 { (h1 - h0) / ran } else { 0.0 },
+        worst_catch_up_secs,
+        faults: info.schedule.len(),
+        kills: events
+            .iter()
+            .filter(|e| e.kind == EventKind::Killed)
+            .count(),
+        crashes,
+        verdicts,
+    }
+}
+
+/// The charts of the report, from the samples.
+pub fn charts(info: &RunInfo, samples: &[Sample]) -> Vec<Chart> {
+    let regions: Vec<&str> = info.spec.regions.iter().map(|r| r.name.as_str()).collect();
+    let region_of = |n: &run_dir::NodeInfo| {
+        regions
+            .iter()
+            .position(|r| *r == n.region)
+            .unwrap_or_default()
+    };
+    let per_node = |f: &dyn Fn(&str) -> Vec<(f64, f64)>| {
+        info.nodes
+            .iter()
+            .map(|n| (n.name.clone(), region_of(n), f(&n.name)))
+            .collect::<Vec<_>>()
+    };
+    // Lag: blocks behind the best node of the same scrape round (rounds share one timestamp).
+    let mut best: std::collections::BTreeMap<u64, f64> = Default::default();
+    for s in samples {
+        if let Some(h) = s.values.get(judge::HEIGHT) {
+            let e = best.entry(s.t.to_bits()).or_insert(0.0);
+            *e = e.max(*h);
+        }
+    }
+    let lag = |node: &str| {
+        series(samples, node, judge::HEIGHT)
+            .into_iter()
+            .map(|(t, h)| (t, best.get(&t.to_bits()).copied().unwrap_or(h) - h))
+            .collect()
+    };
+    let scaled = |metric: &'static str, k: f64| {
+        move |node: &str| {
+            series(samples, node, metric)
+                .into_iter()
+                .map(|(t, v)| (t, v * k))
+                .collect::<Vec<_>>()
+        }
+    };
+    let cpu = |node: &str| {
+        series(samples, node, "process_cpu_seconds_total")
+            .windows(2)
+            .filter(|w| w[1].1 >= w[0].1 && w[1].0 > w[0].0)
+            .map(|w| (w[1].0, (w[1].1 - w[0].1) / (w[1].0 - w[0].0)))
+            .collect()
+    };
+    let setups = |node: &str| verdict::rate_per_minute(&series(samples, node, judge::SETUPS), 60.0);
+    let chart = |file, title, y_label, series, by_region| Chart {
+        file,
+        title,
+        y_label,
+        series,
+        by_region,
+    };
+
+    vec![
+        chart(
+            "heights.svg",
+            "Head height per node (colour = region)",
+            "height",
+            per_node(&scaled(judge::HEIGHT, 1.0)),
+            true,
+        ),
+        chart(
+            "lag.svg",
+            "Lag behind the best node",
+            "blocks",
+            per_node(&lag),
+            false,
+        ),
+        chart(
+            "rss.svg",
+            "Resident memory",
+            "MiB",
+            per_node(&scaled("process_resident_memory_bytes", 1.0 / 1048576.0)),
+            false,
+        ),
+        chart("cpu.svg", "CPU", "cores", per_node(&cpu), false),
+        chart(
+            "streams.svg",
+            "Sync streams",
+            "streams",
+            per_node(&scaled("syncnet_p2p_streams", 1.0)),
+            false,
+        ),
+        chart(
+            "setups.svg",
+            "Stream setups per minute",
+            "setups/min",
+            per_node(&setups),
+            false,
+        ),
+        chart(
+            "fds.svg",
+            "Open file descriptors",
+            "fds",
+            per_node(&scaled("process_open_fds", 1.0)),
+            false,
+        ),
+        chart(
+            "threads.svg",
+            "Threads",
+            "threads",
+            per_node(&scaled("process_threads", 1.0)),
+            false,
+        ),
+    ]
+}
+
+/// One chart as SVG: a line per node, fault windows shaded.
+pub fn render(c: &Chart, info: &RunInfo) -> anyhow::Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 320)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let pts = c.series.iter().flat_map(|s| s.2.iter());
+        let (mut x1, mut y0, mut y1) = (1.0f64, 0.0f64, 1.0f64);
+        for &(x, y) in pts {
+            x1 = x1.max(x);
+            y0 = y0.min(y);
+            y1 = y1.max(y);
+        }
+        let x1 = x1.max(info.spec.soak.duration_secs as f64).max(1.0);
+        let y1 = y1 + (y1 - y0).abs() * 0.05;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(c.title, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..x1, y0..y1)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .y_desc(c.y_label)
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(plot_err)?;
+        let shade = RGBColor(240, 120, 60).mix(0.15).filled();
+        chart
+            .draw_series(info.schedule.iter().map(|w| {
+                Rectangle::new(
+                    [(w.start as f64, y0), (w.end.max(w.start + 1) as f64, y1)],
+                    shade,
+                )
+            }))
+            .map_err(plot_err)?;
+        let regions = &info.spec.regions;
+        for (i, (name, region, points)) in c.series.iter().enumerate() {
+            let color = Palette99::pick(if c.by_region { *region } else { i }).to_rgba();
+            let s = chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(1),
+                ))
+                .map_err(plot_err)?;
+            // One legend entry per region when coloured by region.
+            let first_of_region = c.series[..i].iter().all(|s| s.1 != *region);
+            if !c.by_region || first_of_region {
+                let label = if c.by_region {
+                    regions
+                        .get(*region)
+                        .map_or(name.clone(), |r| r.name.clone())
+                } else {
+                    name.clone()
+                };
+                s.label(label).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
+                });
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font(("sans-serif", 10))
+            .background_style(WHITE.mix(0.7))
+            .border_style(BLACK.mix(0.3))
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(svg)
+}
+
+fn plot_err(e: impl std::fmt::Debug) -> anyhow::Error {
+    anyhow::anyhow!("chart: {e:?}")
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn opt(x: Option<f64>, digits: usize) -> String {
+    x.map_or("–".into(), |x| format!("{x:.digits$}"))
+}
+
+/// The self-contained report: figures, verdict tables, charts inline, the event log.
+pub fn html(
+    info: &RunInfo,
+    s: &RunSummary,
+    charts: &[Chart],
+    svgs: &[String],
+    events: &[Event],
+) -> String {
+    let mut h = String::new();
+    let verdict = if s.pass { "PASS" } else { "FAIL" };
+    let _ = write!(
+        h,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>stressnet: {name} {verdict}</title>\
+<style>body{{font-family:sans-serif;margin:1.5em;max-width:1000px}}table{{border-collapse:collapse;margin:.5em 0 1.5em}}\
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pass{{color:#080}}.fail{{color:#b00;font-weight:bold}}\
+.badge{{font-size:150%;padding:2px 10px;border-radius:4px;color:#fff}}</style></head><body>\
+<h1>stressnet run <code>{name}</code> <span class=\"badge\" style=\"background:{bg}\">{verdict}</span></h1>",
+        name = esc(&s.name),
+        bg = if s.pass { "#080" } else { "#b00" },
+    );
+    if !s.failed.is_empty() {
+        let _ = write!(
+            h,
+            "<p class=\"fail\">Failed: {}</p>",
+            esc(&s.failed.join(", "))
+        );
+    }
+    if s.interrupted {
+        h.push_str("<p class=\"fail\">The run was interrupted; verdicts cover what ran.</p>");
+    }
+    let _ = write!(
+        h,
+        "<table><tr><th>nodes</th><td>{}</td><th>regions</th><td>{}</td><th>seed</th><td>{}</td></tr>\
+<tr><th>ran</th><td>{:.0} s of {} s</td><th>head</th><td>{}</td><th>blocks/s</th><td>{:.2}</td></tr>\
+<tr><th>faults</th><td>{}</td><th>kills</th><td>{}</td><th>crashes</th><td>{}</td></tr>\
+<tr><th>worst catch-up</th><td>{}</td><th>broadcast</th><td>{:?}</td><th>block interval</th><td>{} ms</td></tr></table>",
+        s.nodes,
+        info.spec.regions.len(),
+        s.seed,
+        s.ran_secs,
+        s.planned_secs,
+        s.head,
+        s.blocks_per_sec,
+        s.faults,
+        s.kills,
+        s.crashes,
+        s.worst_catch_up_secs
+            .map_or("–".into(), |x| format!("{x:.1} s")),
+        info.spec.broadcast.mode,
+        info.spec.producer.block_interval_ms,
+    );
+
+    h.push_str("<h2>Fault schedule</h2><table><tr><th>fault</th><th>action</th><th>from</th><th>to</th><th>targets</th></tr>");
+    for w in &info.schedule {
+        let targets: Vec<&str> = w
+            .targets
+            .iter()
+            .filter_map(|i| info.nodes.get(*i).map(|n| n.name.as_str()))
+            .collect();
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{} s</td><td>{} s</td><td>{}</td></tr>",
+            esc(&w.name),
+            w.action.label(),
+            w.start,
+            w.end,
+            targets.join(", ")
+        );
+    }
+    h.push_str("</table>");
+
+    h.push_str("<h2>Charts</h2><p>Shaded: fault windows.</p>");
+    for (c, svg) in charts.iter().zip(svgs) {
+        let _ = write!(
+            h,
+            "<div id=\"{}\">{svg}</div>",
+            c.file.trim_end_matches(".svg")
+        );
+    }
+
+    let v = &s.verdicts;
+    let node = |i: usize| info.nodes.get(i).map_or("?", |n| n.name.as_str());
+    let _ = write!(
+        h,
+        "<h2>Sync progress: <span class=\"{}\">{}</span></h2>\
+<p>Every node within {} blocks of the head at most {} s after each fault ends; no node lagging longer outside faults.</p>\
+<table><tr><th>fault ended</th><th>slowest catch-up</th><th>node</th><th>ok</th></tr>",
+        if v.progress.pass { "pass" } else { "fail" },
+        if v.progress.pass { "pass" } else { "FAIL" },
+        info.spec.verdicts.catch_up_blocks,
+        info.spec.verdicts.catch_up_secs,
+    );
+    for c in &v.progress.catch_ups {
+        let _ = write!(
+            h,
+            "<tr><td>{:.0} s</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            c.fault_end,
+            c.worst_secs.map_or("never".into(), |x| format!("{x:.1} s")),
+            c.worst_node.map_or("–", node),
+            if c.ok { "yes" } else { "<b>no</b>" }
+        );
+    }
+    h.push_str("</table>");
+    if !v.progress.stuck.is_empty() {
+        h.push_str("<table><tr><th>stuck node</th><th>from</th><th>to</th></tr>");
+        for st in &v.progress.stuck {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{:.0} s</td><td>{:.0} s</td></tr>",
+                node(st.node),
+                st.from,
+                st.to
+            );
+        }
+        h.push_str("</table>");
+    }
+
+    let _ = write!(
+        h,
+        "<h2>Leaks</h2><p>Per node and metric since the node's last start, warm-up ({} s) dropped, \
+{} s medians: Theil–Sen slope and Mann–Kendall (Hamed–Rao) p. A leak needs p &lt; {} and a slope over the budget \
+(RSS: {} MiB/h).</p><table><tr><th>node</th><th>metric</th><th>points</th><th>slope / h</th><th>p</th>\
+<th>time to limit</th><th>verdict</th></tr>",
+        info.spec.soak.warmup_secs,
+        info.spec.verdicts.leak_bucket_secs,
+        info.spec.verdicts.leak_p,
+        info.spec.verdicts.leak_slope_mib_per_hour,
+    );
+    for l in &v.leaks {
+        let lv = &l.verdict;
+        let slope = if l.metric == "rss" {
+            format!("{:.2} MiB", lv.slope_per_hour / 1048576.0)
+        } else {
+            format!("{:.3}", lv.slope_per_hour)
+        };
+        let word = match (lv.leak, lv.undecided) {
+            (true, _) => "<b class=\"fail\">LEAK</b>".to_owned(),
+            (false, Some(why)) => format!("undecided ({})", esc(why)),
+            (false, None) => "ok".to_owned(),
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{slope}</td><td>{}</td><td>{}</td><td>{word}</td></tr>",
+            esc(&l.node),
+            l.metric,
+            lv.points,
+            if lv.p.is_finite() {
+                format!("{:.2e}", lv.p)
+            } else {
+                "–".into()
+            },
+            opt(lv.time_to_limit_hours, 1)
+                + if lv.time_to_limit_hours.is_some() {
+                    " h"
+                } else {
+                    ""
+                },
+        );
+    }
+    h.push_str("</table>");
+
+    let _ = write!(
+        h,
+        "<h2>Storms</h2><p>Stream setups per minute after the warm-up; bound {}.</p>\
+<table><tr><th>node</th><th>worst minute</th><th>at</th><th>verdict</th></tr>",
+        info.spec.verdicts.setups_per_minute
+    );
+    for st in &v.storms {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
+            esc(&st.node),
+            st.verdict.max_per_minute,
+            st.verdict.at.map_or("–".into(), |t| format!("{t:.0} s")),
+            if st.verdict.storm {
+                "<b class=\"fail\">STORM</b>"
+            } else {
+                "ok"
+            }
+        );
+    }
+    h.push_str("</table>");
+
+    const MAX_EVENTS: usize = 1000;
+    let _ = write!(
+        h,
+        "<h2>Events</h2><table><tr><th>t</th><th>event</th><th>node</th><th>detail</th></tr>"
+    );
+    for e in events.iter().take(MAX_EVENTS) {
+        let _ = write!(
+            h,
+            "<tr><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            e.t,
+            e.kind.label(),
+            esc(e.node.as_deref().unwrap_or("")),
+            esc(&e.detail)
+        );
+    }
+    h.push_str("</table>");
+    if events.len() > MAX_EVENTS {
+        let _ = write!(
+            h,
+            "<p>{} more events in events.jsonl.</p>",
+            events.len() - MAX_EVENTS
+        );
+    }
+    h.push_str("</body></html>\n");
+    h
+}
