@@ -1,0 +1,316 @@
+//! `stressnet run` end to end on 127.0.0.1: bad specs stop before any process starts, killing
+//! stressnet leaves no node behind, and a shortened S4 canary run is flagged by name. Bounded
+//! waits only. Needs the syncnode binary next to stressnet (`cargo test --workspace` builds it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn stressnet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stressnet"))
+}
+
+fn syncnode() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_stressnet"))
+        .parent()
+        .unwrap()
+        .join("syncnode");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it with `cargo build -p syncnet-node --bin syncnode` \
+         (`cargo test --workspace` does)",
+        p.display()
+    );
+    p
+}
+
+/// Kills the child if a test fails half-way.
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(x) = f() {
+            return x;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const SMALL: &str = r#"
+apiVersion: syncnet.dev/v1alpha1
+kind: SyncNetwork
+metadata: {name: small}
+spec:
+  regions: [{name: us, replicas: 2}, {name: eu, replicas: 1}]
+  latency: {matrixMs: {us: {us: 2, eu: 30}, eu: {eu: 2}}}
+  producer: {region: us, blockIntervalMs: 500, payloadBytes: 4096}
+  soak: {durationSecs: 600, warmupSecs: 10, scrapeIntervalSecs: 1}
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn bad_specs_fail_before_any_process_starts_naming_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A "syncnode" that leaves a mark if anything runs it.
+    let mark = tmp.path().join("ran");
+    let fake = write(
+        tmp.path(),
+        "fake-syncnode",
+        &format!("#!/bin/sh\ntouch {}\n", mark.display()),
+    );
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cases = [
+        (
+            "unknown field",
+            SMALL.replace("payloadBytes: 4096", "payloadBytes: 4096, colour: red"),
+            "spec.producer",
+        ),
+        (
+            "unknown region",
+            SMALL.replace("eu: 30", "mars: 30"),
+            "spec.latency.matrixMs.us.mars",
+        ),
+        (
+            "inconsistent matrix",
+            SMALL.replace("eu: {eu: 2}", "eu: {eu: 2, us: 99}"),
+            "spec.latency.matrixMs",
+        ),
+    ];
+    for (what, text, field) in cases {
+        let spec = write(tmp.path(), "bad.yaml", &text);
+        let out = tmp.path().join("run");
+        let o = stressnet()
+            .arg("run")
+            .arg(&spec)
+            .arg("--out")
+            .arg(&out)
+            .arg("--syncnode")
+            .arg(&fake)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+        assert!(err.contains(field), "{what}: {err} should name {field}");
+        assert!(!out.exists(), "{what}: a run directory was created");
+        assert!(!mark.exists(), "{what}: a node process was started");
+    }
+}
+
+/// The pids of the nodes of a run, once every node has written its addresses.
+fn node_pids(run: &Path, nodes: &[&str]) -> Vec<u32> {
+    wait_for("every node up", Duration::from_secs(60), || {
+        nodes
+            .iter()
+            .map(|n| {
+                let p = run.join("nodes").join(n).join("syncnode.addrs.json");
+                let v: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
+                v["pid"].as_u64().map(|p| p as u32)
+            })
+            .collect::<Option<Vec<u32>>>()
+    })
+}
+
+/// Alive = exists and is not a zombie (a reaped-later child of a dead parent).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn start_small(tmp: &Path) -> (Guard, PathBuf, Vec<u32>) {
+    let spec = write(tmp, "small.yaml", SMALL);
+    let run = tmp.join("run");
+    let child = stressnet()
+        .arg("run")
+        .arg(&spec)
+        .arg("--out")
+        .arg(&run)
+        .arg("--syncnode")
+        .arg(syncnode())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let g = Guard(child);
+    let pids = node_pids(&run, &["us-0", "us-1", "eu-0"]);
+    assert!(pids.iter().all(|p| alive(*p)));
+    (g, run, pids)
+}
+
+#[test]
+fn sigkill_of_stressnet_takes_every_node_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut g, _, pids) = start_small(tmp.path());
+    g.0.kill().unwrap(); // SIGKILL: no handler runs; PR_SET_PDEATHSIG must do it.
+    g.0.wait().unwrap();
+    wait_for("every syncnode to exit", Duration::from_secs(10), || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
+}
+
+#[test]
+fn ctrl_c_stops_every_node_and_still_writes_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut g, run, pids) = start_small(tmp.path());
+    // A few scrapes first, so the report has data.
+    wait_for("three scrapes", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(run.join("metrics.jsonl")).ok()?;
+        (text.lines().count() >= 9).then_some(())
+    });
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(g.0.id() as libc::pid_t, libc::SIGINT);
+    }
+    let status = wait_for("stressnet to exit", Duration::from_secs(30), || {
+        g.0.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(130));
+    assert!(pids.iter().all(|p| !alive(*p)), "a node outlived stressnet");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["interrupted"], true);
+    assert_eq!(summary["nodes"], 3);
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(html.contains("interrupted"), "report says so");
+}
+
+fn run_to_end(spec: &Path, out: &Path, extra: &[&str]) -> Output {
+    stressnet()
+        .arg("run")
+        .arg(spec)
+        .arg("--out")
+        .arg(out)
+        .arg("--syncnode")
+        .arg(syncnode())
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// S4 in CI time. Sync carries every block and 10% of served requests reset the stream, so
+/// setups keep happening; one node of the first network keeps 1 MiB per setup, one node of the
+/// second runs the storm. Two networks, because the storm's setups would feed the leak.
+fn canary_spec(name: &str, secs: u64, canary: &str) -> String {
+    format!(
+        r#"
+apiVersion: syncnet.dev/v1alpha1
+kind: SyncNetwork
+metadata: {{name: {name}}}
+spec:
+  regions: [{{name: us, replicas: 3}}]
+  producer: {{region: us, blockIntervalMs: 500, payloadBytes: 8192}}
+  sync: {{discoveryIntervalMs: 5000}}
+  broadcast: {{mode: "off"}}
+  faults:
+    - {{name: churn, atSecs: 0, durationSecs: {secs}, target: {{includeProducer: true}}, action: stream-reset, rate: 0.1}}
+    - {{name: canary, atSecs: 0, durationSecs: {secs}, target: {{count: 1}}, {canary}}}
+  soak: {{durationSecs: {secs}, warmupSecs: 20, scrapeIntervalSecs: 2}}
+  verdicts: {{leakSlopeMibPerHour: 64, leakBucketSecs: 6, setupsPerMinute: 60}}
+"#
+    )
+}
+
+/// Runs a canary spec to the end; returns the canary's node, the failed verdicts, the run dir.
+fn canary_run(tmp: &Path, name: &str, secs: u64, canary: &str) -> (String, Vec<String>, PathBuf) {
+    let spec = write(
+        tmp,
+        &format!("{name}.yaml"),
+        &canary_spec(name, secs, canary),
+    );
+    let run = tmp.join(name);
+    let o = run_to_end(&spec, &run, &[]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{name}: {stdout}");
+    assert!(stdout.contains("verdict: FAIL"), "{stdout}");
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    let w = &info["schedule"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "canary")
+        .unwrap()["targets"];
+    let node = info["nodes"][w[0].as_u64().unwrap() as usize]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    let failed = summary["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_owned())
+        .collect();
+    (node, failed, run)
+}
+
+#[test]
+fn shortened_canary_runs_are_flagged_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (leak, storm) = std::thread::scope(|s| {
+        let leak = s.spawn(|| {
+            canary_run(
+                tmp.path(),
+                "leak",
+                100,
+                "action: leak-canary, kibPerSetup: 1024",
+            )
+        });
+        let storm = s.spawn(|| canary_run(tmp.path(), "storm", 90, "action: storm-canary"));
+        (leak.join().unwrap(), storm.join().unwrap())
+    });
+    let (leaker, failed, run) = leak;
+    assert!(failed.contains(&format!("leak:{leaker}:rss")), "{failed:?}");
+    let (stormer, failed, _) = storm;
+    assert!(failed.contains(&format!("storm:{stormer}")), "{failed:?}");
+
+    // Every chart is in the report, and every node has samples behind it.
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    for chart in [
+        "heights", "lag", "rss", "cpu", "streams", "setups", "fds", "threads",
+    ] {
+        assert!(html.contains(&format!("<div id=\"{chart}\">")), "{chart}");
+        assert!(run.join("charts").join(format!("{chart}.svg")).is_file());
+    }
+    let samples = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    for n in ["us-0", "us-1", "us-2"] {
+        let count = samples
+            .lines()
+            .filter(|l| l.contains(&format!("\"node\":\"{n}\"")))
+            .count();
+        assert!(count > 20, "{n}: {count} samples");
+    }
+    // `report` re-renders from the directory alone, with the same verdict.
+    let again = stressnet().arg("report").arg(&run).output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    // `compare` puts the run next to itself.
+    let cmp = stressnet()
+        .arg("compare")
+        .arg(&run)
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(cmp.status.success());
+    let table = String::from_utf8_lossy(&cmp.stdout);
+    assert!(table.contains("worst RSS slope"), "{table}");
+    assert!(table.contains(&leaker), "{table}");
+}
