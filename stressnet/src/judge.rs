@@ -3,7 +3,7 @@
 //! local runner and the operator both call [`judge`].
 
 use serde::Serialize;
-use syncnet_crds::SyncNetworkSpec;
+use syncnet_crds::{FaultAction, SyncNetworkSpec};
 
 use crate::plan::FaultWindow;
 use crate::scrape::{Sample, series};
@@ -70,6 +70,26 @@ fn since_last_start(samples: &[Sample], node: &str, metric: &str) -> Vec<(f64, f
     s.into_iter().filter(|p| p.0 >= start).collect()
 }
 
+/// Who may lag during a window: the nodes a kill or a partition cuts off; everyone when that
+/// includes the producer (nothing new reaches the others either); nobody for the other actions.
+fn excused(spec: &SyncNetworkSpec, nodes: &[String], w: &FaultWindow) -> Option<Vec<usize>> {
+    match w.action {
+        FaultAction::KillRestart | FaultAction::Partition => {
+            let producer_region = &spec.producer.region;
+            // The producer is replica 0 of its region (plan::nodes).
+            let producer = nodes
+                .iter()
+                .position(|n| *n == format!("{producer_region}-0"));
+            if producer.is_some_and(|p| w.targets.contains(&p)) {
+                None
+            } else {
+                Some(w.targets.clone())
+            }
+        }
+        _ => Some(vec![]),
+    }
+}
+
 pub fn judge(
     spec: &SyncNetworkSpec,
     nodes: &[String],
@@ -78,9 +98,13 @@ pub fn judge(
 ) -> Summary {
     let v = &spec.verdicts;
     let heights: Vec<Vec<(f64, f64)>> = nodes.iter().map(|n| series(samples, n, HEIGHT)).collect();
-    let windows: Vec<(f64, f64)> = faults
+    let windows: Vec<verdict::Window> = faults
         .iter()
-        .map(|w| (w.start as f64, w.end as f64))
+        .map(|w| verdict::Window {
+            start: w.start as f64,
+            end: w.end as f64,
+            excused: excused(spec, nodes, w),
+        })
         .collect();
     let progress = verdict::progress(
         &heights,

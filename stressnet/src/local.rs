@@ -390,7 +390,11 @@ async fn drive(
                         ),
                         Err(e) => {
                             exec.apply_failed(i);
-                            journal.log(EventKind::ApplyFailed, Some(&pr.plan.name), e);
+                            // A node restarted moments ago may not listen yet: the next poll
+                            // retries quietly; later failures are worth a line.
+                            if pr.last_start.elapsed() > STARTUP_GRACE {
+                                journal.log(EventKind::ApplyFailed, Some(&pr.plan.name), e);
+                            }
                         }
                     }
                 }
@@ -619,6 +623,8 @@ fn http_client() -> Http {
 }
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a (re)started node may take to answer HTTP before failures are reported.
+const STARTUP_GRACE: Duration = Duration::from_secs(10);
 
 async fn http(
     client: &Http,

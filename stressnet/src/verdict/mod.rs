@@ -189,13 +189,25 @@ fn at(series: &[Point], t: f64) -> Option<f64> {
     (i > 0).then(|| series[i - 1].1)
 }
 
-/// Sync progress from per-node height series (time-ordered) and fault windows `(start, end)`:
-/// after each fault ends, every node must be within `within_blocks` of the head (the highest height
-/// any node reports) within `catch_up_secs`; outside faults (and their catch-up allowance) no node
-/// may lag for longer than that ("stuck"). A node with no samples yet is not judged.
+/// A fault window as the progress verdict sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Window {
+    pub start: f64,
+    pub end: f64,
+    /// Nodes allowed to lag during the window and its catch-up allowance: those it cuts off (a
+    /// killed node, a partitioned region). `None`: every node (e.g. the producer is cut off).
+    /// Low-rate faults (errors, resets) excuse nobody: nodes must keep up through them.
+    pub excused: Option<Vec<usize>>,
+}
+
+/// Sync progress from per-node height series (time-ordered) and fault windows: after each window
+/// ends, every node must be within `within_blocks` of the head (the highest height any node
+/// reports) within `catch_up_secs`; otherwise no node may lag for longer than that ("stuck"),
+/// except the nodes a window excuses, during it and its catch-up allowance. A node with no samples
+/// yet is not judged.
 pub fn progress(
     heights: &[Vec<Point>],
-    faults: &[(f64, f64)],
+    faults: &[Window],
     cfg: &ProgressConfig,
 ) -> ProgressVerdict {
     let mut times: Vec<f64> = heights.iter().flatten().map(|p| p.0).collect();
@@ -214,7 +226,7 @@ pub fn progress(
     let end = times.last().copied().unwrap_or(0.0);
 
     let mut catch_ups = vec![];
-    for &(_, fault_end) in faults {
+    for fault_end in faults.iter().map(|w| w.end) {
         let mut worst: Option<(usize, Option<f64>)> = None;
         for node in 0..heights.len() {
             let caught = times
@@ -250,16 +262,18 @@ pub fn progress(
         });
     }
 
-    let excused = |t: f64| {
-        faults
-            .iter()
-            .any(|&(s, e)| t >= s && t <= e + cfg.catch_up_secs)
+    let excused = |node: usize, t: f64| {
+        faults.iter().any(|w| {
+            t >= w.start
+                && t <= w.end + cfg.catch_up_secs
+                && w.excused.as_ref().is_none_or(|n| n.contains(&node))
+        })
     };
     let mut stuck = vec![];
     for node in 0..heights.len() {
         let mut since: Option<f64> = None;
         for &t in &times {
-            let lag = lagging(node, t) == Some(true) && !excused(t);
+            let lag = lagging(node, t) == Some(true) && !excused(node, t);
             match (lag, since) {
                 (true, None) => since = Some(t),
                 (false, Some(s)) => {
