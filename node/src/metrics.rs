@@ -175,6 +175,8 @@ pub struct P2pMetrics {
     pub discovery_rounds: Family<L1, Counter>,
     pub peers_found: Counter,
     pub cooldowns_active: Gauge,
+    /// 1 while the local head has not moved for `streams.stale_after`.
+    pub head_stale: Gauge,
     pub failed_peers_cached: Gauge,
     pub candidates: Gauge,
     pub dials: Family<L1, Counter>,
@@ -221,6 +223,7 @@ impl Default for P2pMetrics {
             discovery_rounds: Family::default(),
             peers_found: Counter::default(),
             cooldowns_active: Gauge::default(),
+            head_stale: Gauge::default(),
             failed_peers_cached: Gauge::default(),
             candidates: Gauge::default(),
             dials: Family::default(),
@@ -284,6 +287,11 @@ impl P2pMetrics {
             "p2p_cooldowns_active",
             "Peers in removal cooldown",
             self.cooldowns_active.clone(),
+        );
+        r.register(
+            "p2p_head_stale",
+            "1 while the local head has not moved for streams.stale_after (more streams wanted, cooldowns capped)",
+            self.head_stale.clone(),
         );
         r.register(
             "p2p_failed_peers_cached",

@@ -13,6 +13,15 @@
 //! - a removed peer gets a cooldown that doubles with repeated removals, up to a cap;
 //! - setups in flight are bounded.
 //!
+//! What makes a network cut off from new blocks impossible (found by stressnet: with 5% of served
+//! requests resetting the stream, every node's compounded cooldown shut the producer out for
+//! minutes while the nodes, each with enough streams to each other, heard of nothing new):
+//! - while the driver reports the local head *stale* (no progress for `stale_after`), the manager
+//!   wants streams up to `high` and runs discovery as if below `soft_low`;
+//! - while stale or below `hard_low`, every cooldown is capped at `removal_cooldown_base`, for
+//!   outbound and inbound setups alike. Storms stay bounded: at most one setup per peer per base
+//!   period, `max_concurrent_setups` at a time.
+//!
 //! `storm_canary` switches all of that off on purpose, so stressnet can prove it detects the storm.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -62,6 +71,9 @@ pub struct StreamConfig {
     pub removal_memory: Duration,
     /// Cap on each per-peer table (candidates, failed, cooldowns).
     pub max_tracked_peers: usize,
+    /// The driver reports the head stale after this long without progress (see the module docs).
+    #[serde(with = "crate::util::millis")]
+    pub stale_after: Duration,
     /// Fault: run discovery this often regardless of stream count or backoff.
     #[serde(with = "crate::util::opt_millis")]
     pub forced_discovery: Option<Duration>,
@@ -86,6 +98,7 @@ impl Default for StreamConfig {
             removal_cooldown_max: Duration::from_secs(600),
             removal_memory: Duration::from_secs(1800),
             max_tracked_peers: 1024,
+            stale_after: Duration::from_secs(15),
             forced_discovery: None,
             storm_canary: false,
         }
@@ -273,6 +286,8 @@ pub struct StreamManager<P> {
     doomed: HashSet<P>,
     discovery: Discovery,
     actions: VecDeque<Action<P>>,
+    /// The local head has not moved for `stale_after` (reported by the driver).
+    stale: bool,
 }
 
 impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
@@ -298,6 +313,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
                 backoff,
             },
             actions: VecDeque::new(),
+            stale: false,
         }
     }
 
@@ -358,19 +374,65 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             consider(s.deadline);
         }
         // Expiries that can unblock a setup.
-        if self.streams.len() < self.cfg.soft_low && !self.candidates.is_empty() {
+        if self.streams.len() < self.target() && !self.candidates.is_empty() {
             for x in self.failed.values() {
                 consider(*x);
             }
-            for c in self.cooldown.values() {
-                consider(c.until);
+            for p in self.cooldown.keys() {
+                if let Some(u) = self.cooldown_until(p) {
+                    consider(u);
+                }
             }
         }
         t
     }
 
     fn wants_discovery(&self) -> bool {
-        self.cfg.forced_discovery.is_some() || self.streams.len() < self.cfg.soft_low
+        self.cfg.forced_discovery.is_some() || self.streams.len() < self.target()
+    }
+
+    /// How many streams we try to hold: `soft_low`, or `high` while the head is stale.
+    fn target(&self) -> usize {
+        if self.stale {
+            self.cfg.high
+        } else {
+            self.cfg.soft_low
+        }
+    }
+
+    /// The driver's report: the local head has (not) moved for `stale_after`. Turning stale
+    /// brings the next discovery round forward to now (once per turn, so at most once per
+    /// `stale_after`), past any backoff.
+    pub fn set_stale(&mut self, stale: bool, now: Instant) {
+        if stale && !self.stale {
+            self.discovery.next_at = self.discovery.next_at.min(now);
+        }
+        self.stale = stale;
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// Stale, or below `hard_low`: cut off from what is new, or nearly.
+    fn starving(&self) -> bool {
+        self.stale || self.streams.len() < self.cfg.hard_low
+    }
+
+    /// When `p`'s cooldown ends: while starving, no later than the base period after its last
+    /// removal (a node cut off from the producer must reach it even if it reset streams often).
+    fn cooldown_until(&self, p: &P) -> Option<Instant> {
+        self.cooldown.get(p).map(|c| {
+            if self.starving() {
+                c.until.min(c.last + self.cfg.removal_cooldown_base)
+            } else {
+                c.until
+            }
+        })
+    }
+
+    fn cooling(&self, p: &P, now: Instant) -> bool {
+        self.cooldown_until(p).is_some_and(|u| u > now)
     }
 
     /// Whether the stream `opener` opened wins a tie against the other one (the lower id's wins).
@@ -546,7 +608,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
         // open at once, the loser may see its own stream reset, record a removal and start a
         // cooldown before the winner's stream arrives; refusing that one too would leave neither.
         // The opener's own removal cooldown still bounds how often it reopens.
-        let cooling = self.cooldown.get(&p).is_some_and(|c| c.until > now);
+        let cooling = self.cooling(&p, now);
         if !self.cfg.storm_canary && cooling && !self.opened_by_lower(&p, false) {
             self.refuse(p, id, ResetReason::Cooldown);
             return;
@@ -652,8 +714,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             return true;
         }
         let failed = self.failed.get(p).is_some_and(|t| *t > now);
-        let cooling = self.cooldown.get(p).is_some_and(|c| c.until > now);
-        !failed && !cooling
+        !failed && !self.cooling(p, now)
     }
 
     fn start_setup(&mut self, p: P, stage: Stage, now: Instant) {
@@ -672,7 +733,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             return;
         }
         self.discovery.running = false;
-        let productive = self.discovery.round_new > 0 || self.streams.len() >= self.cfg.soft_low;
+        let productive = self.discovery.round_new > 0 || self.streams.len() >= self.target();
         self.actions
             .push_back(Action::Report(Report::DiscoveryRound { productive }));
         let d = &mut self.discovery;
@@ -724,7 +785,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             self.actions.push_back(Action::Discover);
             let injected = if self.cfg.storm_canary {
                 Some(InjectedRound::StormCanary)
-            } else if self.streams.len() >= self.cfg.soft_low {
+            } else if self.streams.len() >= self.target() {
                 // Only forcing makes a round start with enough streams (see `wants_discovery`).
                 Some(InjectedRound::ForcedDiscovery)
             } else {
@@ -735,9 +796,9 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             }
         }
 
-        // Setups towards soft_low from the candidates, bounded in concurrency.
+        // Setups towards the target from the candidates, bounded in concurrency.
         // Storm canary: every candidate is set up again, streamed or not (both ends send INIT).
-        let target = self.cfg.soft_low;
+        let target = self.target();
         let storm = self.cfg.storm_canary;
         let mut skipped = VecDeque::new();
         while (storm || self.streams.len() + self.setups.len() < target)

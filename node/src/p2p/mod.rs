@@ -533,6 +533,8 @@ struct Driver {
     state_tx: watch::Sender<NetState>,
     listen_addrs: Vec<Multiaddr>,
     next_housekeeping: Instant,
+    /// The local head height and when it last changed (for the stream manager's staleness).
+    head_seen: (u64, Instant),
     net_events: mpsc::Sender<NetEvent>,
     gossip_tx: mpsc::Sender<gossip::Inbound>,
     /// The block topic, built once (the state is published after every loop iteration).
@@ -712,6 +714,7 @@ pub async fn spawn(
         state_tx: watch::channel(NetState::default()).0,
         listen_addrs: vec![],
         next_housekeeping: now + HOUSEKEEPING,
+        head_seen: (ctx.store.head().height, now),
         net_events,
         isolated: false,
         accept_loop,
@@ -798,11 +801,14 @@ impl Driver {
             // While callers wait, wake at least every second to notice abandoned requests.
             let cancel_check = (!self.pending.is_empty() || !self.direct.is_empty())
                 .then(|| Instant::now() + Duration::from_secs(1));
+            let stale_check =
+                (!self.sm.is_stale()).then(|| self.head_seen.1 + self.sm.config().stale_after);
             let deadline = [
                 self.sm.poll_timeout(),
                 self.rm.poll_timeout(),
                 Some(self.next_housekeeping),
                 cancel_check,
+                stale_check,
             ]
             .into_iter()
             .flatten()
@@ -820,6 +826,7 @@ impl Driver {
                 _ = sleep => {}
             }
             let now = Instant::now();
+            self.check_stale(now);
             self.sm.handle(SmEvent::Tick, now);
             self.cancel_abandoned(now);
             self.rm.tick(now);
@@ -866,6 +873,21 @@ impl Driver {
                 .add_address(&peer, addr.clone());
             self.dials.add_address(peer, addr);
             self.sm.handle(SmEvent::Discovered(peer), now);
+        }
+    }
+
+    /// Tells the stream manager whether the local head has stopped moving: a node whose peers
+    /// know nothing newer must go looking for streams instead of waiting out cooldowns.
+    fn check_stale(&mut self, now: Instant) {
+        let h = self.ctx.store.head().height;
+        if h != self.head_seen.0 {
+            self.head_seen = (h, now);
+        }
+        let stale = now.saturating_duration_since(self.head_seen.1) >= self.sm.config().stale_after;
+        if stale != self.sm.is_stale() {
+            debug!(stale, height = h, "head staleness changed");
+            self.sm.set_stale(stale, now);
+            self.metrics.head_stale.set(i64::from(stale));
         }
     }
 

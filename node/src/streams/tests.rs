@@ -17,6 +17,7 @@ fn cfg() -> StreamConfig {
         removal_cooldown_max: Duration::from_secs(16),
         removal_memory: Duration::from_secs(600),
         max_tracked_peers: 64,
+        stale_after: Duration::from_secs(15),
         forced_discovery: None,
         storm_canary: false,
     }
@@ -262,6 +263,82 @@ fn removal_cooldown_grows_and_caps() {
         m.cooldown_remaining(&5, later),
         Some(Duration::from_secs(2))
     );
+}
+
+/// The stuck network stressnet found: a peer that reset streams often sits in a compounded
+/// cooldown; a node with enough streams to others waits it out, a stale or starving one may
+/// set up with it again after the base period, and only then.
+#[test]
+fn a_stale_head_caps_cooldowns_and_wants_streams_up_to_high() {
+    let t0 = Instant::now();
+    // Local 1, peer 5 (higher: its streams do not win ties). Peers 6 and 7 give us soft_low (2).
+    let mut m = M::new(cfg(), 1, 1, t0);
+    for p in [6, 7] {
+        m.handle(Event::InboundReady(p, u64::from(p)), t0);
+    }
+    let mut now = t0;
+    for id in 1..=4 {
+        m.handle(Event::InboundReady(5, id), now);
+        m.handle(Event::StreamClosed(5, id, RemovalReason::StreamError), now);
+        now += m.cooldown_remaining(&5, now).unwrap();
+    }
+    m.handle(Event::InboundReady(5, 10), now);
+    m.handle(Event::StreamClosed(5, 10, RemovalReason::StreamError), now);
+    drain(&mut m);
+    assert_eq!(m.cooldown_remaining(&5, now), Some(Duration::from_secs(16)));
+    // Not stale, not starving: after the base period peer 5 is still refused.
+    let later = now + Duration::from_secs(3);
+    m.handle(Event::InboundReady(5, 11), later);
+    assert!(drain(&mut m).contains(&Action::Reset(5, 11, ResetReason::Cooldown)));
+
+    // Stale: the base period is enough, and we want streams up to high (4), so we discover
+    // at once and set up with the peers we know, peer 5 included.
+    m.set_stale(true, later);
+    m.handle(Event::Tick, later);
+    let acts = drain(&mut m);
+    assert!(acts.contains(&Action::Discover), "{acts:?}");
+    m.handle(Event::Connected(5), later);
+    m.handle(Event::Tick, later);
+    let acts = drain(&mut m);
+    assert!(acts.contains(&Action::OpenStream(5)), "{acts:?}");
+    m.handle(Event::OutboundReady(5, 12), later);
+    assert!(drain(&mut m).contains(&Action::Use(5, 12)));
+    assert_eq!(m.stream_count(), 3);
+    // Right after a new removal the base period still applies, stale or not; after it, an
+    // inbound stream from the peer is accepted too.
+    m.handle(
+        Event::StreamClosed(5, 12, RemovalReason::StreamError),
+        later,
+    );
+    m.handle(Event::InboundReady(5, 13), later + Duration::from_secs(1));
+    assert!(drain(&mut m).contains(&Action::Reset(5, 13, ResetReason::Cooldown)));
+    m.handle(Event::InboundReady(5, 14), later + Duration::from_secs(2));
+    assert!(drain(&mut m).contains(&Action::Use(5, 14)));
+}
+
+#[test]
+fn below_hard_low_a_cooled_peer_is_retried_after_the_base_period() {
+    let t0 = Instant::now();
+    let mut m = M::new(cfg(), 1, 1, t0);
+    let mut now = t0;
+    // Four removals: a 16 s cooldown; we are left with no stream at all (hard_low 1).
+    for id in 1..=4 {
+        m.handle(Event::InboundReady(5, id), now);
+        m.handle(Event::StreamClosed(5, id, RemovalReason::StreamError), now);
+        if id < 4 {
+            now += m.cooldown_remaining(&5, now).unwrap();
+        }
+    }
+    assert_eq!(m.cooldown_remaining(&5, now), Some(Duration::from_secs(16)));
+    m.handle(Event::Connected(5), now);
+    drain(&mut m);
+    m.handle(Event::Tick, now + Duration::from_secs(1));
+    assert!(!drain(&mut m).contains(&Action::OpenStream(5)));
+    // The manager asks to be woken when the capped cooldown ends, not the full one.
+    let wake = m.poll_timeout().unwrap();
+    assert!(wake <= now + Duration::from_secs(2), "{:?}", wake - now);
+    m.handle(Event::Tick, now + Duration::from_secs(2));
+    assert!(drain(&mut m).contains(&Action::OpenStream(5)));
 }
 
 #[test]
