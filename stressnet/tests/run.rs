@@ -314,3 +314,23 @@ fn shortened_canary_runs_are_flagged_by_name() {
     assert!(table.contains("worst RSS slope"), "{table}");
     assert!(table.contains(&leaker), "{table}");
 }
+
+#[test]
+fn every_example_spec_checks() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut seen = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            let o = stressnet().arg("check").arg(&p).output().unwrap();
+            assert!(
+                o.status.success(),
+                "{}: {}",
+                p.display(),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "quickstart, soak-s3 and the two canaries");
+}
