@@ -283,8 +283,15 @@ pub fn render(c: &Chart, info: &RunInfo) -> anyhow::Result<String> {
             .draw()
             .map_err(plot_err)?;
         let shade = RGBColor(240, 120, 60).mix(0.15).filled();
+        // Kills and partitions only: low-rate faults often last the whole run and would shade it all.
+        let disruptive = info.schedule.iter().filter(|w| {
+            matches!(
+                w.action,
+                syncnet_crds::FaultAction::KillRestart | syncnet_crds::FaultAction::Partition
+            )
+        });
         chart
-            .draw_series(info.schedule.iter().map(|w| {
+            .draw_series(disruptive.map(|w| {
                 Rectangle::new(
                     [(w.start as f64, y0), (w.end.max(w.start + 1) as f64, y1)],
                     shade,
@@ -414,7 +421,9 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pas
     }
     h.push_str("</table>");
 
-    h.push_str("<h2>Charts</h2><p>Shaded: fault windows.</p>");
+    h.push_str(
+        "<h2>Charts</h2><p>Shaded: kills and partitions (other faults: see the schedule).</p>",
+    );
     for (c, svg) in charts.iter().zip(svgs) {
         let _ = write!(
             h,
