@@ -35,13 +35,13 @@ fn worst_slope(s: &Value, metric: &str) -> Option<(f64, String)> {
         .max_by(|a, b| a.0.total_cmp(&b.0))
 }
 
-fn worst_storm(s: &Value) -> Option<(f64, String)> {
+fn worst_storm(s: &Value, which: &str) -> Option<(f64, String)> {
     s["verdicts"]["storms"]
         .as_array()?
         .iter()
         .filter_map(|l| {
             Some((
-                l["verdict"]["max_per_minute"].as_f64()?,
+                l[which]["max_per_minute"].as_f64()?,
                 l["node"].as_str()?.to_owned(),
             ))
         })
@@ -58,8 +58,9 @@ pub fn rows(a: &Value, b: &Value) -> Vec<(String, String, String)> {
             format!("{:.3}{unit} ({n})", x * k)
         })
     };
-    let storm =
-        |v: &Value| worst_storm(v).map_or("–".to_owned(), |(x, n)| format!("{x:.1} ({n})"));
+    let storm = |v: &Value, which: &str| {
+        worst_storm(v, which).map_or("–".to_owned(), |(x, n)| format!("{x:.1} ({n})"))
+    };
     let verdict = |v: &Value| {
         if v["pass"].as_bool() == Some(true) {
             "PASS".to_owned()
@@ -102,7 +103,8 @@ pub fn rows(a: &Value, b: &Value) -> Vec<(String, String, String)> {
     row("worst CPU slope", &|v| slope(v, "cpu", 1.0, " cores/h"));
     row("worst fds slope", &|v| slope(v, "fds", 1.0, "/h"));
     row("worst threads slope", &|v| slope(v, "threads", 1.0, "/h"));
-    row("worst setups/min", &storm);
+    row("worst setups/min", &|v| storm(v, "verdict"));
+    row("worst discovery rounds/min", &|v| storm(v, "discovery"));
     out
 }
 

@@ -33,10 +33,31 @@ pub struct NodeLeak {
     pub verdict: LeakVerdict,
 }
 
+/// A node's storm verdicts: stream setups per minute (every one that reached a conclusion:
+/// established, failed or refused, as the node's own storm bound counts them), and discovery
+/// rounds per minute. Successful setups alone miss the storm where peers refuse it.
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeStorm {
     pub node: String,
     pub verdict: StormVerdict,
+    pub discovery: StormVerdict,
+}
+
+const DISCOVERY: [&str; 2] = [
+    "syncnet_p2p_discovery_rounds_total{outcome=\"productive\"}",
+    "syncnet_p2p_discovery_rounds_total{outcome=\"unproductive\"}",
+];
+
+/// Discovery rounds of either outcome, as one counter series.
+fn discovery_rounds(samples: &[Sample], node: &str) -> Vec<(f64, f64)> {
+    let mut v: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.node == node)
+        .filter(|s| DISCOVERY.iter().any(|k| s.values.contains_key(*k)))
+        .map(|s| (s.t, DISCOVERY.iter().filter_map(|k| s.values.get(*k)).sum()))
+        .collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    v
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -144,17 +165,25 @@ pub fn judge(
                 verdict,
             });
         }
-        let verdict = verdict::storm(
-            &series(samples, node, SETUPS),
+        let warmup = spec.soak.warmup_secs as f64;
+        // Every concluded setup; runs scraped before that series existed fall back to `ok` ones.
+        let mut setups = series(samples, node, crate::scrape::SETUPS_ALL);
+        if setups.is_empty() {
+            setups = series(samples, node, SETUPS);
+        }
+        let verdict = verdict::storm(&setups, v.setups_per_minute, warmup);
+        let discovery = verdict::storm(
+            &discovery_rounds(samples, node),
             v.setups_per_minute,
-            spec.soak.warmup_secs as f64,
+            warmup,
         );
-        if verdict.storm {
+        if verdict.storm || discovery.storm {
             failed.push(format!("storm:{node}"));
         }
         storms.push(NodeStorm {
             node: node.clone(),
             verdict,
+            discovery,
         });
     }
     Summary {
@@ -237,6 +266,20 @@ spec:
         let s = judge(&spec, &names(), &bad, &[]);
         assert!(!s.pass);
         assert_eq!(s.failed, ["leak:us-1:rss", "storm:us-2"]);
+
+        // A storm of discovery rounds whose setups all fail (peers refuse them) is one too.
+        let refused = run(|n, t, v| {
+            let rounds = if n == 0 && t > 1800.0 {
+                10.0 * t // 600 rounds a minute
+            } else {
+                t / 10.0
+            };
+            v.insert(DISCOVERY[1].to_owned(), rounds);
+        });
+        let s = judge(&spec, &names(), &refused, &[]);
+        assert_eq!(s.failed, ["storm:us-0"]);
+        assert!(s.storms[0].discovery.max_per_minute > 500.0);
+        assert!(s.storms[1].discovery.max_per_minute < 10.0);
     }
 
     #[test]

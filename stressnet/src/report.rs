@@ -515,18 +515,19 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pas
 
     let _ = write!(
         h,
-        "<h2>Storms</h2><p>Stream setups per minute after the warm-up; bound {}.</p>\
-<table><tr><th>node</th><th>worst minute</th><th>at</th><th>verdict</th></tr>",
+        "<h2>Storms</h2><p>Stream setups (any outcome) and discovery rounds per minute after the warm-up; bound {} each.</p>\
+<table><tr><th>node</th><th>setups, worst minute</th><th>at</th><th>discovery rounds, worst minute</th><th>verdict</th></tr>",
         info.spec.verdicts.setups_per_minute
     );
     for st in &v.storms {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{:.1}</td><td>{}</td><td>{:.1}</td><td>{}</td></tr>",
             esc(&st.node),
             st.verdict.max_per_minute,
             st.verdict.at.map_or("–".into(), |t| format!("{t:.0} s")),
-            if st.verdict.storm {
+            st.discovery.max_per_minute,
+            if st.verdict.storm || st.discovery.storm {
                 "<b class=\"fail\">STORM</b>"
             } else {
                 "ok"

@@ -26,6 +26,10 @@ pub const KEPT: &[&str] = &[
     "syncnet_broadcast_blocks_total{outcome=\"inserted\"}",
 ];
 
+/// Derived series: every stream setup that reached a conclusion (any `outcome`), summed at parse
+/// time. The original storm mostly produces refused or failed setups, which `outcome="ok"` misses.
+pub const SETUPS_ALL: &str = "syncnet_p2p_stream_setups_total";
+
 /// One node's scrape.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
@@ -52,7 +56,8 @@ pub fn parse(body: &str) -> BTreeMap<String, f64> {
                 None => continue,
             },
         };
-        if !KEPT.contains(&key) {
+        let setup = key.starts_with("syncnet_p2p_stream_setups_total{");
+        if !KEPT.contains(&key) && !setup {
             continue;
         }
         if let Some(v) = rest
@@ -61,7 +66,12 @@ pub fn parse(body: &str) -> BTreeMap<String, f64> {
             .and_then(|v| v.parse::<f64>().ok())
             && v.is_finite()
         {
-            out.insert(key.to_owned(), v);
+            if setup {
+                *out.entry(SETUPS_ALL.to_owned()).or_insert(0.0) += v;
+            }
+            if KEPT.contains(&key) {
+                out.insert(key.to_owned(), v);
+            }
         }
     }
     out
@@ -125,7 +135,8 @@ process_threads notanumber\n\
         assert_eq!(m["process_resident_memory_bytes"], 12345678.0);
         assert_eq!(m["syncnet_chain_head_height"], 42.0);
         assert_eq!(m["syncnet_p2p_stream_setups_total{outcome=\"ok\"}"], 7.0);
-        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!(m[SETUPS_ALL], 10.0, "ok + timeout");
+        assert_eq!(m.len(), 4, "{m:?}");
         assert!(parse("garbage\n{}}} 1\n").is_empty());
     }
 
