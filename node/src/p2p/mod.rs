@@ -1304,18 +1304,25 @@ impl Driver {
                 }
             }
             SessionEvent::Closed { peer, id, why } => {
-                if let Some(s) = self.sessions.remove(&id) {
-                    if s.in_use {
-                        self.stream_gone(peer, now);
-                    }
-                    self.fail_direct(peer);
-                    let reason = match why {
-                        CloseReason::Malformed => RemovalReason::Penalised,
-                        CloseReason::Eof | CloseReason::Io => RemovalReason::StreamError,
-                    };
-                    self.sm.handle(SmEvent::StreamClosed(peer, id, reason), now);
-                }
+                let reason = match why {
+                    CloseReason::Malformed => RemovalReason::Penalised,
+                    CloseReason::Eof | CloseReason::Io => RemovalReason::StreamError,
+                };
+                self.close_session(peer, id, reason, now);
             }
+        }
+    }
+
+    /// A session ended (its task reported it, or we found its channel closed first): the
+    /// request manager, direct callers and the stream manager learn once; a second report of the
+    /// same session finds nothing to do.
+    fn close_session(&mut self, peer: PeerId, id: u64, reason: RemovalReason, now: Instant) {
+        if let Some(s) = self.sessions.remove(&id) {
+            if s.in_use {
+                self.stream_gone(peer, now);
+            }
+            self.fail_direct(peer);
+            self.sm.handle(SmEvent::StreamClosed(peer, id, reason), now);
         }
     }
 
@@ -1621,14 +1628,7 @@ impl Driver {
                     // Close it now: the request goes back to the queue for the next stream
                     // instead of burning every attempt on a dead channel.
                     Some(Err(Some(sid))) => {
-                        if self.sessions.remove(&sid).is_some() {
-                            self.stream_gone(peer, now);
-                            self.fail_direct(peer);
-                            self.sm.handle(
-                                SmEvent::StreamClosed(peer, sid, RemovalReason::StreamError),
-                                now,
-                            );
-                        }
+                        self.close_session(peer, sid, RemovalReason::StreamError, now)
                     }
                     Some(Err(None)) | None => {
                         self.rm.on_failure(id, &peer, FailKind::Transport, now)
