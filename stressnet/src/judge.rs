@@ -22,7 +22,7 @@ pub const LEAK_METRICS: &[(&str, &str, f64)] = &[
 
 /// Derived series: CPU cores in use, from `process_cpu_seconds_total`.
 pub const CPU_RATE: &str = "cpu_cores";
-const CPU_TOTAL: &str = "process_cpu_seconds_total";
+pub const CPU_TOTAL: &str = "process_cpu_seconds_total";
 pub const HEIGHT: &str = "syncnet_chain_head_height";
 pub const SETUPS: &str = "syncnet_p2p_stream_setups_total{outcome=\"ok\"}";
 
@@ -81,14 +81,32 @@ fn since_last_start(samples: &[Sample], node: &str, metric: &str) -> Vec<(f64, f
         .next_back()
         .unwrap_or(f64::NEG_INFINITY);
     let s = if metric == CPU_RATE {
-        cpu.windows(2)
-            .filter(|w| w[1].1 >= w[0].1 && w[1].0 > w[0].0)
-            .map(|w| (w[1].0, (w[1].1 - w[0].1) / (w[1].0 - w[0].0)))
-            .collect()
+        cpu_rate(&cpu)
     } else {
         series(samples, node, metric)
     };
     s.into_iter().filter(|p| p.0 >= start).collect()
+}
+
+/// CPU cores in use from a `process_cpu_seconds_total` series; the step across a restart (the
+/// counter drops) is left out.
+pub fn cpu_rate(cpu_total: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    cpu_total
+        .windows(2)
+        .filter(|w| w[1].1 >= w[0].1 && w[1].0 > w[0].0)
+        .map(|w| (w[1].0, (w[1].1 - w[0].1) / (w[1].0 - w[0].0)))
+        .collect()
+}
+
+/// A node's concluded stream setups (any outcome), the counter the storm verdict judges; runs
+/// scraped before that series existed fall back to successful ones.
+pub fn setups(samples: &[Sample], node: &str) -> Vec<(f64, f64)> {
+    let all = series(samples, node, crate::scrape::SETUPS_ALL);
+    if all.is_empty() {
+        series(samples, node, SETUPS)
+    } else {
+        all
+    }
 }
 
 /// Who may lag during a window: the nodes a kill or a partition cuts off; everyone when that
@@ -96,11 +114,8 @@ fn since_last_start(samples: &[Sample], node: &str, metric: &str) -> Vec<(f64, f
 fn excused(spec: &SyncNetworkSpec, nodes: &[String], w: &FaultWindow) -> Option<Vec<usize>> {
     match w.action {
         FaultAction::KillRestart | FaultAction::Partition => {
-            let producer_region = &spec.producer.region;
-            // The producer is replica 0 of its region (plan::nodes).
-            let producer = nodes
-                .iter()
-                .position(|n| *n == format!("{producer_region}-0"));
+            let producer_name = crate::plan::producer_name(spec);
+            let producer = nodes.iter().position(|n| *n == producer_name);
             if producer.is_some_and(|p| w.targets.contains(&p)) {
                 None
             } else {
@@ -166,12 +181,7 @@ pub fn judge(
             });
         }
         let warmup = spec.soak.warmup_secs as f64;
-        // Every concluded setup; runs scraped before that series existed fall back to `ok` ones.
-        let mut setups = series(samples, node, crate::scrape::SETUPS_ALL);
-        if setups.is_empty() {
-            setups = series(samples, node, SETUPS);
-        }
-        let verdict = verdict::storm(&setups, v.setups_per_minute, warmup);
+        let verdict = verdict::storm(&setups(samples, node), v.setups_per_minute, warmup);
         let discovery = verdict::storm(
             &discovery_rounds(samples, node),
             v.setups_per_minute,

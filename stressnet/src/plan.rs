@@ -27,6 +27,16 @@ pub struct NodePlan {
 pub const NETWORK_FILE: &str = "network.yaml";
 pub const PRODUCER_KEY: &str = "producer.key";
 
+/// A replica's name: `<region>-<i>`.
+pub fn node_name(region: &str, i: u32) -> String {
+    format!("{region}-{i}")
+}
+
+/// The producer is the first replica of the producer's region.
+pub fn producer_name(spec: &SyncNetworkSpec) -> String {
+    node_name(&spec.producer.region, 0)
+}
+
 pub fn node_dir(run_dir: &Path, name: &str) -> PathBuf {
     run_dir.join("nodes").join(name)
 }
@@ -36,11 +46,12 @@ pub fn node_dir(run_dir: &Path, name: &str) -> PathBuf {
 /// `syncnode.addrs.json`); bootnodes are filled in by the runner once the first nodes are up.
 pub fn nodes(spec: &SyncNetworkSpec, run_dir: &Path) -> Vec<NodePlan> {
     let netem = netem(spec);
+    let producer = producer_name(spec);
     let mut out = vec![];
     for r in &spec.regions {
         for i in 0..r.replicas {
-            let name = format!("{}-{i}", r.name);
-            let producer = i == 0 && r.name == spec.producer.region;
+            let name = node_name(&r.name, i);
+            let producer = name == producer;
             let mut p2p = P2pConfig {
                 region: Some(r.name.clone()),
                 netem: netem.clone(),

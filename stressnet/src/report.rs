@@ -183,14 +183,9 @@ pub fn charts(info: &RunInfo, samples: &[Sample]) -> Vec<Chart> {
                 .collect::<Vec<_>>()
         }
     };
-    let cpu = |node: &str| {
-        series(samples, node, "process_cpu_seconds_total")
-            .windows(2)
-            .filter(|w| w[1].1 >= w[0].1 && w[1].0 > w[0].0)
-            .map(|w| (w[1].0, (w[1].1 - w[0].1) / (w[1].0 - w[0].0)))
-            .collect()
-    };
-    let setups = |node: &str| verdict::rate_per_minute(&series(samples, node, judge::SETUPS), 60.0);
+    let cpu = |node: &str| judge::cpu_rate(&series(samples, node, judge::CPU_TOTAL));
+    // The series the storm verdict judges, so the chart shows what was judged.
+    let setups = |node: &str| verdict::rate_per_minute(&judge::setups(samples, node), 60.0);
     let chart = |file, title, y_label, series, by_region| Chart {
         file,
         title,
@@ -231,7 +226,7 @@ pub fn charts(info: &RunInfo, samples: &[Sample]) -> Vec<Chart> {
         ),
         chart(
             "setups.svg",
-            "Stream setups per minute",
+            "Stream setups per minute (any outcome)",
             "setups/min",
             per_node(&setups),
             false,
