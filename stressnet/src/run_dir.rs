@@ -10,6 +10,7 @@
 //! | `report.html`, `charts/*.svg` | the report |
 //! | `nodes/<name>/` | each node's config, store and `node.log` |
 
+use std::fs::File;
 use std::path::Path;
 
 use anyhow::Context;
@@ -99,21 +100,12 @@ pub fn read_info(dir: &Path) -> anyhow::Result<RunInfo> {
 /// Reads `events.jsonl`; a torn last line is ignored (the runner was killed mid-write).
 pub fn read_events(dir: &Path) -> anyhow::Result<Vec<Event>> {
     let p = dir.join(EVENTS);
-    let text = match std::fs::read_to_string(&p) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(e).context(p.display().to_string()),
-    };
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let mut out = vec![];
-    for (i, l) in lines.iter().enumerate() {
-        match serde_json::from_str(l) {
-            Ok(e) => out.push(e),
-            Err(_) if i + 1 == lines.len() => break,
-            Err(e) => anyhow::bail!("{} line {}: {e}", p.display(), i + 1),
-        }
+    match File::open(&p) {
+        Ok(f) => crate::scrape::read_records(std::io::BufReader::new(f), &p.display().to_string())
+            .map_err(anyhow::Error::msg),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(e).context(p.display().to_string()),
     }
-    Ok(out)
 }
 
 pub fn read_samples(dir: &Path) -> anyhow::Result<Vec<crate::scrape::Sample>> {
@@ -124,5 +116,3 @@ pub fn read_samples(dir: &Path) -> anyhow::Result<Vec<crate::scrape::Sample>> {
         Err(e) => Err(e).context(p.display().to_string()),
     }
 }
-
-use std::fs::File;

@@ -85,10 +85,20 @@ pub fn write_jsonl(w: &mut impl Write, s: &Sample) -> std::io::Result<()> {
 /// Reads `metrics.jsonl`; a torn last line (the run was killed mid-write) is ignored, any other bad
 /// line is an error naming its number.
 pub fn read_jsonl(r: impl BufRead) -> Result<Vec<Sample>, String> {
+    read_records(r, "metrics.jsonl")
+}
+
+/// Reads a JSON-lines file of records. Blank lines are skipped; a bad last record is a write torn
+/// by a kill and is dropped; any other bad line is an error naming `file` and the line number.
+pub fn read_records<T: serde::de::DeserializeOwned>(
+    r: impl BufRead,
+    file: &str,
+) -> Result<Vec<T>, String> {
     let lines: Vec<String> = r
         .lines()
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
+    let last = lines.iter().rposition(|l| !l.trim().is_empty());
     let mut out = vec![];
     for (i, l) in lines.iter().enumerate() {
         if l.trim().is_empty() {
@@ -96,8 +106,8 @@ pub fn read_jsonl(r: impl BufRead) -> Result<Vec<Sample>, String> {
         }
         match serde_json::from_str(l) {
             Ok(s) => out.push(s),
-            Err(_) if i + 1 == lines.len() => break,
-            Err(e) => return Err(format!("metrics.jsonl line {}: {e}", i + 1)),
+            Err(_) if Some(i) == last => break,
+            Err(e) => return Err(format!("{file} line {}: {e}", i + 1)),
         }
     }
     Ok(out)
