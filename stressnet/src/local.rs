@@ -99,31 +99,22 @@ pub fn find_syncnode(
     if let Some(b) = spec_binary {
         return check(PathBuf::from(b), "spec.node.binary");
     }
-    if let Some(dir) = std::env::current_exe()
+    // Integration tests run from target/<profile>/deps, hence the parent too.
+    let beside: Vec<PathBuf> = std::env::current_exe()
         .ok()
-        .and_then(|e| e.parent().map(Path::to_owned))
-    {
-        // Integration tests run from target/<profile>/deps.
-        for d in [dir.clone(), dir.join("..")] {
-            let p = d.join("syncnode");
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for d in std::env::split_paths(&path) {
-            let p = d.join("syncnode");
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    Err(
-        "no syncnode binary next to stressnet or on $PATH: build both with \
-         `cargo build --release`, or pass --syncnode PATH"
-            .into(),
-    )
+        .and_then(|e| e.parent().map(|d| vec![d.to_owned(), d.join("..")]))
+        .unwrap_or_default();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    beside
+        .into_iter()
+        .chain(std::env::split_paths(&path))
+        .map(|d| d.join("syncnode"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            "no syncnode binary next to stressnet or on $PATH: build both with \
+             `cargo build --release`, or pass --syncnode PATH"
+                .into()
+        })
 }
 
 /// Creates the run directory with everything the nodes need: the network config and producer key,
@@ -271,7 +262,7 @@ pub async fn run(p: Prepared, syncnode: &Path, opts: &RunOptions) -> anyhow::Res
         .collect();
     let mut stop = Box::pin(stop_signal());
     let result = tokio::select! {
-        r = drive(&p, syncnode, opts, &mut procs, &mut journal, duration, scrape_every) => r,
+                r = drive(&p, syncnode, opts, &mut procs, &mut journal, duration, scrape_every) => r.map(|()| false),
         _ = &mut stop => {
             journal.log(EventKind::Interrupted, None, "signal: stopping the nodes");
             Ok(true)
@@ -286,7 +277,7 @@ pub async fn run(p: Prepared, syncnode: &Path, opts: &RunOptions) -> anyhow::Res
     })
 }
 
-/// Returns whether the run was cut short (only by the caller's select; here always false).
+/// Starts the network and runs the soak to its end; a signal cuts it short in the caller.
 async fn drive(
     p: &Prepared,
     syncnode: &Path,
@@ -295,7 +286,7 @@ async fn drive(
     journal: &mut Journal,
     duration: f64,
     scrape_every: f64,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<()> {
     start_network(p, syncnode, opts, procs, journal).await?;
     // The clock of the schedule and the samples starts when every node is up.
     journal.start = Instant::now();
@@ -316,7 +307,7 @@ async fn drive(
         let t = journal.start.elapsed().as_secs_f64();
         if t >= duration {
             journal.log(EventKind::Finished, None, "soak complete");
-            return Ok(false);
+            return Ok(());
         }
         // A node that exited on its own crashed: note it and start it again (at most every 5 s).
         for pr in procs.iter_mut() {
