@@ -8,8 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -20,8 +21,16 @@ pub const API_VERSION: &str = "syncnet.dev/v1alpha1";
 
 /// Nodes in one network at most (S5 renders 1,000).
 pub const MAX_NODES: u32 = 5_000;
+/// Bounds the apiserver needs to cost the CEL rules (and that keep a spec reviewable).
+pub const MAX_REGIONS: usize = 64;
+pub const MAX_FAULTS: usize = 256;
+/// `metadata.name` becomes the network id, which is part of every protocol id.
+pub const MAX_NAME: usize = 32;
 
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+// Cross-field checks the apiserver can make itself are CEL rules (`x-kubernetes-validations`), so
+// `kubectl apply` refuses a bad spec before the operator sees it; `SyncNetworkSpec::validate` is
+// the complete check both backends run (and the tests keep the two in agreement).
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "syncnet.dev",
     version = "v1alpha1",
@@ -34,12 +43,36 @@ pub const MAX_NODES: u32 = 5_000;
     printcolumn = r#"{"name":"Head","type":"integer","jsonPath":".status.head"}"#,
     printcolumn = r#"{"name":"Max lag","type":"integer","jsonPath":".status.maxLag"}"#,
     printcolumn = r#"{"name":"Verdict","type":"string","jsonPath":".status.verdict"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.metadata.name.size() <= 32")
+        .message("metadata.name: at most 32 characters (it is the network id)")
+)]
+#[x_kube(
+    validation = Rule::new("self.regions.exists(r, r.name == self.producer.region)")
+        .message("producer.region: must name one of regions")
+        .field_path(".producer.region"),
+    validation = Rule::new("self.regions.all(r, self.regions.exists_one(o, o.name == r.name))")
+        .message("regions: names must be unique")
+        .field_path(".regions"),
+    validation = Rule::new(
+        "!has(self.faults) || self.faults.all(f, !has(f.target) || !has(f.target.region) || self.regions.exists(r, r.name == f.target.region))"
+    )
+    .message("faults[].target.region: must name one of regions")
+    .field_path(".faults"),
+    validation = Rule::new(
+        "!has(self.faults) || self.faults.all(f, !has(f.regions) || f.regions.all(x, self.regions.exists(r, r.name == x)))"
+    )
+    .message("faults[].regions: must name regions of this spec")
+    .field_path(".faults"),
+    validation = Rule::new("self.regions.map(r, r.replicas).sum() <= 5000")
+        .message("regions: at most 5000 nodes in total")
+        .field_path(".regions"),
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SyncNetworkSpec {
     #[serde(default)]
     pub node: NodeSpec,
+    #[schemars(length(min = 1, max = 64))]
     pub regions: Vec<RegionSpec>,
     #[serde(default)]
     pub latency: LatencySpec,
@@ -51,10 +84,53 @@ pub struct SyncNetworkSpec {
     #[serde(default)]
     pub broadcast: BroadcastSpec,
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub faults: Vec<FaultSpec>,
     pub soak: SoakSpec,
     #[serde(default)]
     pub verdicts: VerdictSpec,
+    /// Settings only the operator uses (ignored by local runs).
+    #[serde(default)]
+    pub kubernetes: KubernetesSpec,
+}
+
+/// How a partition fault is enforced on a cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PartitionMode {
+    /// The node's own partition fault (control API): works on any cluster.
+    #[default]
+    Node,
+    /// NetworkPolicy objects between the targets and the cut-off regions: needs a CNI that
+    /// enforces NetworkPolicy (Calico, Cilium, ...); on others the partition silently does nothing.
+    NetworkPolicy,
+}
+
+/// Where region latency and upload bandwidth are emulated on a cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LatencyMode {
+    /// In the node, per peer region (exact matrix; what local runs do).
+    #[default]
+    Node,
+    /// `tc netem` on the pod's interface, set by an init container with NET_ADMIN: one delay per
+    /// pod (its region's mean to the others), not per destination.
+    TcNetem,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesSpec {
+    #[serde(default)]
+    pub partitions: PartitionMode,
+    #[serde(default)]
+    pub latency: LatencyMode,
+    /// Image with `tc` (iproute2) for the netem init container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netem_image: Option<String>,
+    /// The syncnode container's resources (default: requests 100m / 128Mi, memory limit 1Gi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -72,7 +148,12 @@ pub struct NodeSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegionSpec {
     /// 1-63 of a-z, 0-9, '-' (a label value).
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
+    #[schemars(range(min = 1, max = 5000))]
     pub replicas: u32,
 }
 
@@ -101,12 +182,17 @@ pub struct BandwidthSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProducerSpec {
+    #[schemars(length(max = 63))]
     pub region: String,
     pub block_interval_ms: u64,
     pub payload_bytes: u32,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!has(self.streamsLow) || !has(self.streamsHigh) || self.streamsLow <= self.streamsHigh")
+        .message("streamsLow: must not exceed streamsHigh")
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SyncSpec {
     /// Sync streams each node keeps (the stream manager's soft low / high thresholds).
@@ -180,6 +266,7 @@ impl FaultAction {
 pub struct TargetSpec {
     /// Only nodes of this region (default: all regions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     pub region: Option<String>,
     /// This many of them...
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,10 +279,21 @@ pub struct TargetSpec {
     pub include_producer: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("has(self.atSecs) != has(self.everySecs)")
+        .message("give exactly one of atSecs and everySecs"),
+    validation = Rule::new("!has(self.everySecs) || self.durationSecs < self.everySecs")
+        .message("durationSecs: must be below everySecs")
+        .field_path(".durationSecs"),
+    validation = Rule::new("!(has(self.target.count) && has(self.target.fraction))")
+        .message("target: give count or fraction, not both")
+        .field_path(".target"),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultSpec {
     /// Shown in reports and events.
+    #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// Once, this many seconds after the start...
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -210,6 +308,7 @@ pub struct FaultSpec {
     pub action: FaultAction,
     /// partition: the regions cut off from the targets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 63)))]
     pub regions: Vec<String>,
     /// error-rate, stream-reset: probability 0..1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -222,9 +321,15 @@ pub struct FaultSpec {
     pub kib_per_setup: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.warmupSecs < self.durationSecs")
+        .message("warmupSecs: must be below durationSecs")
+        .field_path(".warmupSecs")
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SoakSpec {
+    #[schemars(range(min = 1))]
     pub duration_secs: u64,
     /// Left out of leak statistics.
     #[serde(default)]
@@ -284,6 +389,12 @@ pub struct RegionStatus {
     pub replicas: u32,
     pub head: u64,
     pub max_lag: u64,
+    /// Leak verdicts that failed in this region, `<node>:<metric>` (at most 16 listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaks: Vec<String>,
+    /// Nodes of this region judged to storm (at most 16 listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storms: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -293,6 +404,15 @@ pub struct SyncNetworkStatus {
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub phase: Phase,
+    /// When the soak started (RFC 3339): the fault schedule and the verdicts count from here, also
+    /// across operator restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// Fault windows begun so far, of `faultWindows` in the schedule.
+    #[serde(default)]
+    pub faults_begun: u32,
+    #[serde(default)]
+    pub fault_windows: u32,
     #[serde(default)]
     pub region_count: u32,
     #[serde(default)]
@@ -307,6 +427,22 @@ pub struct SyncNetworkStatus {
     /// Ready, Progressing, SyncStalled, LeakSuspected, Completed.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+/// Where the generated CRD YAML is committed, relative to the workspace root: the crate's copy and
+/// the Helm chart's (Helm installs `crds/` of a chart before its templates).
+pub const CRD_FILES: &[&str] = &[
+    "crds/syncnetwork.yaml",
+    "charts/syncnet-operator/crds/syncnetwork.yaml",
+];
+
+/// The CustomResourceDefinition as committed: a header, then the YAML `crdgen` writes.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let body = serde_yaml::to_string(&SyncNetwork::crd()).expect("a CRD serialises");
+    format!(
+        "# Generated by `cargo run -p syncnet-crds --bin crdgen` from crds/src/lib.rs; do not edit.\n{body}"
+    )
 }
 
 /// A rejected spec: which field (a dotted path), and why.
@@ -376,6 +512,12 @@ impl SyncNetwork {
         }
         let name = doc.metadata.name.as_deref().unwrap_or("");
         validate_name(name).map_err(|e| err("metadata.name", e))?;
+        if name.len() > MAX_NAME {
+            return Err(err(
+                "metadata.name",
+                format!("at most {MAX_NAME} characters (it is the network id)"),
+            ));
+        }
         doc.spec.validate()?;
         Ok(SyncNetwork {
             metadata: doc.metadata,
@@ -398,6 +540,15 @@ impl SyncNetworkSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.regions.is_empty() {
             return Err(err("spec.regions", "at least one region is needed"));
+        }
+        if self.regions.len() > MAX_REGIONS {
+            return Err(err(
+                "spec.regions",
+                format!("at most {MAX_REGIONS} regions"),
+            ));
+        }
+        if self.faults.len() > MAX_FAULTS {
+            return Err(err("spec.faults", format!("at most {MAX_FAULTS} faults")));
         }
         let mut seen = BTreeSet::new();
         for (i, r) in self.regions.iter().enumerate() {
@@ -585,6 +736,9 @@ impl SyncNetworkSpec {
                 )?;
             }
             FaultAction::Partition => {
+                if f.regions.len() > MAX_REGIONS {
+                    return Err(err("regions", format!("at most {MAX_REGIONS} regions")));
+                }
                 for (i, r) in f.regions.iter().enumerate() {
                     if self.region(r).is_none() {
                         return Err(err(
