@@ -524,3 +524,32 @@ async fn setup_failure_fault_fails_our_setups_and_counts() {
         .await
         .expect("stream once the fault is off");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootnode_given_by_dns_name_is_reached() {
+    // On Kubernetes bootnodes are `/dns4/<pod>.<service>/...`: pod IPs change on restart.
+    let net = Net::new("testnet");
+    let boot = start(&net, cfg(vec![]), 0).await;
+    let by_name: libp2p::Multiaddr = boot
+        .addr
+        .iter()
+        .map(|p| match p {
+            libp2p::multiaddr::Protocol::Ip4(_) => {
+                libp2p::multiaddr::Protocol::Dns4("localhost".into())
+            }
+            p => p,
+        })
+        .collect();
+    assert!(
+        by_name.to_string().starts_with("/dns4/localhost/tcp/"),
+        "{by_name}"
+    );
+    let node = start(&net, cfg(vec![by_name]), 0).await;
+    let boot_id = boot.id();
+    node.h
+        .wait_for(Duration::from_secs(30), |s| {
+            s.stream_peers.contains(&boot_id)
+        })
+        .await
+        .unwrap_or_else(|| panic!("never reached the bootnode: {:?}", node.h.state()));
+}

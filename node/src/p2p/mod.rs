@@ -617,6 +617,9 @@ pub async fn spawn(
             tcp_transport(key, netem.clone())
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })?
+        // `/dns4/<pod>.<service>/...` bootnodes: on Kubernetes a pod's IP changes with every
+        // restart; its stable name is what the operator can write into the config.
+        .with_dns()?
         .with_behaviour(make_behaviour)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
