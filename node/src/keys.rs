@@ -1,7 +1,7 @@
 //! Key files: one hex-encoded 32-byte ed25519 secret seed, with `#` comment lines allowed. The same
 //! format serves the producer key and (from the p2p layer on) the node identity key.
 
-use std::io::Write;
+use std::io::Write as _;
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
@@ -27,25 +27,34 @@ pub fn write(path: &Path, key: &SigningKey, kind: &str, force: bool) -> std::io:
     }
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
-    writeln!(
-        f,
-        "# syncnet {kind} key (ed25519 secret seed). Keep private."
-    )?;
-    writeln!(f, "# public key: {}", public_key(key))?;
-    writeln!(f, "{}", hex::encode(key.to_bytes()))?;
+        let mut f = opts.open(path)?;
+    f.write_all(encode(key, kind).as_bytes())?;
     f.sync_all()
 }
 
-pub fn read(path: &Path) -> Result<SigningKey, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// A key file's text (what [`write`] stores; the operator puts it into a Secret).
+pub fn encode(key: &SigningKey, kind: &str) -> String {
+    format!(
+        "# syncnet {kind} key (ed25519 secret seed). Keep private.\n# public key: {}\n{}\n",
+        public_key(key),
+        hex::encode(key.to_bytes())
+    )
+}
+
+/// Parses a key file's text; `what` names it in errors.
+pub fn parse(text: &str, what: &str) -> Result<SigningKey, String> {
     let line = text
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .ok_or_else(|| format!("{}: no key found", path.display()))?;
-    let seed = H256::from_hex(line).map_err(|e| format!("{}: {e}", path.display()))?;
+        .ok_or_else(|| format!("{what}: no key found"))?;
+    let seed = H256::from_hex(line).map_err(|e| format!("{what}: {e}"))?;
     Ok(SigningKey::from_bytes(&seed.0))
+}
+
+pub fn read(path: &Path) -> Result<SigningKey, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse(&text, &path.display().to_string())
 }
 
 #[cfg(test)]

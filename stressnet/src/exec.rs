@@ -31,6 +31,9 @@ pub struct Executor {
     /// What each node runs as far as we know; `None` = unknown (just restarted, or a PUT failed),
     /// which makes the next poll send the wanted set even when it is the default.
     applied: Vec<Option<Faults>>,
+    /// Nodes whose fault set is unknown and may not be the default (after [`Executor::resume`]):
+    /// the next poll sends them the wanted set even when it is the default.
+    resync: Vec<bool>,
 }
 
 impl Executor {
@@ -41,7 +44,27 @@ impl Executor {
             specs: specs.to_vec(),
             down: vec![false; nodes],
             applied: vec![Some(Faults::default()); nodes],
+            resync: vec![false; nodes],
         }
+    }
+
+    /// Picks up a schedule that was already running at `t` (the operator restarted): windows that
+    /// began are running or over without replaying their steps (no second kill), and every node
+    /// is sent its wanted fault set at the next poll, default or not.
+    pub fn resume(&mut self, t: f64) {
+        for (w, s) in self.windows.iter().zip(self.state.iter_mut()) {
+            if t >= w.start as f64 {
+                *s = if t >= w.end as f64 { 2 } else { 1 };
+            }
+        }
+        self.down.fill(false);
+        self.applied.fill(None);
+        self.resync.fill(true);
+    }
+
+    /// Windows begun so far.
+    pub fn begun(&self) -> usize {
+        self.state.iter().filter(|s| **s > 0).count()
     }
 
     pub fn windows(&self) -> &[FaultWindow] {
@@ -104,11 +127,12 @@ impl Executor {
             let want = self.wanted(node);
             if self.applied[node].as_ref() != Some(&want) {
                 // A restarted node runs the default set; only a difference needs a PUT.
-                if self.applied[node].is_none() && want == Faults::default() {
+                if self.applied[node].is_none() && want == Faults::default() && !self.resync[node] {
                     self.applied[node] = Some(want);
                     continue;
                 }
                 self.applied[node] = Some(want.clone());
+                self.resync[node] = false;
                 out.push(Step::Apply(node, want));
             }
         }
@@ -349,5 +373,39 @@ mod tests {
             ..Faults::default()
         };
         assert_eq!(s, [Step::Ended(1), Step::Restart(0), Step::Apply(0, storm)]);
+    }
+
+    #[test]
+    fn resume_replays_no_kill_and_resends_every_set() {
+        let specs = [spec(FaultAction::KillRestart), spec(FaultAction::Stall)];
+        let mut specs = specs.to_vec();
+        specs[1].ms = Some(100);
+        let windows = vec![
+            window(0, FaultAction::KillRestart, 10, 20, &[0]),
+            window(1, FaultAction::Stall, 15, 40, &[1]),
+            window(0, FaultAction::KillRestart, 50, 60, &[2]),
+        ];
+        let mut e = Executor::new(&specs, windows, 3);
+        e.resume(30.0);
+        assert_eq!(e.begun(), 2);
+        let steps = e.poll(30.0);
+        // No kill of node 0 again; node 1 gets its stall, the others the default set.
+        assert!(
+            !steps
+                .iter()
+                .any(|s| matches!(s, Step::Kill(_) | Step::Restart(_))),
+            "{steps:?}"
+        );
+        let applied: Vec<usize> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Apply(n, _) => Some(*n),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(applied, [0, 1, 2]);
+        assert!(e.poll(31.0).is_empty());
+        // Later windows run as usual.
+        assert!(e.poll(50.0).contains(&Step::Kill(2)));
     }
 }

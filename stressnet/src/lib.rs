@@ -5,6 +5,7 @@ pub mod compare;
 pub mod exec;
 pub mod judge;
 pub mod local;
+pub mod node_http;
 pub mod plan;
 pub mod report;
 pub mod run_dir;

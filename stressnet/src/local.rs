@@ -17,11 +17,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
 use syncnet_crds::{FaultAction, SyncNetwork};
 use syncnet_node::config::NetworkConfig;
@@ -31,6 +26,7 @@ use syncnet_node::node::{ADDRS_FILE, BoundAddrs};
 use tokio::process::{Child, Command};
 
 use crate::exec::{Executor, Step};
+use crate::node_http::{self, Http};
 use crate::plan::{self, NETWORK_FILE, NodePlan, PRODUCER_KEY};
 use crate::run_dir::{self, Event, EventKind, NodeInfo, RunInfo};
 use crate::scrape::{self, Sample};
@@ -295,7 +291,7 @@ async fn drive(
         None,
         format!("{} nodes up; soak {duration:.0}s", procs.len()),
     );
-    let client = http_client();
+    let client = node_http::client();
     let mut exec = Executor::new(&p.spec.spec.faults, p.windows.clone(), procs.len());
     let mut metrics = BufWriter::new(File::create(p.dir.join(run_dir::METRICS))?);
     let mut next_scrape = 0.0;
@@ -369,7 +365,7 @@ async fn drive(
                     let pr = &procs[i];
                     let ok = match pr.metrics {
                         Some(addr) if pr.child.is_some() => {
-                            put_faults(&client, addr, &faults).await
+                            node_http::put_faults(&client, addr, &faults, None).await
                         }
                         _ => Err("not running".to_owned()),
                     };
@@ -605,54 +601,8 @@ async fn stop_signal() {
     }
 }
 
-type Http = Client<HttpConnector, Full<Bytes>>;
-
-fn http_client() -> Http {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build_http()
-}
-
-const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a (re)started node may take to answer HTTP before failures are reported.
 const STARTUP_GRACE: Duration = Duration::from_secs(10);
-
-async fn http(
-    client: &Http,
-    method: hyper::Method,
-    addr: SocketAddr,
-    path: &str,
-    body: Vec<u8>,
-) -> Result<(u16, String), String> {
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let fut = async {
-        let resp = client.request(req).await.map_err(|e| e.to_string())?;
-        let code = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((code, String::from_utf8_lossy(&body).into_owned()))
-    };
-    tokio::time::timeout(HTTP_TIMEOUT, fut)
-        .await
-        .map_err(|_| "timed out".to_owned())?
-}
-
-async fn put_faults(client: &Http, addr: SocketAddr, f: &Faults) -> Result<(), String> {
-    let body = serde_json::to_vec(f).map_err(|e| e.to_string())?;
-    match http(client, hyper::Method::PUT, addr, "/faults", body).await? {
-        (200..=299, _) => Ok(()),
-        (code, body) => Err(format!("PUT /faults: {code} {body}")),
-    }
-}
 
 /// One scrape round: every running node at once, each sample stamped with the round's time.
 async fn scrape_all(
@@ -663,7 +613,7 @@ async fn scrape_all(
 ) -> anyhow::Result<()> {
     let gets = procs.iter().map(|pr| async move {
         match (pr.metrics, &pr.child) {
-            (Some(addr), Some(_)) => http(client, hyper::Method::GET, addr, "/metrics", vec![])
+            (Some(addr), Some(_)) => node_http::request(client, hyper::Method::GET, addr, "/metrics", vec![], None)
                 .await
                 .ok()
                 .filter(|(code, _)| *code == 200)

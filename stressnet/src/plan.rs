@@ -45,59 +45,20 @@ pub fn node_dir(run_dir: &Path, name: &str) -> PathBuf {
 /// region. Every address is loopback with port 0 (each node writes what it bound to
 /// `syncnode.addrs.json`); bootnodes are filled in by the runner once the first nodes are up.
 pub fn nodes(spec: &SyncNetworkSpec, run_dir: &Path) -> Vec<NodePlan> {
-    let netem = netem(spec);
     let producer = producer_name(spec);
     let mut out = vec![];
     for r in &spec.regions {
         for i in 0..r.replicas {
             let name = node_name(&r.name, i);
             let producer = name == producer;
-            let mut p2p = P2pConfig {
-                region: Some(r.name.clone()),
-                netem: netem.clone(),
-                ..P2pConfig::default()
-            };
-            if let Some(lo) = spec.sync.streams_low {
-                p2p.streams.soft_low = lo as usize;
-                p2p.streams.hard_low = p2p.streams.hard_low.min(lo as usize);
-            }
-            if let Some(hi) = spec.sync.streams_high {
-                p2p.streams.high = hi as usize;
-            }
-            if let Some(ms) = spec.sync.discovery_interval_ms {
-                p2p.streams.discovery_interval = Duration::from_millis(ms);
-            }
-            let mut broadcast = BroadcastConfig {
-                mode: match spec.broadcast.mode {
-                    BroadcastMode::Ida => NodeMode::Ida,
-                    BroadcastMode::Gossipsub => NodeMode::Gossipsub,
-                    BroadcastMode::Off => NodeMode::Off,
-                },
-                ..BroadcastConfig::default()
-            };
-            let d = IdaParams::default();
-            broadcast.ida.params = IdaParams {
-                data_shards: spec.broadcast.data_shards.unwrap_or(d.data_shards),
-                parity_shards: spec.broadcast.parity_shards.unwrap_or(d.parity_shards),
-            };
-            let config = NodeConfig {
-                network_file: run_dir.join(NETWORK_FILE),
-                data_dir: node_dir(run_dir, &name),
-                metrics: MetricsConfig {
-                    listen: "127.0.0.1:0".parse().expect("valid"),
-                    control_token_file: None,
-                },
-                log: LogConfig::default(),
-                producer: producer.then(|| ProducerConfig {
-                    key_file: run_dir.join(PRODUCER_KEY),
-                    interval_ms: spec.producer.block_interval_ms,
-                    payload_bytes: PayloadSize::fixed(spec.producer.payload_bytes),
-                    seed: 1,
-                }),
-                p2p,
-                sync: Default::default(),
-                broadcast,
-            };
+            let config = node_config(
+                spec,
+                &r.name,
+                producer,
+                run_dir.join(NETWORK_FILE),
+                node_dir(run_dir, &name),
+                run_dir.join(PRODUCER_KEY),
+            );
             out.push(NodePlan {
                 name,
                 region: r.name.clone(),
@@ -107,6 +68,65 @@ pub fn nodes(spec: &SyncNetworkSpec, run_dir: &Path) -> Vec<NodePlan> {
         }
     }
     out
+}
+
+/// One node's config from the spec: the one mapping of spec fields onto `syncnode` settings, used
+/// by the local runner (per process) and the operator (per region). Metrics listen on loopback
+/// port 0 and there are no bootnodes; each backend sets its own addresses.
+pub fn node_config(
+    spec: &SyncNetworkSpec,
+    region: &str,
+    producer: bool,
+    network_file: PathBuf,
+    data_dir: PathBuf,
+    producer_key: PathBuf,
+) -> NodeConfig {
+    let mut p2p = P2pConfig {
+        region: Some(region.to_owned()),
+        netem: netem(spec),
+        ..P2pConfig::default()
+    };
+    if let Some(lo) = spec.sync.streams_low {
+        p2p.streams.soft_low = lo as usize;
+        p2p.streams.hard_low = p2p.streams.hard_low.min(lo as usize);
+    }
+    if let Some(hi) = spec.sync.streams_high {
+        p2p.streams.high = hi as usize;
+    }
+    if let Some(ms) = spec.sync.discovery_interval_ms {
+        p2p.streams.discovery_interval = Duration::from_millis(ms);
+    }
+    let mut broadcast = BroadcastConfig {
+        mode: match spec.broadcast.mode {
+            BroadcastMode::Ida => NodeMode::Ida,
+            BroadcastMode::Gossipsub => NodeMode::Gossipsub,
+            BroadcastMode::Off => NodeMode::Off,
+        },
+        ..BroadcastConfig::default()
+    };
+    let d = IdaParams::default();
+    broadcast.ida.params = IdaParams {
+        data_shards: spec.broadcast.data_shards.unwrap_or(d.data_shards),
+        parity_shards: spec.broadcast.parity_shards.unwrap_or(d.parity_shards),
+    };
+    NodeConfig {
+        network_file,
+        data_dir,
+        metrics: MetricsConfig {
+            listen: "127.0.0.1:0".parse().expect("valid"),
+            control_token_file: None,
+        },
+        log: LogConfig::default(),
+        producer: producer.then(|| ProducerConfig {
+            key_file: producer_key,
+            interval_ms: spec.producer.block_interval_ms,
+            payload_bytes: PayloadSize::fixed(spec.producer.payload_bytes),
+            seed: 1,
+        }),
+        p2p,
+        sync: Default::default(),
+        broadcast,
+    }
 }
 
 /// The emulation every node runs, or none when the spec asks for neither latency nor bandwidth

@@ -169,8 +169,13 @@ pub fn load_or_create_identity(path: &Path) -> anyhow::Result<identity::Keypair>
         crate::keys::write(path, &crate::keys::generate(), "node", false)
             .with_context(|| format!("creating node key {}", path.display()))?;
     }
-    let key = crate::keys::read(path).map_err(anyhow::Error::msg)?;
-    Ok(identity::Keypair::ed25519_from_bytes(key.to_bytes()).expect("32 bytes"))
+        let key = crate::keys::read(path).map_err(anyhow::Error::msg)?;
+    Ok(identity_of(&key))
+}
+
+/// The libp2p identity of a node key (its peer id is what bootnode addresses end in).
+pub fn identity_of(key: &ed25519_dalek::SigningKey) -> identity::Keypair {
+    identity::Keypair::ed25519_from_bytes(key.to_bytes()).expect("32 bytes")
 }
 
 #[derive(NetworkBehaviour)]

@@ -1,0 +1,79 @@
+//! HTTP to a node's metrics port: scraping `/metrics` and `PUT /faults` on the control API. The
+//! one client both the local runner and the operator use.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use syncnet_node::faults::Faults;
+
+pub type Http = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> Http {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http()
+}
+
+/// Every request gives up after this long: a hung node must not hold up a scrape round.
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One request; `token` is the control API's bearer token, if the node requires one.
+pub async fn request(
+    client: &Http,
+    method: hyper::Method,
+    addr: SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let fut = async {
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let code = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((code, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(TIMEOUT, fut)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+pub async fn put_faults(
+    client: &Http,
+    addr: SocketAddr,
+    f: &Faults,
+    token: Option<&str>,
+) -> Result<(), String> {
+    let body = serde_json::to_vec(f).map_err(|e| e.to_string())?;
+    match request(client, hyper::Method::PUT, addr, "/faults", body, token).await? {
+        (200..=299, _) => Ok(()),
+        (code, body) => Err(format!("PUT /faults: {code} {body}")),
+    }
+}
+
+/// `GET /metrics`: the body of a 200, else an error.
+pub async fn scrape(client: &Http, addr: SocketAddr) -> Result<String, String> {
+    match request(client, hyper::Method::GET, addr, "/metrics", vec![], None).await? {
+        (200, body) => Ok(body),
+        (code, _) => Err(format!("GET /metrics: {code}")),
+    }
+}
