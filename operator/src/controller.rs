@@ -1,0 +1,650 @@
+//! The reconciler: a thin kube driver around [`render`](crate::render) and
+//! [`state`](crate::state). One reconcile of a SyncNetwork:
+//!
+//! 1. validate the spec (the same `validate` stressnet runs); a bad one is `Failed`, nothing applied;
+//! 2. make the keys Secret once (producer key, bootnode identity, control token);
+//! 3. server-side apply the ConfigMap, the headless Services and the StatefulSets (owner refs);
+//! 4. list the pods; start the soak clock once every pod is ready;
+//! 5. run the fault steps due (kill = delete the pod; partition = NetworkPolicy or the node's own
+//!    fault; the rest through each pod's control API);
+//! 6. scrape every pod's /metrics into the bounded window and run the shared verdicts;
+//! 7. patch the status subresource; publish events for phase changes and faults.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::{self, StreamExt};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use stressnet::exec::Step;
+use syncnet_crds::{FaultAction, PartitionMode, Phase, SyncNetwork, SyncNetworkStatus};
+use syncnet_node::faults::Faults;
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use crate::render::{self, Keys, Options};
+use crate::state::{self, NetState, PodView, StatusInput};
+
+pub const FIELD_MANAGER: &str = "syncnet-operator";
+pub const FINALIZER: &str = "syncnet.dev/cleanup";
+/// Pods scraped or sent faults at once.
+const CONCURRENCY: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    #[error("secret {0}: {1}")]
+    Secret(String, String),
+}
+
+/// A pod's HTTP endpoints (`/metrics`, `PUT /faults`); a trait so tests answer without sockets.
+pub trait PodIo: Send + Sync {
+    fn scrape(&self, addr: SocketAddr) -> BoxFuture<'_, Result<String, String>>;
+    fn put_faults<'a>(
+        &'a self,
+        addr: SocketAddr,
+        faults: &'a Faults,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// The real one: stressnet's node HTTP client, straight to pod IPs.
+pub struct HttpPods(pub stressnet::node_http::Http);
+
+impl PodIo for HttpPods {
+    fn scrape(&self, addr: SocketAddr) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(stressnet::node_http::scrape(&self.0, addr))
+    }
+    fn put_faults<'a>(
+        &'a self,
+        addr: SocketAddr,
+        faults: &'a Faults,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(stressnet::node_http::put_faults(
+            &self.0,
+            addr,
+            faults,
+            Some(token),
+        ))
+    }
+}
+
+pub type Clock = Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub pods: Arc<dyn PodIo>,
+    pub clock: Clock,
+    pub options: Options,
+    pub max_samples: usize,
+    pub metrics: Metrics,
+    /// Per network (uid): its schedule and samples.
+    pub networks: Mutex<HashMap<String, NetState>>,
+}
+
+impl Context {
+    pub fn new(client: Client, pods: Arc<dyn PodIo>, clock: Clock, options: Options) -> Context {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            pods,
+            clock,
+            options,
+            max_samples: state::DEFAULT_MAX_SAMPLES,
+            metrics: Metrics::default(),
+            networks: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+pub async fn reconcile(sn: Arc<SyncNetwork>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let ns = sn.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<SyncNetwork> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer::finalizer(&api, FINALIZER, sn, |event| async {
+        match event {
+            Finalizer::Apply(sn) => apply(&sn, &ctx).await,
+            Finalizer::Cleanup(sn) => cleanup(&sn, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .reconciled(result.is_ok(), started.elapsed().as_secs_f64());
+    result
+}
+
+pub fn error_policy(_sn: Arc<SyncNetwork>, err: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(error = %err, "reconcile failed");
+    Action::requeue(Duration::from_secs(15))
+}
+
+async fn publish(ctx: &Context, sn: &SyncNetwork, type_: EventType, reason: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &sn.object_ref(&())).await {
+        warn!(error = %e, reason, "publishing an event failed");
+    }
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+async fn ssa<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &apply_params(), &Patch::Apply(obj))
+        .await?;
+    Ok(())
+}
+
+/// The network's Secret, made once: regenerating keys would fork the chain.
+async fn ensure_keys(sn: &SyncNetwork, ctx: &Context) -> Result<(Keys, String), Error> {
+    let ns = sn.namespace().unwrap_or_else(|| "default".into());
+    let name = render::secret_name(&sn.name_any());
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret = match api.get_opt(&name).await? {
+        Some(s) => s,
+        None => {
+            let producer = syncnet_node::keys::generate();
+            let boot = syncnet_node::keys::generate();
+            let token = hex::encode(syncnet_node::keys::generate().to_bytes());
+            let data = BTreeMap::from([
+                (
+                    render::PRODUCER_KEY.to_owned(),
+                    syncnet_node::keys::encode(&producer, "producer"),
+                ),
+                (
+                    render::BOOTNODE_KEY.to_owned(),
+                    syncnet_node::keys::encode(&boot, "node"),
+                ),
+                (render::CONTROL_TOKEN.to_owned(), token),
+            ]);
+            let s = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(ns.clone()),
+                    labels: Some(render::network_labels(&sn.name_any())),
+                    owner_references: sn.controller_owner_ref(&()).map(|o| vec![o]),
+                    ..Default::default()
+                },
+                string_data: Some(data),
+                ..Secret::default()
+            };
+            let made = api.create(&PostParams::default(), &s).await?;
+            info!(secret = %name, "created the network's keys");
+            // The API answers with `data` (base64); a mocked one may echo `stringData`.
+            if made.data.is_some() { made } else { s }
+        }
+    };
+    let get = |key: &str| -> Result<String, Error> {
+        if let Some(b) = secret.data.as_ref().and_then(|d| d.get(key)) {
+            return String::from_utf8(b.0.clone())
+                .map_err(|_| Error::Secret(name.clone(), format!("{key} is not UTF-8")));
+        }
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .cloned()
+            .ok_or_else(|| Error::Secret(name.clone(), format!("{key} is missing")))
+    };
+    let producer = syncnet_node::keys::parse(&get(render::PRODUCER_KEY)?, render::PRODUCER_KEY)
+        .map_err(|e| Error::Secret(name.clone(), e))?;
+    let boot = syncnet_node::keys::parse(&get(render::BOOTNODE_KEY)?, render::BOOTNODE_KEY)
+        .map_err(|e| Error::Secret(name.clone(), e))?;
+    let token = get(render::CONTROL_TOKEN)?.trim().to_owned();
+    Ok((
+        Keys {
+            producer_public: syncnet_node::keys::public_key(&producer),
+            bootnode_peer_id: syncnet_node::p2p::identity_of(&boot)
+                .public()
+                .to_peer_id()
+                .to_string(),
+        },
+        token,
+    ))
+}
+
+/// The fault schedule's seed: the resource's uid, so every operator replica and restart agrees.
+pub fn seed(sn: &SyncNetwork) -> u64 {
+    let uid = sn.uid().unwrap_or_default();
+    let h = blake3::hash(uid.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+async fn patch_status(
+    sn: &SyncNetwork,
+    ctx: &Context,
+    status: &SyncNetworkStatus,
+) -> Result<(), Error> {
+    let ns = sn.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<SyncNetwork> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch_status(
+        &sn.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+fn now_time(ctx: &Context) -> Time {
+    Time((ctx.clock)())
+}
+
+async fn apply(sn: &SyncNetwork, ctx: &Context) -> Result<Action, Error> {
+    let net = sn.name_any();
+    let ns = sn.namespace().unwrap_or_else(|| "default".into());
+    let generation = sn.metadata.generation.unwrap_or(0);
+    let previous = sn.status.as_ref();
+    let spec = &sn.spec;
+    let invalid = spec.validate().err().map(|e| e.to_string()).or_else(|| {
+        (net.len() > syncnet_crds::MAX_NAME).then(|| {
+            format!(
+                "metadata.name: at most {} characters",
+                syncnet_crds::MAX_NAME
+            )
+        })
+    });
+    if let Some(why) = invalid {
+        if previous.map(|p| p.phase) != Some(Phase::Failed) {
+            publish(ctx, sn, EventType::Warning, "InvalidSpec", why.clone()).await;
+        }
+        let status = state::status(
+            None,
+            &StatusInput {
+                spec,
+                generation,
+                phase: Phase::Failed,
+                start_time: None,
+                t: 0.0,
+                pods: &vec![None; spec.total_nodes() as usize],
+                summary: None,
+                message: Some(why),
+                previous,
+                now: now_time(ctx),
+            },
+        );
+        patch_status(sn, ctx, &status).await?;
+        return Ok(Action::await_change());
+    }
+
+    let (keys, token) = ensure_keys(sn, ctx).await?;
+    let rendered = match render::render(sn, &keys, &ctx.options) {
+        Ok(r) => r,
+        Err(why) => {
+            publish(ctx, sn, EventType::Warning, "InvalidSpec", why).await;
+            return Ok(Action::await_change());
+        }
+    };
+    ssa(
+        &Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
+        &rendered.config_map,
+    )
+    .await?;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    for s in &rendered.services {
+        ssa(&services, s).await?;
+    }
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    for s in &rendered.stateful_sets {
+        ssa(&sets, s).await?;
+    }
+
+    // Pods in stressnet's node order.
+    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let listed = pod_api
+        .list(&ListParams::default().labels(&format!("{}={net}", render::LABEL_NETWORK)))
+        .await?;
+    let by_name: HashMap<String, &Pod> = listed.items.iter().map(|p| (p.name_any(), p)).collect();
+    let names = render::pod_names(&net, spec);
+    let pods: Vec<Option<PodView>> = names
+        .iter()
+        .map(|n| {
+            by_name.get(n).map(|p| PodView {
+                ready: pod_ready(p),
+            })
+        })
+        .collect();
+    let addrs: Vec<Option<SocketAddr>> = names
+        .iter()
+        .map(|n| {
+            by_name
+                .get(n)
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .and_then(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+                .map(|ip| SocketAddr::new(ip, render::METRICS_PORT as u16))
+        })
+        .collect();
+
+    let now = (ctx.clock)();
+    let phase_before = previous.map_or(Phase::Pending, |p| p.phase);
+    let mut start_time = previous.and_then(|p| p.start_time.clone());
+    let all_ready = pods.iter().all(|p| p.as_ref().is_some_and(|p| p.ready));
+    if start_time.is_none() && all_ready {
+        start_time = Some(now.to_string());
+        publish(
+            ctx,
+            sn,
+            EventType::Normal,
+            "SoakStarted",
+            format!(
+                "all {} pods ready; the soak runs {} s",
+                names.len(),
+                spec.soak.duration_secs
+            ),
+        )
+        .await;
+    }
+    let start: Option<jiff::Timestamp> = start_time.as_deref().and_then(|s| s.parse().ok());
+    let t = start.map_or(0.0, |s| {
+        (now - s).total(jiff::Unit::Second).unwrap_or(0.0).max(0.0)
+    });
+    let phase = match start {
+        None => Phase::Pending,
+        Some(_) if phase_before == Phase::Completed || t >= spec.soak.duration_secs as f64 => {
+            Phase::Completed
+        }
+        Some(_) => Phase::Running,
+    };
+
+    let uid = sn.uid().unwrap_or_default();
+    let mut steps = vec![];
+    let mut summary = None;
+    let mut next = Duration::from_secs(spec.soak.scrape_interval_secs);
+    if start.is_some() && phase_before != Phase::Completed {
+        // The schedule: made when the soak starts, remade (and resumed) when the spec changes.
+        let fresh = {
+            let nets = ctx.networks.lock().expect("not poisoned");
+            nets.get(&uid).is_none_or(|s| s.generation != generation)
+        };
+        if fresh {
+            let plans = stressnet::plan::nodes(spec, std::path::Path::new("/"));
+            let windows = stressnet::plan::schedule(spec, &plans, seed(sn)).unwrap_or_default();
+            let st = NetState::new(spec, generation, windows, t, ctx.max_samples);
+            ctx.networks
+                .lock()
+                .expect("not poisoned")
+                .insert(uid.clone(), st);
+        }
+        if phase == Phase::Running {
+            steps = ctx
+                .networks
+                .lock()
+                .expect("not poisoned")
+                .get_mut(&uid)
+                .expect("inserted")
+                .exec
+                .poll(t);
+        }
+    }
+    run_steps(sn, ctx, &steps, &names, &addrs, &token).await?;
+
+    if start.is_some() && phase_before != Phase::Completed {
+        let live: Vec<(usize, SocketAddr)> = addrs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.map(|a| (i, a)))
+            .collect();
+        let bodies: Vec<(usize, Result<String, String>)> = stream::iter(live)
+            .map(|(i, a)| async move { (i, ctx.pods.scrape(a).await) })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut nets = ctx.networks.lock().expect("not poisoned");
+        let st = nets.get_mut(&uid).expect("made above");
+        for (i, body) in bodies {
+            match body {
+                Ok(b) => {
+                    ctx.metrics.scraped(true);
+                    st.record(i, t, stressnet::scrape::parse(&b));
+                }
+                Err(_) => ctx.metrics.scraped(false),
+            }
+        }
+        summary = Some(st.judge(spec, t));
+        if let Some(n) = st.exec.next_transition(t) {
+            next = next.min(Duration::from_secs_f64((n - t).max(1.0)));
+        }
+        ctx.metrics.samples(&uid, st.sample_count());
+    }
+
+    let status = {
+        let nets = ctx.networks.lock().expect("not poisoned");
+        let st = nets.get(&uid);
+        let computed = state::status(
+            st,
+            &StatusInput {
+                spec,
+                generation,
+                phase,
+                start_time: start_time.clone(),
+                t,
+                pods: &pods,
+                summary: summary.as_ref(),
+                message: None,
+                previous,
+                now: Time(now),
+            },
+        );
+        // Once complete, the verdict stands: later reconciles keep it.
+        match previous {
+            Some(p) if phase_before == Phase::Completed => SyncNetworkStatus {
+                observed_generation: Some(generation),
+                regions: computed.regions,
+                ..p.clone()
+            },
+            _ => computed,
+        }
+    };
+    if phase != phase_before {
+        let note = match (&status.verdict, phase) {
+            (Some(v), Phase::Completed) => format!("soak over after {t:.0} s: {v}"),
+            _ => format!("{phase_before:?} -> {phase:?}"),
+        };
+        let type_ = if status.verdict.as_deref().is_some_and(|v| v != "pass") {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(ctx, sn, type_, &format!("{phase:?}"), note).await;
+    }
+    if phase == Phase::Completed && phase_before != Phase::Completed {
+        ctx.networks.lock().expect("not poisoned").remove(&uid);
+    }
+    patch_status(sn, ctx, &status).await?;
+    Ok(match phase {
+        Phase::Completed | Phase::Failed => Action::await_change(),
+        Phase::Pending => Action::requeue(Duration::from_secs(5)),
+        Phase::Running => Action::requeue(next),
+    })
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn run_steps(
+    sn: &SyncNetwork,
+    ctx: &Context,
+    steps: &[Step],
+    names: &[String],
+    addrs: &[Option<SocketAddr>],
+    token: &str,
+) -> Result<(), Error> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let net = sn.name_any();
+    let ns = sn.namespace().unwrap_or_else(|| "default".into());
+    let uid = sn.uid().unwrap_or_default();
+    let policy_mode = sn.spec.kubernetes.partitions == PartitionMode::NetworkPolicy;
+    let windows = ctx
+        .networks
+        .lock()
+        .expect("not poisoned")
+        .get(&uid)
+        .map(|s| s.exec.windows().to_vec())
+        .unwrap_or_default();
+    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut puts = vec![];
+    for step in steps {
+        match step {
+            Step::Began(i) | Step::Ended(i) => {
+                let w = &windows[*i];
+                let began = matches!(step, Step::Began(_));
+                let targets: Vec<String> = w.targets.iter().map(|&n| names[n].clone()).collect();
+                if policy_mode && w.action == FaultAction::Partition {
+                    if began {
+                        let cut = &sn.spec.faults[w.fault].regions;
+                        ssa(&policies, &render::network_policy(sn, *i, &targets, cut)).await?;
+                    } else {
+                        let name = render::network_policy_name(&net, *i);
+                        if let Err(e) = policies.delete(&name, &DeleteParams::default()).await
+                            && !is_not_found(&e)
+                        {
+                            return Err(e.into());
+                        }
+                    }
+                }
+                let verb = if began { "FaultBegan" } else { "FaultEnded" };
+                let note = format!(
+                    "{} ({}) on {} pod(s): {}",
+                    w.name,
+                    w.action.label(),
+                    targets.len(),
+                    summarise(&targets)
+                );
+                publish(ctx, sn, EventType::Normal, verb, note).await;
+            }
+            Step::Kill(n) => {
+                // Grace 0: the closest a cluster gets to SIGKILL. The StatefulSet brings the pod
+                // back at once, so the downtime is the pod's restart time, not durationSecs.
+                let dp = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..DeleteParams::default()
+                };
+                match pod_api.delete(&names[*n], &dp).await {
+                    Ok(_) => ctx.metrics.killed(),
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            // The StatefulSet restarts it; a fresh process runs no faults until told.
+            Step::Restart(_) => {}
+            Step::Apply(n, f) => {
+                let mut f = f.clone();
+                if policy_mode {
+                    f.partition = Default::default();
+                    f.isolate = false;
+                }
+                puts.push((*n, f));
+            }
+        }
+    }
+    let results: Vec<(usize, bool)> = stream::iter(puts)
+        .map(|(n, f)| async move {
+            let ok = match addrs[n] {
+                Some(a) => ctx.pods.put_faults(a, &f, token).await.is_ok(),
+                None => false,
+            };
+            (n, ok)
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let mut nets = ctx.networks.lock().expect("not poisoned");
+    if let Some(st) = nets.get_mut(&uid) {
+        for (n, ok) in results {
+            ctx.metrics.fault_put(ok);
+            if !ok {
+                st.exec.apply_failed(n);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn summarise(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s += &format!(" and {} more", names.len() - SHOWN);
+    }
+    s
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// Deletion: lift partitions (NetworkPolicies) first, so nothing of the network outlives it in a
+/// form garbage collection would leave for later; owner references take the rest.
+async fn cleanup(sn: &SyncNetwork, ctx: &Context) -> Result<Action, Error> {
+    let net = sn.name_any();
+    let ns = sn.namespace().unwrap_or_else(|| "default".into());
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let lp = ListParams::default().labels(&format!("{}={net}", render::LABEL_NETWORK));
+    for p in policies.list(&lp).await?.items {
+        match policies
+            .delete(&p.name_any(), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ctx.networks
+        .lock()
+        .expect("not poisoned")
+        .remove(&sn.uid().unwrap_or_default());
+    ctx.metrics.forget(&sn.uid().unwrap_or_default());
+    publish(
+        ctx,
+        sn,
+        EventType::Normal,
+        "Deleted",
+        "partitions lifted; owned objects follow".into(),
+    )
+    .await;
+    Ok(Action::await_change())
+}

@@ -1,0 +1,189 @@
+//! `syncnet-operator run`: the controller, with /metrics and /healthz. `syncnet-operator render
+//! SPEC`: the objects a spec becomes, as YAML (for review, `kubectl diff`, schema validation).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::runtime::Controller;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use syncnet_crds::SyncNetwork;
+use syncnet_operator::controller::{self, Context, HttpPods};
+use syncnet_operator::render::{self, Options};
+
+#[derive(Parser)]
+#[command(version, about = "Kubernetes operator for SyncNetwork resources")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct Opts {
+    /// syncnode image when a spec names none.
+    #[arg(long, env = "SYNCNET_NODE_IMAGE", default_value_t = Options::default().node_image)]
+    node_image: String,
+    /// Image with `tc` for `kubernetes.latency: tcNetem`, when a spec names none.
+    #[arg(long, env = "SYNCNET_NETEM_IMAGE", default_value_t = Options::default().netem_image)]
+    netem_image: String,
+    #[arg(long, env = "SYNCNET_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+}
+
+impl Opts {
+    fn options(&self) -> Options {
+        Options {
+            node_image: self.node_image.clone(),
+            netem_image: self.netem_image.clone(),
+            cluster_domain: self.cluster_domain.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the controller (in the cluster, or against the current kubeconfig).
+    Run {
+        #[command(flatten)]
+        opts: Opts,
+        /// /metrics and /healthz.
+        #[arg(long, env = "SYNCNET_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// Watch this namespace only (default: all namespaces).
+        #[arg(long, env = "SYNCNET_WATCH_NAMESPACE")]
+        namespace: Option<String>,
+        /// Scrape samples kept per network (split over its nodes).
+        #[arg(long, env = "SYNCNET_MAX_SAMPLES", default_value_t = syncnet_operator::state::DEFAULT_MAX_SAMPLES)]
+        max_samples: usize,
+    },
+    /// Print the objects a spec becomes (placeholder keys; the operator makes real ones).
+    Render {
+        spec: PathBuf,
+        #[command(flatten)]
+        opts: Opts,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Render {
+            spec,
+            opts,
+            namespace,
+        } => match render_file(&spec, &namespace, &opts.options()) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run {
+            opts,
+            listen,
+            namespace,
+            max_samples,
+        } => {
+            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match rt.block_on(run(opts.options(), listen, namespace, max_samples)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn render_file(path: &PathBuf, namespace: &str, opts: &Options) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut sn = SyncNetwork::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    render::placeholder_identity(&mut sn, namespace);
+    let keys = render::Keys::placeholder();
+    let r = render::render(&sn, &keys, opts)?;
+    let mut out = render::to_yaml(&r);
+    // The NetworkPolicies partition windows would create, for review and schema validation.
+    let plans = stressnet::plan::nodes(&sn.spec, std::path::Path::new("/"));
+    let windows = stressnet::plan::schedule(&sn.spec, &plans, controller::seed(&sn))?;
+    let pods = render::pod_names(&sn.name_any(), &sn.spec);
+    if sn.spec.kubernetes.partitions == syncnet_crds::PartitionMode::NetworkPolicy {
+        for (i, w) in windows.iter().enumerate() {
+            if w.action == syncnet_crds::FaultAction::Partition {
+                let targets: Vec<String> = w.targets.iter().map(|&n| pods[n].clone()).collect();
+                let np = render::network_policy(&sn, i, &targets, &sn.spec.faults[w.fault].regions);
+                out.push_str(&render::doc_yaml(&np));
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn run(
+    options: Options,
+    listen: SocketAddr,
+    namespace: Option<String>,
+    max_samples: usize,
+) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let pods = Arc::new(HttpPods(stressnet::node_http::client()));
+    let clock: controller::Clock = Arc::new(jiff::Timestamp::now);
+    let mut ctx = Context::new(client.clone(), pods, clock, options);
+    ctx.max_samples = max_samples;
+    let ctx = Arc::new(ctx);
+    let (networks, sets): (Api<SyncNetwork>, Api<StatefulSet>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let metrics = ctx.metrics.clone();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(%listen, "serving /metrics and /healthz");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Controller::new(networks, watcher::Config::default())
+        .owns(sets, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(controller::reconcile, controller::error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        })
+        .await;
+    Ok(())
+}
