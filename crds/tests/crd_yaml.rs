@@ -83,7 +83,8 @@ fn cel_rules_pass_good_specs_and_refuse_what_validate_refuses() {
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         }
     }
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "producer.region",
             Box::new(|v| v["spec"]["producer"]["region"] = "ap".into()),

@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use ed25519_dalek::SigningKey;
+pub use ed25519_dalek::SigningKey;
 
 use crate::chain::H256;
 
@@ -27,7 +27,7 @@ pub fn write(path: &Path, key: &SigningKey, kind: &str, force: bool) -> std::io:
     }
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(path)?;
+    let mut f = opts.open(path)?;
     f.write_all(encode(key, kind).as_bytes())?;
     f.sync_all()
 }
@@ -53,7 +53,7 @@ pub fn parse(text: &str, what: &str) -> Result<SigningKey, String> {
 }
 
 pub fn read(path: &Path) -> Result<SigningKey, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     parse(&text, &path.display().to_string())
 }
 

@@ -487,7 +487,7 @@ fn stateful_set(
         spec: Some(StatefulSetSpec {
             service_name: Some(p.name.clone()),
             replicas: Some(p.replicas as i32),
-            ordinals: (p.first_ordinal != 0).then(|| StatefulSetOrdinals {
+            ordinals: (p.first_ordinal != 0).then_some(StatefulSetOrdinals {
                 start: Some(p.first_ordinal),
             }),
             // 1,000 pods start together, not one after another.

@@ -613,11 +613,13 @@ async fn scrape_all(
 ) -> anyhow::Result<()> {
     let gets = procs.iter().map(|pr| async move {
         match (pr.metrics, &pr.child) {
-            (Some(addr), Some(_)) => node_http::request(client, hyper::Method::GET, addr, "/metrics", vec![], None)
-                .await
-                .ok()
-                .filter(|(code, _)| *code == 200)
-                .map(|(_, body)| scrape::parse(&body)),
+            (Some(addr), Some(_)) => {
+                node_http::request(client, hyper::Method::GET, addr, "/metrics", vec![], None)
+                    .await
+                    .ok()
+                    .filter(|(code, _)| *code == 200)
+                    .map(|(_, body)| scrape::parse(&body))
+            }
             _ => None,
         }
     });

@@ -59,6 +59,18 @@ enum Cmd {
     Report { run_dir: PathBuf },
     /// Two runs side by side: verdicts, throughput, catch-up, worst slopes, storms.
     Compare { run_a: PathBuf, run_b: PathBuf },
+    /// Validate a spec and apply it to the cluster of the current kubeconfig (the operator runs it).
+    Apply {
+        spec: PathBuf,
+        #[arg(long, short)]
+        namespace: Option<String>,
+    },
+    /// A SyncNetwork's status on the cluster: phase, regions, conditions, verdict.
+    Status {
+        name: String,
+        #[arg(long, short)]
+        namespace: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -105,7 +117,48 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Cmd::Apply { spec, namespace } => {
+            let sn = match local::load_spec(&spec, false) {
+                Ok(s) => s,
+                Err(e) => return fail(2, e),
+            };
+            cluster(async move {
+                match stressnet::cluster::apply(&sn, namespace.as_deref()).await {
+                    Ok(at) => {
+                        println!(
+                            "applied {at}; follow with `stressnet status {}`",
+                            sn.metadata.name.as_deref().unwrap_or("")
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(3, e),
+                }
+            })
+        }
+        Cmd::Status { name, namespace } => cluster(async move {
+            match stressnet::cluster::get(&name, namespace.as_deref()).await {
+                Ok(sn) => {
+                    let s = sn.status.unwrap_or_default();
+                    print!("{}", stressnet::cluster::format_status(&name, &s));
+                    // Like `run`: 1 when a verdict failed.
+                    if s.verdict.as_deref().is_some_and(|v| v != "pass") {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => fail(3, e),
+            }
+        }),
     }
+}
+
+fn cluster(cmd: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(cmd)
 }
 
 fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {

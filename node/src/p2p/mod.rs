@@ -169,7 +169,7 @@ pub fn load_or_create_identity(path: &Path) -> anyhow::Result<identity::Keypair>
         crate::keys::write(path, &crate::keys::generate(), "node", false)
             .with_context(|| format!("creating node key {}", path.display()))?;
     }
-        let key = crate::keys::read(path).map_err(anyhow::Error::msg)?;
+    let key = crate::keys::read(path).map_err(anyhow::Error::msg)?;
     Ok(identity_of(&key))
 }
 
