@@ -7,7 +7,8 @@
 //! 4. list the pods; start the soak clock once every pod is ready;
 //! 5. run the fault steps due (kill = delete the pod; partition = NetworkPolicy or the node's own
 //!    fault; the rest through each pod's control API);
-//! 6. scrape every pod's /metrics into the bounded window and run the shared verdicts;
+//! 6. scrape every pod's /metrics (or ask Prometheus for the same series) into the bounded
+//!    window and run the shared verdicts;
 //! 7. patch the status subresource; publish events for phase changes and faults.
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,6 +34,7 @@ use syncnet_node::faults::Faults;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
+use crate::prom::Prometheus;
 use crate::render::{self, Keys, Options};
 use crate::state::{self, NetState, PodView, StatusInput};
 
@@ -86,10 +88,26 @@ impl PodIo for HttpPods {
 
 pub type Clock = Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
 
+/// Where the kept series come from.
+pub enum Source {
+    /// Every pod's `/metrics`, through [`PodIo`].
+    Pods,
+    /// One instant query per network and reconcile to a Prometheus that scrapes the pods.
+    Prometheus {
+        prom: Prometheus,
+        http: stressnet::node_http::Http,
+    },
+}
+
+/// A Prometheus answer for a whole network is larger and slower than one pod's scrape.
+const PROM_TIMEOUT: Duration = Duration::from_secs(10);
+const PROM_MAX_BODY: usize = 64 << 20;
+
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub pods: Arc<dyn PodIo>,
+    pub source: Source,
     pub clock: Clock,
     pub options: Options,
     pub max_samples: usize,
@@ -108,6 +126,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             pods,
+            source: Source::Pods,
             clock,
             options,
             max_samples: state::DEFAULT_MAX_SAMPLES,
@@ -410,26 +429,11 @@ async fn apply(sn: &SyncNetwork, ctx: &Context) -> Result<Action, Error> {
     run_steps(sn, ctx, &steps, &names, &addrs, &token).await?;
 
     if start.is_some() && phase_before != Phase::Completed {
-        let live: Vec<(usize, SocketAddr)> = addrs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, a)| a.map(|a| (i, a)))
-            .collect();
-        let bodies: Vec<(usize, Result<String, String>)> = stream::iter(live)
-            .map(|(i, a)| async move { (i, ctx.pods.scrape(a).await) })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+        let scraped = gather(ctx, &ns, &names, &addrs, t, now).await;
         let mut nets = ctx.networks.lock().expect("not poisoned");
         let st = nets.get_mut(&uid).expect("made above");
-        for (i, body) in bodies {
-            match body {
-                Ok(b) => {
-                    ctx.metrics.scraped(true);
-                    st.record(i, t, stressnet::scrape::parse(&b));
-                }
-                Err(_) => ctx.metrics.scraped(false),
-            }
+        for (i, at, values) in scraped {
+            st.record(i, at, values);
         }
         summary = Some(st.judge(spec, t));
         if let Some(n) = st.exec.next_transition(t) {
@@ -487,6 +491,59 @@ async fn apply(sn: &SyncNetwork, ctx: &Context) -> Result<Action, Error> {
         Phase::Pending => Action::requeue(Duration::from_secs(5)),
         Phase::Running => Action::requeue(next),
     })
+}
+
+/// One round of the kept series: `(node, seconds since the start, values)`.
+async fn gather(
+    ctx: &Context,
+    ns: &str,
+    names: &[String],
+    addrs: &[Option<SocketAddr>],
+    t: f64,
+    now: jiff::Timestamp,
+) -> Vec<(usize, f64, BTreeMap<String, f64>)> {
+    match &ctx.source {
+        Source::Pods => {
+            let live: Vec<(usize, SocketAddr)> = addrs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| a.map(|a| (i, a)))
+                .collect();
+            let bodies: Vec<(usize, Result<String, String>)> = stream::iter(live)
+                .map(|(i, a)| async move { (i, ctx.pods.scrape(a).await) })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            bodies
+                .into_iter()
+                .filter_map(|(i, body)| {
+                    ctx.metrics.scraped(body.is_ok());
+                    Some((i, t, stressnet::scrape::parse(&body.ok()?)))
+                })
+                .collect()
+        }
+        Source::Prometheus { prom, http } => {
+            let now_unix = now.as_millisecond() as f64 / 1000.0;
+            let (req, body) = prom.request(&prom.query(ns, names), now_unix);
+            let answer = stressnet::node_http::send(http, req, body, PROM_TIMEOUT, PROM_MAX_BODY)
+                .await
+                .and_then(|(code, body)| prom.parse(code, &body, names));
+            ctx.metrics.prometheus_queried(answer.is_ok());
+            match answer {
+                // Each pod's values at the time Prometheus scraped them, not the time we asked;
+                // scrapes from before the soak began are not part of it.
+                Ok(pods) => pods
+                    .into_iter()
+                    .map(|p| (p.pod, t - (now_unix - p.at).max(0.0), p.values))
+                    .filter(|(_, at, _)| *at >= 0.0)
+                    .collect(),
+                Err(e) => {
+                    warn!(error = %e, namespace = ns, "prometheus query failed");
+                    vec![]
+                }
+            }
+        }
+    }
 }
 
 fn pod_ready(p: &Pod) -> bool {

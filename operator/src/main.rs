@@ -13,7 +13,8 @@ use kube::runtime::Controller;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use syncnet_crds::SyncNetwork;
-use syncnet_operator::controller::{self, Context, HttpPods};
+use syncnet_operator::controller::{self, Context, HttpPods, Source};
+use syncnet_operator::prom::Prometheus;
 use syncnet_operator::render::{self, Options};
 
 #[derive(Parser)]
@@ -60,6 +61,20 @@ enum Cmd {
         /// Scrape samples kept per network (split over its nodes).
         #[arg(long, env = "SYNCNET_MAX_SAMPLES", default_value_t = syncnet_operator::state::DEFAULT_MAX_SAMPLES)]
         max_samples: usize,
+        /// Read node metrics from this Prometheus (`http://host:port[/prefix]`) instead of
+        /// scraping every pod; it must scrape the node pods itself.
+        #[arg(long, env = "SYNCNET_PROMETHEUS_URL")]
+        prometheus_url: Option<String>,
+        /// The Prometheus label that holds a series' pod name.
+        #[arg(long, env = "SYNCNET_PROMETHEUS_POD_LABEL", default_value = "pod")]
+        prometheus_pod_label: String,
+        /// The Prometheus label that holds a series' namespace.
+        #[arg(
+            long,
+            env = "SYNCNET_PROMETHEUS_NAMESPACE_LABEL",
+            default_value = "namespace"
+        )]
+        prometheus_namespace_label: String,
     },
     /// Print the objects a spec becomes (placeholder keys; the operator makes real ones).
     Render {
@@ -99,9 +114,23 @@ fn main() -> ExitCode {
             listen,
             namespace,
             max_samples,
+            prometheus_url,
+            prometheus_pod_label,
+            prometheus_namespace_label,
         } => {
+            let prom = match prometheus_url
+                .filter(|u| !u.is_empty())
+                .map(|u| Prometheus::new(&u, &prometheus_pod_label, &prometheus_namespace_label))
+                .transpose()
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match rt.block_on(run(opts.options(), listen, namespace, max_samples)) {
+            match rt.block_on(run(opts.options(), listen, namespace, max_samples, prom)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -140,12 +169,20 @@ async fn run(
     listen: SocketAddr,
     namespace: Option<String>,
     max_samples: usize,
+    prom: Option<Prometheus>,
 ) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let pods = Arc::new(HttpPods(stressnet::node_http::client()));
     let clock: controller::Clock = Arc::new(jiff::Timestamp::now);
     let mut ctx = Context::new(client.clone(), pods, clock, options);
     ctx.max_samples = max_samples;
+    if let Some(prom) = prom {
+        tracing::info!(url = %prom.url, "reading node metrics from Prometheus");
+        ctx.source = Source::Prometheus {
+            prom,
+            http: stressnet::node_http::client(),
+        };
+    }
     let ctx = Arc::new(ctx);
     let (networks, sets): (Api<SyncNetwork>, Api<StatefulSet>) = match &namespace {
         Some(ns) => (

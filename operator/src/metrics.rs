@@ -4,17 +4,29 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
     Error,
+}
+
+/// `ok` / `error`, lowercase like the node's outcome labels (the derive would write `Ok`).
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, enc: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        enc.write_str(match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+        })
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -28,6 +40,7 @@ pub struct Metrics {
     reconciles: Family<OutcomeLabel, Counter>,
     duration: Histogram,
     scrapes: Family<OutcomeLabel, Counter>,
+    prometheus_queries: Family<OutcomeLabel, Counter>,
     fault_puts: Family<OutcomeLabel, Counter>,
     pod_kills: Counter,
     networks: Gauge,
@@ -50,6 +63,7 @@ impl Default for Metrics {
             reconciles: Family::default(),
             duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             scrapes: Family::default(),
+            prometheus_queries: Family::default(),
             fault_puts: Family::default(),
             pod_kills: Counter::default(),
             networks: Gauge::default(),
@@ -67,6 +81,11 @@ impl Default for Metrics {
             "scrapes",
             "Pod /metrics scrapes by outcome",
             m.scrapes.clone(),
+        );
+        r.register(
+            "prometheus_queries",
+            "Prometheus queries for a network's series by outcome (with --prometheus-url)",
+            m.prometheus_queries.clone(),
         );
         r.register(
             "fault_puts",
@@ -102,6 +121,9 @@ impl Metrics {
     }
     pub fn scraped(&self, ok: bool) {
         self.scrapes.get_or_create(&outcome(ok)).inc();
+    }
+    pub fn prometheus_queried(&self, ok: bool) {
+        self.prometheus_queries.get_or_create(&outcome(ok)).inc();
     }
     pub fn fault_put(&self, ok: bool) {
         self.fault_puts.get_or_create(&outcome(ok)).inc();

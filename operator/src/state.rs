@@ -65,11 +65,21 @@ impl NetState {
         self.samples.values().map(VecDeque::len).sum()
     }
 
-    /// Adds one scrape of node `i` at `t` seconds.
+    /// Adds one scrape of node `i` at `t` seconds. A sample no newer than the node's last is
+    /// dropped: Prometheus answers two reconciles with the same scrape when it scrapes less often
+    /// than the operator asks, and a series must not hold one moment twice.
     pub fn record(&mut self, i: usize, t: f64, values: BTreeMap<String, f64>) {
         let Some(node) = self.nodes.get(i) else {
             return;
         };
+        if self
+            .samples
+            .get(node)
+            .and_then(|q| q.back())
+            .is_some_and(|last| last.t >= t)
+        {
+            return;
+        }
         if let Some(h) = values.get(judge::HEIGHT) {
             let h = *h as u64;
             if h > self.head {
@@ -329,5 +339,57 @@ pub fn status(state: Option<&NetState>, i: &StatusInput) -> SyncNetworkStatus {
         verdict,
         regions,
         conditions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> SyncNetworkSpec {
+        const SPEC: &str = r#"
+apiVersion: syncnet.dev/v1alpha1
+kind: SyncNetwork
+metadata: {name: t}
+spec:
+  regions: [{name: us, replicas: 2}, {name: eu, replicas: 2}]
+  producer: {region: us, blockIntervalMs: 1000, payloadBytes: 1024}
+  soak: {durationSecs: 600, warmupSecs: 60, scrapeIntervalSecs: 5}
+"#;
+        syncnet_crds::SyncNetwork::from_yaml(SPEC).unwrap().spec
+    }
+
+    fn height(h: f64) -> BTreeMap<String, f64> {
+        [(judge::HEIGHT.to_owned(), h)].into()
+    }
+
+    #[test]
+    fn each_node_keeps_its_share_of_the_cap_newest_first() {
+        // 4 nodes share 12 samples: 3 each, whatever one node sends.
+        let mut st = NetState::new(&spec(), 1, vec![], 0.0, 12);
+        for k in 0..10 {
+            st.record(0, f64::from(k), height(f64::from(k)));
+        }
+        st.record(1, 0.0, height(1.0));
+        assert_eq!(st.sample_count(), 4);
+        assert_eq!(st.latest(judge::HEIGHT)[0], Some(9.0));
+        let kept: Vec<f64> = st.samples["us-0"].iter().map(|s| s.t).collect();
+        assert_eq!(kept, [7.0, 8.0, 9.0]);
+        // An index outside the network is ignored, not a panic.
+        st.record(99, 1.0, height(1.0));
+        assert_eq!(st.sample_count(), 4);
+    }
+
+    #[test]
+    fn a_sample_no_newer_than_the_last_is_dropped() {
+        let mut st = NetState::new(&spec(), 1, vec![], 0.0, 100);
+        st.record(2, 10.0, height(5.0));
+        st.record(2, 10.0, height(5.0)); // the same Prometheus scrape, asked for twice
+        st.record(2, 8.0, height(4.0)); // an older one
+        assert_eq!(st.sample_count(), 1);
+        st.record(2, 12.0, height(6.0));
+        assert_eq!(st.sample_count(), 2);
+        assert_eq!(st.latest(judge::HEIGHT)[2], Some(6.0));
+        assert_eq!(st.head_idle(20.0), 8.0, "the head last rose at 12 s");
     }
 }

@@ -19,10 +19,13 @@ pub fn client() -> Http {
         .build_http()
 }
 
-/// Every request gives up after this long: a hung node must not hold up a scrape round.
+/// Every request to a node gives up after this long: a hung node must not hold up a scrape round.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
+/// A node's answer is read up to this size (a /metrics body is tens of KiB); a larger one is an
+/// error, not memory.
+pub const MAX_BODY: usize = 16 << 20;
 
-/// One request; `token` is the control API's bearer token, if the node requires one.
+/// One request to a node; `token` is the control API's bearer token, if the node requires one.
 pub async fn request(
     client: &Http,
     method: hyper::Method,
@@ -38,21 +41,31 @@ pub async fn request(
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let req = req
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
+    let req = req.body(()).map_err(|e| e.to_string())?;
+    send(client, req, body, TIMEOUT, MAX_BODY).await
+}
+
+/// Sends a request built by the caller (any `http://` URI; the connector resolves names) and
+/// reads the answer, at most `max_bytes` of it, within `timeout`.
+pub async fn send(
+    client: &Http,
+    req: hyper::Request<()>,
+    body: Vec<u8>,
+    timeout: Duration,
+    max_bytes: usize,
+) -> Result<(u16, String), String> {
+    let req = req.map(|()| Full::new(Bytes::from(body)));
     let fut = async {
         let resp = client.request(req).await.map_err(|e| e.to_string())?;
         let code = resp.status().as_u16();
-        let body = resp
-            .into_body()
+        let body = http_body_util::Limited::new(resp.into_body(), max_bytes)
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("reading the answer: {e}"))?
             .to_bytes();
         Ok((code, String::from_utf8_lossy(&body).into_owned()))
     };
-    tokio::time::timeout(TIMEOUT, fut)
+    tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| "timed out".to_owned())?
 }

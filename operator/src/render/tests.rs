@@ -49,34 +49,26 @@ fn pod_names_follow_stressnet_node_order() {
 
 #[test]
 fn tc_netem_mode_moves_emulation_to_an_init_container() {
-    let node = sn("");
-    let r = render(&node, &Keys::placeholder(), &Options::default()).unwrap();
-    let cfg: NodeConfig =
-        serde_yaml::from_str(&r.config_map.data.as_ref().unwrap()["node-eu.yaml"]).unwrap();
+    // The eu node's config and pod spec, as rendered for `extra` spec lines.
+    let eu = |extra: &str| {
+        let r = render(&sn(extra), &Keys::placeholder(), &Options::default()).unwrap();
+        let cfg: NodeConfig =
+            serde_yaml::from_str(&r.config_map.data.as_ref().unwrap()["node-eu.yaml"]).unwrap();
+        let pod = r.stateful_sets[2]
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        (cfg, pod)
+    };
+    let (cfg, pod) = eu("");
     assert!(cfg.p2p.netem.is_some());
-    let pod = r.stateful_sets[2]
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
     assert!(pod.init_containers.is_none());
 
-    let tc = sn("  kubernetes: {latency: tcNetem}");
-    let r = render(&tc, &Keys::placeholder(), &Options::default()).unwrap();
-    let cfg: NodeConfig =
-        serde_yaml::from_str(&r.config_map.data.as_ref().unwrap()["node-eu.yaml"]).unwrap();
+    let (cfg, pod) = eu("  kubernetes: {latency: tcNetem}");
     assert!(cfg.p2p.netem.is_none(), "emulated once, not twice");
-    let pod = r.stateful_sets[2]
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
     let init = &pod.init_containers.as_ref().unwrap()[0];
     let caps = init
         .security_context
@@ -87,6 +79,7 @@ fn tc_netem_mode_moves_emulation_to_an_init_container() {
         .unwrap();
     assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_owned()][..]));
     // eu: mean of eu->us 40 and eu->eu 4.
+    let tc = sn("  kubernetes: {latency: tcNetem}");
     assert_eq!(netem_args(&tc.spec, "eu"), "delay 22ms 3ms rate 50mbit");
 }
 
