@@ -110,9 +110,10 @@ impl NetState {
             .collect()
     }
 
-    /// The shared verdicts over the kept window, with the windows begun by `t`.
+    /// The shared verdicts over the kept window (read in place, not copied), with the windows
+    /// begun by `t`.
     pub fn judge(&self, spec: &SyncNetworkSpec, t: f64) -> Summary {
-        let samples: Vec<Sample> = self.samples.values().flatten().cloned().collect();
+        let samples = self.samples.values().flatten();
         let begun: Vec<FaultWindow> = self
             .exec
             .windows()
@@ -120,7 +121,7 @@ impl NetState {
             .filter(|w| (w.start as f64) <= t)
             .cloned()
             .collect();
-        judge::judge(spec, &self.nodes, &samples, &begun)
+        judge::judge(spec, &self.nodes, samples, &begun)
     }
 
     /// Seconds since the head last rose.

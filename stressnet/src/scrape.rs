@@ -113,10 +113,15 @@ pub fn read_records<T: serde::de::DeserializeOwned>(
     Ok(out)
 }
 
-/// One node's series of one metric, time-ordered, for the verdicts.
-pub fn series(samples: &[Sample], node: &str, metric: &str) -> Vec<(f64, f64)> {
+/// One node's series of one metric, time-ordered, for the verdicts. Takes any samples (a run's
+/// slice, or one node's share already grouped: see `judge`).
+pub fn series<'a>(
+    samples: impl IntoIterator<Item = &'a Sample>,
+    node: &str,
+    metric: &str,
+) -> Vec<(f64, f64)> {
     let mut v: Vec<(f64, f64)> = samples
-        .iter()
+        .into_iter()
         .filter(|s| s.node == node)
         .filter_map(|s| s.values.get(metric).map(|x| (s.t, *x)))
         .collect();

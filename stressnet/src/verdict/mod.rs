@@ -183,7 +183,9 @@ pub struct ProgressVerdict {
     pub pass: bool,
 }
 
-/// The value of a step series at `t` (its last sample at or before `t`).
+/// The value of a step series at `t` (its last sample at or before `t`); `progress` walks a
+/// [`Cursor`] instead, and the tests hold it to this.
+#[cfg(test)]
 fn at(series: &[Point], t: f64) -> Option<f64> {
     let i = series.partition_point(|p| p.0 <= t);
     (i > 0).then(|| series[i - 1].1)
@@ -205,6 +207,11 @@ pub struct Window {
 /// reports) within `catch_up_secs`; otherwise no node may lag for longer than that ("stuck"),
 /// except the nodes a window excuses, during it and its catch-up allowance. A node with no samples
 /// yet is not judged.
+///
+/// Cost: O(P log N) for the head over time plus O(N × T) cursor steps (P points, N nodes, T
+/// distinct times). T is the number of scrape rounds when nodes are scraped together, and up to P
+/// when each node has its own sample times (Prometheus): a 1,000-node network is judged on every
+/// scrape, so nothing here may look the head up node by node (that was O(N² × T)).
 pub fn progress(
     heights: &[Vec<Point>],
     faults: &[Window],
@@ -213,27 +220,19 @@ pub fn progress(
     let mut times: Vec<f64> = heights.iter().flatten().map(|p| p.0).collect();
     times.sort_by(f64::total_cmp);
     times.dedup();
-    let head = |t: f64| {
-        heights
-            .iter()
-            .filter_map(|s| at(s, t))
-            .fold(f64::NEG_INFINITY, f64::max)
-    };
-    let lagging = |node: usize, t: f64| -> Option<bool> {
-        let h = at(&heights[node], t)?;
-        Some(head(t) - h > cfg.within_blocks as f64)
-    };
+    let heads = heads_at(heights, &times);
+    let within = cfg.within_blocks as f64;
     let end = times.last().copied().unwrap_or(0.0);
 
     let mut catch_ups = vec![];
     for fault_end in faults.iter().map(|w| w.end) {
+        let first = times.partition_point(|&t| t < fault_end);
         let mut worst: Option<(usize, Option<f64>)> = None;
-        for node in 0..heights.len() {
-            let caught = times
-                .iter()
-                .filter(|&&t| t >= fault_end)
-                .find(|&&t| lagging(node, t) == Some(false))
-                .map(|t| t - fault_end);
+        for (node, series) in heights.iter().enumerate() {
+            let mut c = Cursor::new(series, times.get(first).copied());
+            let caught = (first..times.len())
+                .find(|&ti| c.at(times[ti]).is_some_and(|h| heads[ti] - h <= within))
+                .map(|ti| times[ti] - fault_end);
             let worse = match (&worst, caught) {
                 (None, _) => true,
                 (Some((_, None)), _) => false,
@@ -242,6 +241,10 @@ pub fn progress(
             };
             if worse {
                 worst = Some((node, caught));
+            }
+            // A node that never catches up is as bad as it gets; the first such one is named.
+            if matches!(worst, Some((_, None))) {
+                break;
             }
         }
         let (worst_node, worst_secs) = match worst {
@@ -270,10 +273,11 @@ pub fn progress(
         })
     };
     let mut stuck = vec![];
-    for node in 0..heights.len() {
+    for (node, series) in heights.iter().enumerate() {
+        let mut c = Cursor::new(series, times.first().copied());
         let mut since: Option<f64> = None;
-        for &t in &times {
-            let lag = lagging(node, t) == Some(true) && !excused(node, t);
+        for (ti, &t) in times.iter().enumerate() {
+            let lag = c.at(t).is_some_and(|h| heads[ti] - h > within) && !excused(node, t);
             match (lag, since) {
                 (true, None) => since = Some(t),
                 (false, Some(s)) => {
@@ -305,6 +309,69 @@ pub fn progress(
         stuck,
         pass,
     }
+}
+
+/// A node's height at non-decreasing times, by walking its series once.
+struct Cursor<'a> {
+    series: &'a [Point],
+    next: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// Positioned for times from `from` on.
+    fn new(series: &'a [Point], from: Option<f64>) -> Cursor<'a> {
+        let next = from.map_or(0, |f| series.partition_point(|p| p.0 < f));
+        Cursor { series, next }
+    }
+    /// The same as `at(series, t)`, for `t` no smaller than the last one asked.
+    fn at(&mut self, t: f64) -> Option<f64> {
+        while self.next < self.series.len() && self.series[self.next].0 <= t {
+            self.next += 1;
+        }
+        (self.next > 0).then(|| self.series[self.next - 1].1)
+    }
+}
+
+/// The head at each of `times` (sorted, distinct): the highest latest height of any node. One
+/// sweep over every point in time order, keeping a count of each height nodes currently report
+/// (a height can fall: a restarted node may start over).
+fn heads_at(heights: &[Vec<Point>], times: &[f64]) -> Vec<f64> {
+    // f64 -> an integer with the same order (total order; heights are finite).
+    fn key(x: f64) -> i64 {
+        let b = x.to_bits() as i64;
+        b ^ (((b >> 63) as u64) >> 1) as i64
+    }
+    let mut points: Vec<(f64, usize, f64)> = heights
+        .iter()
+        .enumerate()
+        .flat_map(|(n, s)| s.iter().map(move |p| (p.0, n, p.1)))
+        .collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut current: Vec<Option<f64>> = vec![None; heights.len()];
+    let mut counts: std::collections::BTreeMap<i64, (f64, usize)> = Default::default();
+    let mut next = 0;
+    times
+        .iter()
+        .map(|&t| {
+            while next < points.len() && points[next].0 <= t {
+                let (_, n, h) = points[next];
+                if let Some(old) = current[n].replace(h) {
+                    let k = key(old);
+                    if let Some(e) = counts.get_mut(&k) {
+                        e.1 -= 1;
+                        if e.1 == 0 {
+                            counts.remove(&k);
+                        }
+                    }
+                }
+                counts.entry(key(h)).or_insert((h, 0)).1 += 1;
+                next += 1;
+            }
+            counts
+                .last_key_value()
+                .map_or(f64::NEG_INFINITY, |(_, (h, _))| *h)
+        })
+        .collect()
 }
 
 #[cfg(test)]

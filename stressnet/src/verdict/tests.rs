@@ -239,3 +239,171 @@ fn nodes_catching_up_after_a_fault_pass_and_a_stuck_node_fails() {
     assert_eq!(v.stuck.len(), 1, "{v:?}");
     assert!(v.stuck[0].from > 430.0, "{v:?}");
 }
+
+/// The progress verdict evaluated straight from its definition (the head looked up node by node at
+/// every time: O(N² × T)); the fast `progress` must give the same answer.
+fn progress_by_definition(
+    heights: &[Vec<Point>],
+    faults: &[Window],
+    cfg: &ProgressConfig,
+) -> ProgressVerdict {
+    let mut times: Vec<f64> = heights.iter().flatten().map(|p| p.0).collect();
+    times.sort_by(f64::total_cmp);
+    times.dedup();
+    let head = |t: f64| {
+        heights
+            .iter()
+            .filter_map(|s| at(s, t))
+            .fold(f64::NEG_INFINITY, f64::max)
+    };
+    let lagging = |node: usize, t: f64| -> Option<bool> {
+        let h = at(&heights[node], t)?;
+        Some(head(t) - h > cfg.within_blocks as f64)
+    };
+    let end = times.last().copied().unwrap_or(0.0);
+
+    let mut catch_ups = vec![];
+    for fault_end in faults.iter().map(|w| w.end) {
+        let mut worst: Option<(usize, Option<f64>)> = None;
+        for node in 0..heights.len() {
+            let caught = times
+                .iter()
+                .filter(|&&t| t >= fault_end)
+                .find(|&&t| lagging(node, t) == Some(false))
+                .map(|t| t - fault_end);
+            let worse = match (&worst, caught) {
+                (None, _) => true,
+                (Some((_, None)), _) => false,
+                (Some(_), None) => true,
+                (Some((_, Some(w))), Some(c)) => c > *w,
+            };
+            if worse {
+                worst = Some((node, caught));
+            }
+        }
+        let (worst_node, worst_secs) = match worst {
+            Some((n, s)) => (Some(n), s),
+            None => (None, Some(0.0)),
+        };
+        // A fault that ended too close to the end of the run to judge is not failed for it.
+        let judged = end - fault_end >= cfg.catch_up_secs;
+        let ok = match worst_secs {
+            Some(s) => s <= cfg.catch_up_secs,
+            None => !judged,
+        };
+        catch_ups.push(CatchUp {
+            fault_end,
+            worst_secs,
+            worst_node,
+            ok,
+        });
+    }
+
+    let excused = |node: usize, t: f64| {
+        faults.iter().any(|w| {
+            t >= w.start
+                && t <= w.end + cfg.catch_up_secs
+                && w.excused.as_ref().is_none_or(|n| n.contains(&node))
+        })
+    };
+    let mut stuck = vec![];
+    for node in 0..heights.len() {
+        let mut since: Option<f64> = None;
+        for &t in &times {
+            let lag = lagging(node, t) == Some(true) && !excused(node, t);
+            match (lag, since) {
+                (true, None) => since = Some(t),
+                (false, Some(s)) => {
+                    if t - s > cfg.catch_up_secs {
+                        stuck.push(Stuck {
+                            node,
+                            from: s,
+                            to: t,
+                        });
+                    }
+                    since = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = since
+            && end - s > cfg.catch_up_secs
+        {
+            stuck.push(Stuck {
+                node,
+                from: s,
+                to: end,
+            });
+        }
+    }
+    let pass = stuck.is_empty() && catch_ups.iter().all(|c| c.ok);
+    ProgressVerdict {
+        catch_ups,
+        stuck,
+        pass,
+    }
+}
+
+#[test]
+fn progress_agrees_with_its_definition_on_random_networks() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let cfg = ProgressConfig {
+        within_blocks: 2,
+        catch_up_secs: 30.0,
+    };
+    let mut failing = 0;
+    for case in 0..500 {
+        let nodes = rng.random_range(1..7usize);
+        // Half the cases scrape every node at the same times, half at each node's own times.
+        let shared = case % 2 == 0;
+        let heights: Vec<Vec<Point>> = (0..nodes)
+            .map(|n| {
+                let mut t = if shared {
+                    0.0
+                } else {
+                    rng.random_range(0.0..10.0)
+                };
+                let mut h = 1.0f64;
+                let rate = if n == 0 {
+                    1.0
+                } else {
+                    rng.random_range(0.0..1.2)
+                };
+                let mut out = vec![];
+                while t < 600.0 {
+                    if rng.random_range(0..40) == 0 {
+                        h = 0.0; // a restart with an empty store
+                    }
+                    h += (rate * 10.0 * rng.random_range(0.0..1.5f64)).floor();
+                    out.push((t, h));
+                    t += if shared {
+                        10.0
+                    } else {
+                        rng.random_range(1.0..20.0)
+                    };
+                }
+                out
+            })
+            .collect();
+        let faults: Vec<Window> = (0..rng.random_range(0..4))
+            .map(|_| {
+                let start = rng.random_range(0.0..550.0);
+                Window {
+                    start,
+                    end: start + rng.random_range(5.0..90.0),
+                    excused: match rng.random_range(0..3) {
+                        0 => None,
+                        1 => Some(vec![]),
+                        _ => Some(vec![rng.random_range(0..nodes)]),
+                    },
+                }
+            })
+            .collect();
+        let fast = progress(&heights, &faults, &cfg);
+        let slow = progress_by_definition(&heights, &faults, &cfg);
+        assert_eq!(fast, slow, "case {case}: {heights:?} {faults:?}");
+        failing += usize::from(!fast.pass);
+    }
+    // The cases must exercise both answers, or agreeing would prove little.
+    assert!((50..450).contains(&failing), "{failing} of 500 failing");
+}
