@@ -2,9 +2,8 @@
 //! in labels (per-network detail is in each SyncNetwork's status).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use std::fmt::Write;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;

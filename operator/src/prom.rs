@@ -7,6 +7,7 @@
 //! rendered back into exposition lines and read by stressnet's one parser (`scrape::parse`), so
 //! both sources keep the same series under the same names.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Deserialize;
@@ -160,13 +161,14 @@ impl Prometheus {
                 format!("{name}{{{}}}", labels.join(","))
             };
             let (at, value) = s.value;
-            let slot = by_pod
-                .entry(pod)
-                .or_default()
-                .entry(key)
-                .or_insert((at, value.clone()));
-            if at > slot.0 {
-                *slot = (at, value);
+            match by_pod.entry(pod).or_default().entry(key) {
+                Entry::Vacant(e) => {
+                    e.insert((at, value));
+                }
+                Entry::Occupied(mut e) if at > e.get().0 => {
+                    e.insert((at, value));
+                }
+                Entry::Occupied(_) => {}
             }
         }
         Ok(by_pod

@@ -274,7 +274,7 @@ pub fn progress(
     };
     let mut stuck = vec![];
     for (node, series) in heights.iter().enumerate() {
-        let mut c = Cursor::new(series, times.first().copied());
+        let mut c = Cursor::new(series, None);
         let mut since: Option<f64> = None;
         for (ti, &t) in times.iter().enumerate() {
             let lag = c.at(t).is_some_and(|h| heads[ti] - h > within) && !excused(node, t);
@@ -318,7 +318,7 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    /// Positioned for times from `from` on.
+    /// Positioned for times from `from` on (`None`: from the start).
     fn new(series: &'a [Point], from: Option<f64>) -> Cursor<'a> {
         let next = from.map_or(0, |f| series.partition_point(|p| p.0 < f));
         Cursor { series, next }
