@@ -180,13 +180,13 @@ impl Faults {
         p2p.set_chunk_drop_rate(self.chunk_drop_rate);
         p2p.set_corrupt_chunks(self.corrupt_chunks);
         p2p.set_leak_canary_kib(self.leak_canary_kib_per_setup);
-        p2p.set_isolated(self.isolate).await;
-        p2p.set_forced_discovery(
+        p2p.set_swarm_faults(
+            self.isolate,
             self.forced_discovery_ms
                 .map(std::time::Duration::from_millis),
+            self.storm_canary,
         )
         .await;
-        p2p.set_storm_canary(self.storm_canary).await;
     }
 }
 

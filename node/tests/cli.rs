@@ -257,4 +257,16 @@ fn control_api_rejects_bad_fault_sets_and_applies_good_ones() {
     let (code, v) = put(r#"{"partition": {"regions": ["us"]}}"#);
     assert_eq!(code, 200, "{v}");
     assert_eq!(current()["partition"]["regions"][0], "us");
+
+    // Each PUT restates the whole set; isolation is counted when it starts, not per restatement.
+    let (code, v) = put(r#"{"isolate": true}"#);
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = put(r#"{"isolate": true}"#);
+    assert_eq!(code, 200, "{v}");
+    let (_, m) = http_get(addr, "/metrics").unwrap();
+    assert_eq!(
+        metric(&m, r#"syncnet_faults_injected_total{kind="isolate"}"#),
+        Some(2.0),
+        "{m}"
+    );
 }

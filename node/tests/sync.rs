@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::net::*;
 use syncnet_node::downloader::DownloaderConfig;
+use syncnet_node::faults::Faults;
 
 fn scfg() -> DownloaderConfig {
     DownloaderConfig {
@@ -170,7 +171,11 @@ async fn isolated_node_catches_up_through_the_short_range_watchdog() {
     .await;
 
     // Isolated for 20 s (the scenario's duration, not a synchronisation) while the producer advances.
-    target.node.h.set_isolated(true).await;
+    let isolate = Faults {
+        isolate: true,
+        ..Faults::default()
+    };
+    isolate.apply(&target.node.h).await;
     eventually("isolated", Duration::from_secs(10), || {
         target.node.h.state().connections == 0
     })
@@ -192,7 +197,7 @@ async fn isolated_node_catches_up_through_the_short_range_watchdog() {
         .blocks_synced
         .get_or_create(&[("phase", "short")])
         .get();
-    target.node.h.set_isolated(false).await;
+    Faults::default().apply(&target.node.h).await;
     eventually("watchdog fired", Duration::from_secs(60), || {
         target.sync.watchdog_firings.get() >= 1
     })

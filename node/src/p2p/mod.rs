@@ -264,9 +264,13 @@ enum Command {
     Dial(Multiaddr),
     Announce(Box<wire::Announce>),
     Penalise(PeerId),
-    Isolate(bool),
-    ForcedDiscovery(Option<Duration>),
-    StormCanary(bool),
+    /// Faults the swarm task applies itself; `done` fires once they hold.
+    SwarmFaults {
+        isolate: bool,
+        forced_discovery: Option<Duration>,
+        storm_canary: bool,
+        done: oneshot::Sender<()>,
+    },
     Publish(Vec<u8>),
     GossipVerdict(MessageId, PeerId, MessageAcceptance),
     Shutdown(oneshot::Sender<()>),
@@ -326,12 +330,26 @@ impl P2pHandle {
         let _ = self.tx.send(Command::Dial(addr)).await;
     }
 
-    pub async fn set_forced_discovery(&self, period: Option<Duration>) {
-        let _ = self.tx.send(Command::ForcedDiscovery(period)).await;
-    }
-
-    pub async fn set_storm_canary(&self, on: bool) {
-        let _ = self.tx.send(Command::StormCanary(on)).await;
+    /// Faults held by the swarm task: isolation (drop every connection and refuse new ones),
+    /// forced discovery rounds, and the storm canary. Returns once the swarm task has applied
+    /// them, so a caller that reads metrics or state next sees their effect.
+    pub async fn set_swarm_faults(
+        &self,
+        isolate: bool,
+        forced_discovery: Option<Duration>,
+        storm_canary: bool,
+    ) {
+        let (done, applied) = oneshot::channel();
+        let cmd = Command::SwarmFaults {
+            isolate,
+            forced_discovery,
+            storm_canary,
+            done,
+        };
+        if self.tx.send(cmd).await.is_ok() {
+            // An error means the swarm task stopped; there is nothing left to apply to.
+            let _ = applied.await;
+        }
     }
 
     pub fn set_setup_failure_rate(&self, p: f64) {
@@ -379,11 +397,6 @@ impl P2pHandle {
         if let Some(n) = &self.netem {
             n.set_partition(set);
         }
-    }
-
-    /// Fault: drop every connection and refuse new ones until called with `false`.
-    pub async fn set_isolated(&self, on: bool) {
-        let _ = self.tx.send(Command::Isolate(on)).await;
     }
 
     /// The stream of peer heads and departures, for the one sync task. `None` after the first call.
@@ -968,23 +981,32 @@ impl Driver {
                 }
             }
             Command::Penalise(peer) => self.drop_peer_streams(peer, RemovalReason::Penalised, now),
-            Command::Isolate(on) => {
-                self.isolated = on;
-                self.metrics
-                    .faults_injected
-                    .get_or_create(&[("kind", "isolate")])
-                    .inc();
-                if on {
-                    let peers: Vec<PeerId> = self.conns.keys().copied().collect();
-                    for p in peers {
-                        let _ = self.swarm.disconnect_peer_id(p);
+            Command::SwarmFaults {
+                isolate,
+                forced_discovery,
+                storm_canary,
+                done,
+            } => {
+                // Every PUT /faults restates the whole set: only a change acts or is counted.
+                if isolate != self.isolated {
+                    self.isolated = isolate;
+                    if isolate {
+                        self.metrics
+                            .faults_injected
+                            .get_or_create(&[("kind", "isolate")])
+                            .inc();
+                        let peers: Vec<PeerId> = self.conns.keys().copied().collect();
+                        for p in peers {
+                            let _ = self.swarm.disconnect_peer_id(p);
+                        }
+                    } else {
+                        self.seed_bootnodes(now);
                     }
-                } else {
-                    self.seed_bootnodes(now);
                 }
+                self.sm.set_forced_discovery(forced_discovery, now);
+                self.sm.set_storm_canary(storm_canary);
+                let _ = done.send(());
             }
-            Command::ForcedDiscovery(p) => self.sm.set_forced_discovery(p, now),
-            Command::StormCanary(on) => self.sm.set_storm_canary(on),
             Command::Publish(data) => {
                 let topic = self.gossip_topic.clone();
                 match self.swarm.behaviour_mut().gossipsub.as_mut() {
