@@ -683,27 +683,80 @@ impl Writer {
 }
 
 async fn write_loop(mut w: Writer) {
-    let mut backoff = OPEN_BACKOFF;
-    let mut stream = loop {
-        let open = w.control.open_stream(w.peer, w.protocol.clone());
-        match tokio::time::timeout(Duration::from_secs(10), open).await {
-            Ok(Ok(s)) => break s,
-            r => debug!(peer = %w.peer, ?r, "IDA stream did not open; retrying"),
-        }
-        // Retried while the peer is a neighbour (its queue's sender lives); frames queue meanwhile.
-        let jitter = rand::random_range(0.5..1.5);
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
-        if w.rx.is_closed() {
-            return;
-        }
-        backoff = (backoff * 2).min(OPEN_BACKOFF_MAX);
-    };
     let sent = w
         .metrics
         .bytes_sent
         .get_or_create(&[("mode", BroadcastMode::Ida.label())])
         .clone();
+    // Chunks waiting to be chosen; kept across streams, and filtered by `Have`s when picked.
     let mut pool: Vec<Out> = Vec::new();
+    let mut backoff = OPEN_BACKOFF;
+    // A stream that fails (the peer reset it, or dropped it unaccepted while busy) is reopened
+    // for as long as the peer stays a neighbour. Ending here instead would leave a neighbour
+    // whose queue still takes frames that no one sends: it would get no chunks, and no repairs,
+    // until it left the neighbour set.
+    let mut first = true;
+    loop {
+        if !first {
+            let jitter = rand::random_range(0.5..1.5);
+            tokio::time::sleep(backoff.mul_f64(jitter)).await;
+            backoff = (backoff * 2).min(OPEN_BACKOFF_MAX);
+        }
+        first = false;
+        let Some(mut stream) = open(&mut w, &mut backoff).await else {
+            break;
+        };
+        let (end, wrote) = pump(&mut w, &mut stream, &mut pool, &sent).await;
+        let _ = stream.close().await;
+        if wrote {
+            // The stream worked for a while: the next failure starts the backoff afresh.
+            backoff = OPEN_BACKOFF;
+        }
+        match end {
+            PumpEnd::NotNeighbour => break,
+            PumpEnd::StreamFailed => debug!(peer = %w.peer, "IDA stream failed; reopening"),
+        }
+    }
+    // Whatever is left was never sent.
+    w.rx.close();
+    while w.rx.try_recv().is_ok() {
+        w.metrics.queued_frames.dec();
+    }
+}
+
+/// Opens the IDA stream to the writer's peer, retrying with backoff; `None` once the peer is no
+/// longer a neighbour (its queue's sender is gone).
+async fn open(w: &mut Writer, backoff: &mut Duration) -> Option<libp2p::Stream> {
+    loop {
+        if w.rx.is_closed() {
+            return None;
+        }
+        let open = w.control.open_stream(w.peer, w.protocol.clone());
+        match tokio::time::timeout(Duration::from_secs(10), open).await {
+            Ok(Ok(s)) => return Some(s),
+            r => debug!(peer = %w.peer, ?r, "IDA stream did not open; retrying"),
+        }
+        // Frames queue meanwhile (bounded; beyond the queue they are dropped and repaired).
+        let jitter = rand::random_range(0.5..1.5);
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        *backoff = (*backoff * 2).min(OPEN_BACKOFF_MAX);
+    }
+}
+
+enum PumpEnd {
+    NotNeighbour,
+    StreamFailed,
+}
+
+/// Writes control frames and chosen chunks to one stream until it fails or the peer stops being
+/// a neighbour. Also says whether any frame went out.
+async fn pump(
+    w: &mut Writer,
+    stream: &mut libp2p::Stream,
+    pool: &mut Vec<Out>,
+    sent: &prometheus_client::metrics::counter::Counter,
+) -> (PumpEnd, bool) {
+    let mut wrote = false;
     // Upload tokens already paid for (a frame that turned out not to be needed).
     let mut credit = 0usize;
     // Tokens for the next chunk are acquired before it is chosen, so the choice is as late (and
@@ -723,12 +776,12 @@ async fn write_loop(mut w: Writer) {
             biased;
             c = w.ctl.recv() => match c {
                 Some(f) => f,
-                None => break,
+                None => return (PumpEnd::NotNeighbour, wrote),
             },
             _ = async { paced.as_mut().expect("guarded").await }, if paced.is_some() => {
                 paced = None;
                 let paid = pool.first().map_or(0, |(_, f)| f.len());
-                match w.pick(&mut pool) {
+                match w.pick(pool) {
                     Some(f) => f,
                     None => {
                         credit = paid;
@@ -743,30 +796,26 @@ async fn write_loop(mut w: Writer) {
                         pool.push(out);
                     }
                     // No longer a neighbour: what is left is not sent.
-                    None => break,
+                    None => return (PumpEnd::NotNeighbour, wrote),
                 }
                 if w.pacer.is_some() {
                     continue;
                 }
-                match w.pick(&mut pool) {
+                match w.pick(pool) {
                     Some(f) => f,
                     None => continue,
                 }
             }
         };
+        // The frame in hand is lost with a failed stream; the receiver's repair asks again.
         if stream.write_all(&frame).await.is_err() {
-            break;
+            return (PumpEnd::StreamFailed, wrote);
         }
+        wrote = true;
         sent.inc_by(frame.len() as u64);
         // Flushed unless more control frames follow at once: a `Have` must not wait behind chunks.
         if w.ctl.is_empty() && stream.flush().await.is_err() {
-            break;
+            return (PumpEnd::StreamFailed, wrote);
         }
-    }
-    let _ = stream.close().await;
-    // Whatever is left was never sent.
-    w.rx.close();
-    while w.rx.try_recv().is_ok() {
-        w.metrics.queued_frames.dec();
     }
 }
