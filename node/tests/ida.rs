@@ -152,18 +152,21 @@ async fn run_ida_blocks(net: &Net, ida: &Ida, n: u64) {
 
 /// Waits (bounded) until the first `nodes` nodes hold block `b`; on timeout, says who lacks it.
 async fn wait_for_block(ida: &Ida, nodes: usize, b: u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !ida.nodes[..nodes]
-        .iter()
-        .all(|n| n.store.head().height >= b)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "block {b} not on all of the first {nodes} nodes within 30 s: {}",
-            dump(ida)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_or(
+        Duration::from_secs(30),
+        || {
+            ida.nodes[..nodes]
+                .iter()
+                .all(|n| n.store.head().height >= b)
+        },
+        || {
+            format!(
+                "block {b} not on all of the first {nodes} nodes: {}",
+                dump(ida)
+            )
+        },
+    )
+    .await;
 }
 
 /// Per node: height, neighbours and chunk counters (for failure messages).

@@ -695,27 +695,18 @@ async fn write_loop(mut w: Writer) {
     // for as long as the peer stays a neighbour. Ending here instead would leave a neighbour
     // whose queue still takes frames that no one sends: it would get no chunks, and no repairs,
     // until it left the neighbour set.
-    let mut first = true;
-    loop {
-        if !first {
-            let jitter = rand::random_range(0.5..1.5);
-            tokio::time::sleep(backoff.mul_f64(jitter)).await;
-            backoff = (backoff * 2).min(OPEN_BACKOFF_MAX);
-        }
-        first = false;
-        let Some(mut stream) = open(&mut w, &mut backoff).await else {
-            break;
-        };
+    while let Some(mut stream) = open(&mut w, &mut backoff).await {
         let (end, wrote) = pump(&mut w, &mut stream, &mut pool, &sent).await;
         let _ = stream.close().await;
+        if let PumpEnd::NotNeighbour = end {
+            break;
+        }
         if wrote {
-            // The stream worked for a while: the next failure starts the backoff afresh.
+            // The stream worked for a while: this failure starts the backoff afresh.
             backoff = OPEN_BACKOFF;
         }
-        match end {
-            PumpEnd::NotNeighbour => break,
-            PumpEnd::StreamFailed => debug!(peer = %w.peer, "IDA stream failed; reopening"),
-        }
+        debug!(peer = %w.peer, "IDA stream failed; reopening");
+        back_off(&mut backoff).await;
     }
     // Whatever is left was never sent.
     w.rx.close();
@@ -737,10 +728,15 @@ async fn open(w: &mut Writer, backoff: &mut Duration) -> Option<libp2p::Stream> 
             r => debug!(peer = %w.peer, ?r, "IDA stream did not open; retrying"),
         }
         // Frames queue meanwhile (bounded; beyond the queue they are dropped and repaired).
-        let jitter = rand::random_range(0.5..1.5);
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
-        *backoff = (*backoff * 2).min(OPEN_BACKOFF_MAX);
+        back_off(backoff).await;
     }
+}
+
+/// Sleeps `backoff` with jitter, then doubles it up to `OPEN_BACKOFF_MAX`.
+async fn back_off(backoff: &mut Duration) {
+    let jitter = rand::random_range(0.5..1.5);
+    tokio::time::sleep(backoff.mul_f64(jitter)).await;
+    *backoff = (*backoff * 2).min(OPEN_BACKOFF_MAX);
 }
 
 enum PumpEnd {

@@ -180,13 +180,21 @@ pub fn spawn_producer(net: &Net, node: &Node, interval: Duration) -> tokio::task
 }
 
 /// Polls `f` every 50 ms until it holds; panics with `what` after `timeout`.
-pub async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub async fn eventually(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    eventually_or(timeout, f, || what.to_owned()).await
+}
+
+/// `eventually`, with a failure message built only on timeout (a dump of the state, say).
+pub async fn eventually_or(
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+    what: impl FnOnce() -> String,
+) {
     let deadline = std::time::Instant::now() + timeout;
     while !f() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
+        if std::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?}: {}", what());
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
