@@ -174,6 +174,8 @@ pub struct RequestManager<P, R> {
     in_flight: HashMap<ReqId, InFlight<P, R>>,
     next_id: ReqId,
     actions: VecDeque<ReqAction<P, R>>,
+    /// The time of the last [`RequestManager::tick`]: everything due by then has been acted on.
+    ticked_at: Option<Instant>,
 }
 
 /// Latency assumed for a stream before its first reply.
@@ -189,6 +191,7 @@ impl<P: Clone + Eq + Hash + std::fmt::Debug, R: Clone> RequestManager<P, R> {
             in_flight: HashMap::new(),
             next_id: 1,
             actions: VecDeque::new(),
+            ticked_at: None,
         }
     }
 
@@ -345,6 +348,7 @@ impl<P: Clone + Eq + Hash + std::fmt::Debug, R: Clone> RequestManager<P, R> {
     }
 
     pub fn tick(&mut self, now: Instant) {
+        self.ticked_at = Some(self.ticked_at.map_or(now, |t| t.max(now)));
         let expired: Vec<ReqId> = self
             .in_flight
             .iter()
@@ -375,9 +379,18 @@ impl<P: Clone + Eq + Hash + std::fmt::Debug, R: Clone> RequestManager<P, R> {
         self.dispatch(now);
     }
 
+    /// The next instant at which [`RequestManager::tick`] may change something. Only deadlines
+    /// after the last tick count: a paced stream's bucket is "ready" at its last refill and a
+    /// pause may have ended while the stream is at its in-flight limit; offering such a past
+    /// instant woke the driver at once, again and again, until a reply came.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t: Option<Instant> = None;
-        let mut consider = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
+        let after = self.ticked_at;
+        let mut consider = |x: Instant| {
+            if after.is_none_or(|a| x > a) {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
         for f in self.in_flight.values() {
             consider(f.deadline);
         }
@@ -519,6 +532,38 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A queued request that waits for a stream at its in-flight limit must not make the
+    /// driver spin: a paced stream's bucket is "ready" at its last refill, a time in the past, and
+    /// `poll_timeout` used to offer it, so the driver woke at once until a reply came.
+    #[test]
+    fn a_queue_waiting_for_a_full_stream_does_not_wake_the_driver_in_a_loop() {
+        let t = Instant::now();
+        let mut m = RM::new(cfg());
+        m.add_stream(1, Some((100, 10)), t);
+        for _ in 0..3 {
+            m.submit("r", 1, None, t).unwrap();
+        }
+        assert_eq!(sends(&mut m).len(), 2);
+        assert_eq!(m.queued(), 1);
+        m.tick(t);
+        // Like the driver: sleep until the deadline (a past one wakes at once), then tick.
+        let (mut now, mut wakeups) = (t, 0);
+        while let Some(d) = m.poll_timeout() {
+            if d >= t + Duration::from_secs(4) || wakeups == 10_000 {
+                break;
+            }
+            now = now.max(d);
+            m.tick(now);
+            wakeups += 1;
+        }
+        assert!(
+            wakeups <= 2,
+            "{wakeups} wakeups before the first deadline that matters"
+        );
+        // What is due still wakes it: the in-flight timeout (5 s).
+        assert_eq!(m.poll_timeout(), Some(t + Duration::from_secs(5)));
     }
 
     #[test]

@@ -288,6 +288,8 @@ pub struct StreamManager<P> {
     actions: VecDeque<Action<P>>,
     /// The local head has not moved for `stale_after` (reported by the driver).
     stale: bool,
+    /// The time of the last [`StreamManager::handle`]: everything due by then has been acted on.
+    handled_at: Instant,
 }
 
 impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
@@ -314,6 +316,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             },
             actions: VecDeque::new(),
             stale: false,
+            handled_at: now,
         }
     }
 
@@ -362,9 +365,19 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
     }
 
     /// The next instant at which a [`Event::Tick`] may change something.
+    ///
+    /// Only deadlines after the last `handle` count: what was due by then has been acted on, and a
+    /// deadline that has passed without changing anything (an ended cooldown kept for
+    /// `removal_memory`, a candidate still in its failed TTL) would wake the driver at once, again
+    /// and again — the busy loop the canary controls showed below `soft_low`.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t: Option<Instant> = None;
-        let mut consider = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
+        let after = self.handled_at;
+        let mut consider = |x: Instant| {
+            if x > after {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
         if self.discovery.running {
             consider(self.discovery.round_deadline);
         } else if self.wants_discovery() {
@@ -479,6 +492,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             }
         }
         self.drive(now);
+        self.handled_at = self.handled_at.max(now);
     }
 
     fn on_discovered(&mut self, p: P) {

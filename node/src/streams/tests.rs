@@ -548,3 +548,57 @@ fn storm_canary_churns_where_the_fix_settles() {
         "storm made only {storm_setups} setups"
     );
 }
+
+/// Drives `m` like the p2p driver does (sleep until `poll_timeout`, then `Tick`) through `secs` of
+/// time with nothing else happening; returns how many times it was woken. Capped, so that a
+/// manager that keeps asking for a deadline in the past ends the loop instead of spinning.
+fn idle_wakeups(m: &mut M, from: Instant, secs: u64) -> usize {
+    let end = from + Duration::from_secs(secs);
+    let mut now = from;
+    let mut wakeups = 0;
+    while wakeups < 100_000 {
+        let Some(t) = m.poll_timeout() else { break };
+        if t > end {
+            break;
+        }
+        // Like `sleep_until`: a deadline in the past wakes at once, at the current time.
+        now = now.max(t);
+        m.handle(Event::Tick, now);
+        drain(m);
+        wakeups += 1;
+    }
+    wakeups
+}
+
+/// The busy loop the clean canary runs showed (0.2–0.7 cores whenever a node held fewer than
+/// `soft_low` streams): a removal cooldown that has ended stays in the table for
+/// `removal_memory`, and `poll_timeout` offered its (past) end as a deadline while the node was
+/// below its target with a candidate it could not set up, so the driver woke at once, again and
+/// again. Idle below the target, the manager must wake only for deadlines still ahead: discovery
+/// rounds, setup timeouts, TTL and cooldown ends.
+#[test]
+fn idle_below_the_target_wakes_only_for_future_deadlines() {
+    let t0 = Instant::now();
+    let mut m = M::new(cfg(), 1, 1, t0);
+    // Peer 5 had a stream and lost it: a 2 s cooldown, then a redial that fails (60 s TTL).
+    m.handle(Event::InboundReady(5, 1), t0);
+    m.handle(Event::StreamClosed(5, 1, RemovalReason::StreamError), t0);
+    drain(&mut m);
+    let t1 = t0 + Duration::from_secs(2);
+    m.handle(Event::Tick, t1);
+    let acts = drain(&mut m);
+    assert!(acts.contains(&Action::Dial(5)), "{acts:?}");
+    m.handle(Event::DialFailed(5), t1);
+    // Found again (kad and identify keep reporting known peers): a candidate in its failed TTL.
+    m.handle(Event::Discovered(5), t1);
+    drain(&mut m);
+    assert_eq!(m.stream_count(), 0);
+    assert_eq!(m.stats(t1).candidates, 1);
+    // 120 idle seconds below soft_low with one candidate in its failed TTL. Discovery rounds that
+    // never report back time out (5 s), back off (10, 20, 40, 80 s) and the TTL ends once: a few
+    // dozen wakeups at most, never thousands.
+    let wakeups = idle_wakeups(&mut m, t1, 120);
+    assert!(wakeups <= 40, "{wakeups} wakeups in 120 idle seconds");
+    // The manager still acts on what is due: the peer is redialled when its TTL ends.
+    assert!(m.poll_timeout().is_some());
+}
