@@ -244,6 +244,13 @@ pub enum FaultAction {
     LeakCanary,
     /// CANARY: the original discovery/stream storm.
     StormCanary,
+    /// CANARY: the targets keep one open file descriptor per `setupsPerLeak` stream setups.
+    FdCanary,
+    /// CANARY: the targets keep one parked thread per `setupsPerLeak` stream setups.
+    ThreadCanary,
+    /// CANARY: every request the targets serve burns `usPerRequestPerMinute` µs of CPU per minute
+    /// of the process's uptime.
+    CpuCanary,
 }
 
 impl FaultAction {
@@ -257,7 +264,22 @@ impl FaultAction {
             FaultAction::DiscoveryPeriod => "discovery-period",
             FaultAction::LeakCanary => "leak-canary",
             FaultAction::StormCanary => "storm-canary",
+            FaultAction::FdCanary => "fd-canary",
+            FaultAction::ThreadCanary => "thread-canary",
+            FaultAction::CpuCanary => "cpu-canary",
         }
+    }
+
+    /// A planted defect, left out of a control run (`stressnet run --no-canaries`).
+    pub fn is_canary(self) -> bool {
+        matches!(
+            self,
+            FaultAction::LeakCanary
+                | FaultAction::StormCanary
+                | FaultAction::FdCanary
+                | FaultAction::ThreadCanary
+                | FaultAction::CpuCanary
+        )
     }
 }
 
@@ -318,7 +340,16 @@ pub struct FaultSpec {
     pub ms: Option<u64>,
     /// leak-canary: KiB kept per stream setup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 16384))]
     pub kib_per_setup: Option<u64>,
+    /// fd-canary, thread-canary: stream setups per leaked fd or thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub setups_per_leak: Option<u64>,
+    /// cpu-canary: microseconds of CPU per served request and minute of uptime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub us_per_request_per_minute: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -345,12 +376,24 @@ fn default_scrape() -> u64 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct VerdictSpec {
-    /// RSS slope (MiB per hour) above which a significant trend is a leak.
+    /// RSS slope (MiB per hour) above which a significant, lasting trend is a leak.
     pub leak_slope_mib_per_hour: f64,
+    /// Open file descriptors per hour above which a significant, lasting trend is a leak.
+    pub fds_per_hour: f64,
+    /// Threads per hour above which a significant, lasting trend is a leak.
+    pub threads_per_hour: f64,
+    /// Growth of CPU use (cores per hour) above which a significant, lasting trend fails.
+    pub cpu_cores_per_hour: f64,
+    /// A node's mean CPU use (cores) after the warm-up above which it fails (`cpu:<node>`).
+    pub cpu_cores: f64,
     /// Significance of a trend (Mann–Kendall, autocorrelation-corrected).
     pub leak_p: f64,
     /// Median window for the leak statistics, seconds.
     pub leak_bucket_secs: u64,
+    /// Seconds left out of the leak statistics after each restart of a node (the soak's
+    /// `warmupSecs` applies to its first start).
+    #[schemars(range(max = 86400))]
+    pub restart_warmup_secs: u64,
     /// After a fault ends, every node within this many blocks of the head...
     pub catch_up_blocks: u64,
     /// ...within this many seconds.
@@ -362,9 +405,14 @@ pub struct VerdictSpec {
 impl Default for VerdictSpec {
     fn default() -> Self {
         VerdictSpec {
-            leak_slope_mib_per_hour: 1.0,
+            leak_slope_mib_per_hour: 8.0,
+            fds_per_hour: 10.0,
+            threads_per_hour: 5.0,
+            cpu_cores_per_hour: 0.05,
+            cpu_cores: 0.1,
             leak_p: 0.01,
             leak_bucket_secs: 60,
+            restart_warmup_secs: 60,
             catch_up_blocks: 2,
             catch_up_secs: 30,
             setups_per_minute: 60.0,
@@ -655,11 +703,18 @@ impl SyncNetworkSpec {
         }
         for (name, x) in [
             ("leakSlopeMibPerHour", v.leak_slope_mib_per_hour),
+            ("fdsPerHour", v.fds_per_hour),
+            ("threadsPerHour", v.threads_per_hour),
+            ("cpuCoresPerHour", v.cpu_cores_per_hour),
+            ("cpuCores", v.cpu_cores),
             ("setupsPerMinute", v.setups_per_minute),
         ] {
             if !(x.is_finite() && x >= 0.0) {
                 return Err(err(format!("spec.verdicts.{name}"), "must be >= 0"));
             }
+        }
+        if v.restart_warmup_secs > 86_400 {
+            return Err(err("spec.verdicts.restartWarmupSecs", "must be <= 86400"));
         }
         if v.leak_bucket_secs == 0 || v.catch_up_secs == 0 {
             return Err(err(
@@ -748,6 +803,22 @@ impl SyncNetworkSpec {
                     }
                 }
             }
+            FaultAction::FdCanary | FaultAction::ThreadCanary => {
+                need(
+                    f.setups_per_leak
+                        .is_some_and(|k| (1..=1_000_000).contains(&k)),
+                    "setupsPerLeak",
+                    "1..=1000000 setups",
+                )?;
+            }
+            FaultAction::CpuCanary => {
+                need(
+                    f.us_per_request_per_minute
+                        .is_some_and(|k| (1..=10_000).contains(&k)),
+                    "usPerRequestPerMinute",
+                    "1..=10000 µs",
+                )?;
+            }
             FaultAction::KillRestart | FaultAction::StormCanary => {}
         }
         // Parameters an action does not use are mistakes, not silently ignored.
@@ -771,6 +842,16 @@ impl SyncNetworkSpec {
                 "kibPerSetup",
                 f.kib_per_setup.is_some(),
                 f.action == FaultAction::LeakCanary,
+            ),
+            (
+                "setupsPerLeak",
+                f.setups_per_leak.is_some(),
+                matches!(f.action, FaultAction::FdCanary | FaultAction::ThreadCanary),
+            ),
+            (
+                "usPerRequestPerMinute",
+                f.us_per_request_per_minute.is_some(),
+                f.action == FaultAction::CpuCanary,
             ),
         ];
         for (field, given, used) in unused {

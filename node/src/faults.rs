@@ -36,6 +36,13 @@ pub struct Faults {
     pub partition: Partition,
     /// CANARY: keep this many KiB per stream setup forever (a planted leak).
     pub leak_canary_kib_per_setup: u64,
+    /// CANARY: keep one open file descriptor per this many stream setups (0: off).
+    pub fd_canary_setups_per_fd: u64,
+    /// CANARY: keep one parked thread per this many stream setups (0: off).
+    pub thread_canary_setups_per_thread: u64,
+    /// CANARY: every served request burns this many microseconds of CPU per minute of the
+    /// process's uptime (0: off).
+    pub cpu_canary_us_per_request_per_min: u64,
     /// CANARY: the original discovery/stream storm.
     pub storm_canary: bool,
 }
@@ -66,6 +73,10 @@ fn err(field: &str, message: impl Into<String>) -> FaultError {
 pub const MAX_STALL_MS: u64 = 600_000;
 /// Largest leak canary per setup (16 MiB).
 pub const MAX_LEAK_KIB: u64 = 16 * 1024;
+/// Largest setups-per-leak of the fd and thread canaries.
+pub const MAX_SETUPS_PER_LEAK: u64 = 1_000_000;
+/// Largest CPU canary: 10 ms per request per minute of uptime (each request is capped anyway).
+pub const MAX_CPU_CANARY_US: u64 = 10_000;
 
 impl Faults {
     /// Parses a JSON fault set; unknown fields and bad types name the field.
@@ -108,6 +119,23 @@ impl Faults {
             return Err(err(
                 "leak_canary_kib_per_setup",
                 format!("at most {MAX_LEAK_KIB}"),
+            ));
+        }
+        for (name, x) in [
+            ("fd_canary_setups_per_fd", self.fd_canary_setups_per_fd),
+            (
+                "thread_canary_setups_per_thread",
+                self.thread_canary_setups_per_thread,
+            ),
+        ] {
+            if x > MAX_SETUPS_PER_LEAK {
+                return Err(err(name, format!("at most {MAX_SETUPS_PER_LEAK}")));
+            }
+        }
+        if self.cpu_canary_us_per_request_per_min > MAX_CPU_CANARY_US {
+            return Err(err(
+                "cpu_canary_us_per_request_per_min",
+                format!("at most {MAX_CPU_CANARY_US}"),
             ));
         }
         for (i, r) in self.partition.regions.iter().enumerate() {
@@ -179,7 +207,12 @@ impl Faults {
         p2p.set_stream_reset_rate(self.stream_reset_rate);
         p2p.set_chunk_drop_rate(self.chunk_drop_rate);
         p2p.set_corrupt_chunks(self.corrupt_chunks);
-        p2p.set_leak_canary_kib(self.leak_canary_kib_per_setup);
+        p2p.set_canaries(crate::canary::CanarySet {
+            leak_kib_per_setup: self.leak_canary_kib_per_setup,
+            fd_setups_per_leak: self.fd_canary_setups_per_fd,
+            thread_setups_per_leak: self.thread_canary_setups_per_thread,
+            cpu_us_per_request_per_min: self.cpu_canary_us_per_request_per_min,
+        });
         p2p.set_swarm_faults(
             self.isolate,
             self.forced_discovery_ms

@@ -1,6 +1,7 @@
 //! syncnet node engine. See docs/architecture.md for where each concept lives.
 
 pub mod broadcast;
+pub mod canary;
 pub mod chain;
 pub mod config;
 pub mod control;

@@ -470,10 +470,15 @@ async fn stream_reset_fault_resets_the_stream_and_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leak_canary_retains_memory_per_stream_setup() {
+async fn canaries_retain_memory_fds_and_threads_per_setup_and_burn_cpu_per_request() {
     let net = Net::new("testnet");
     let server = start(&net, cfg(vec![]), 0).await;
-    server.h.set_leak_canary_kib(512);
+    server.h.set_canaries(syncnet_node::canary::CanarySet {
+        leak_kib_per_setup: 512,
+        fd_setups_per_leak: 1,
+        thread_setups_per_leak: 2,
+        cpu_us_per_request_per_min: 100,
+    });
     let a = start(&net, cfg(vec![]), 0).await;
     let b = start(&net, cfg(vec![]), 0).await;
     connect_pair(&a, &server).await;
@@ -492,8 +497,21 @@ async fn leak_canary_retains_memory_per_stream_setup() {
     .await
     .expect("two setups retained memory on the server");
     assert!(held.get() >= 1024, "{}", held.get());
-    // Nothing is retained where the canary is off.
+    // One fd per setup, one thread per two setups (at least two setups happened).
+    let tracked = |t: &'static str| server.metrics.tracked.get_or_create(&[("table", t)]).get();
+    assert!(tracked("fd_canary") >= 2, "{}", tracked("fd_canary"));
+    assert!(
+        tracked("thread_canary") >= 1,
+        "{}",
+        tracked("thread_canary")
+    );
+    // Every request the server answers first burns CPU.
+    let (_, resp) = a.h.request(Request::Status, None).await.unwrap();
+    assert!(matches!(resp, Response::Status(_)), "{resp:?}");
+    assert!(injected(&server, "cpu_canary") >= 1);
+    // Nothing is retained where the canaries are off.
     assert_eq!(injected(&a, "leak_canary"), 0);
+    assert_eq!(injected(&a, "fd_canary"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

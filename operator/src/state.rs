@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use stressnet::exec::Executor;
-use stressnet::judge::{self, Summary};
+use stressnet::judge::{self, Outcome, Summary};
 use stressnet::plan::FaultWindow;
 use stressnet::scrape::Sample;
 use syncnet_crds::{Phase, RegionStatus, SyncNetworkSpec, SyncNetworkStatus};
@@ -216,12 +216,18 @@ pub fn status(state: Option<&NetState>, i: &StatusInput) -> SyncNetworkStatus {
     let all_ready = regions.iter().all(|r| r.ready == r.replicas);
     let max_lag = regions.iter().map(|r| r.max_lag).max().unwrap_or(0);
     let completed = i.phase == Phase::Completed;
-    let verdict = i.summary.filter(|_| completed).map(|s| {
-        if s.pass {
-            "pass".to_owned()
-        } else {
-            format!("fail: {}", s.failed.join(", "))
+    // At most MAX_LISTED names: a 1,000-node network can leave every node undecided.
+    let listed = |names: &[String]| {
+        let mut l = names[..names.len().min(MAX_LISTED)].join(", ");
+        if names.len() > MAX_LISTED {
+            l += &format!(" and {} more", names.len() - MAX_LISTED);
         }
+        l
+    };
+    let verdict = i.summary.filter(|_| completed).map(|s| match s.outcome {
+        Outcome::Pass => "pass".to_owned(),
+        Outcome::Fail => format!("fail: {}", listed(&s.failed)),
+        Outcome::Inconclusive => format!("inconclusive: {}", listed(&s.undecided)),
     });
     let stalled = i.summary.is_some_and(|s| !s.progress.pass);
     let leak = i

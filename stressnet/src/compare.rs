@@ -61,16 +61,19 @@ pub fn rows(a: &Value, b: &Value) -> Vec<(String, String, String)> {
     let storm = |v: &Value, which: &str| {
         worst_storm(v, which).map_or("–".to_owned(), |(x, n)| format!("{x:.1} ({n})"))
     };
-    let verdict = |v: &Value| {
-        if v["pass"].as_bool() == Some(true) {
-            "PASS".to_owned()
-        } else {
-            let failed: Vec<&str> = v["failed"]
-                .as_array()
-                .map(|f| f.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            format!("FAIL {}", failed.join(","))
-        }
+    let names = |v: &Value, key: &str| -> String {
+        v[key]
+            .as_array()
+            .map(|f| f.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .join(",")
+    };
+    // Runs recorded before `outcome` existed have only `pass`.
+    let verdict = |v: &Value| match v["outcome"].as_str() {
+        Some("inconclusive") => format!("INCONCLUSIVE {}", names(v, "undecided")),
+        Some("pass") => "PASS".to_owned(),
+        None if v["pass"].as_bool() == Some(true) => "PASS".to_owned(),
+        _ => format!("FAIL {}", names(v, "failed")),
     };
     let catch = |v: &Value| {
         v["worst_catch_up_secs"]

@@ -169,6 +169,22 @@ impl Executor {
                         .max(s.kib_per_setup.unwrap_or(0))
                 }
                 FaultAction::StormCanary => f.storm_canary = true,
+                // The harsher setting wins: fewer setups per leak, more CPU per request.
+                FaultAction::FdCanary => {
+                    f.fd_canary_setups_per_fd =
+                        harsher(f.fd_canary_setups_per_fd, s.setups_per_leak.unwrap_or(0))
+                }
+                FaultAction::ThreadCanary => {
+                    f.thread_canary_setups_per_thread = harsher(
+                        f.thread_canary_setups_per_thread,
+                        s.setups_per_leak.unwrap_or(0),
+                    )
+                }
+                FaultAction::CpuCanary => {
+                    f.cpu_canary_us_per_request_per_min = f
+                        .cpu_canary_us_per_request_per_min
+                        .max(s.us_per_request_per_minute.unwrap_or(0))
+                }
             }
         }
         f.partition.regions.sort();
@@ -195,6 +211,14 @@ impl Executor {
     }
 }
 
+/// Of two "one per N" settings (0: off), the one that leaks more often.
+fn harsher(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, x) | (x, 0) => x,
+        (a, b) => a.min(b),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +236,8 @@ mod tests {
             rate: None,
             ms: None,
             kib_per_setup: None,
+            setups_per_leak: None,
+            us_per_request_per_minute: None,
         }
     }
 

@@ -13,14 +13,34 @@ use crate::verdict::{
     self, LeakConfig, LeakVerdict, ProgressConfig, ProgressVerdict, StormVerdict,
 };
 
-/// Metrics judged for leaks, with the budget of each (units per hour) when the spec gives none:
-/// RSS uses `verdicts.leakSlopeMibPerHour`.
-pub const LEAK_METRICS: &[(&str, &str, f64)] = &[
-    ("rss", "process_resident_memory_bytes", f64::NAN),
-    ("fds", "process_open_fds", 10.0),
-    ("threads", "process_threads", 5.0),
-    ("cpu", CPU_RATE, 0.05),
+/// Resources judged for leaks: the verdict's name and the series judged. Each one's budget
+/// (units per hour) comes from the spec's `verdicts` ([`leak_config`]).
+pub const LEAK_METRICS: &[(&str, &str)] = &[
+    ("rss", "process_resident_memory_bytes"),
+    ("fds", "process_open_fds"),
+    ("threads", "process_threads"),
+    ("cpu", CPU_RATE),
 ];
+
+/// How the spec judges one of [`LEAK_METRICS`] (by its name): the one mapping of the spec's
+/// `soak` and `verdicts` onto the leak verdict, also used by the verdict benchmark.
+pub fn leak_config(spec: &SyncNetworkSpec, name: &str) -> LeakConfig {
+    let v = &spec.verdicts;
+    LeakConfig {
+        warmup_secs: spec.soak.warmup_secs as f64,
+        restart_warmup_secs: v.restart_warmup_secs as f64,
+        bucket_secs: v.leak_bucket_secs as f64,
+        p_threshold: v.leak_p,
+        slope_budget_per_hour: match name {
+            "rss" => v.leak_slope_mib_per_hour * 1024.0 * 1024.0,
+            "fds" => v.fds_per_hour,
+            "threads" => v.threads_per_hour,
+            "cpu" => v.cpu_cores_per_hour,
+            other => unreachable!("no budget for {other}"),
+        },
+        limit: None,
+    }
+}
 
 /// Derived series: CPU cores in use, from `process_cpu_seconds_total`.
 pub const CPU_RATE: &str = "cpu_cores";
@@ -65,36 +85,87 @@ fn discovery_rounds<'a>(
     v
 }
 
+/// A run's outcome: every verdict decided and passed, some verdict failed, or nothing failed
+/// but something could not be decided (a node never judged, a run cut short). Never PASS with
+/// an unjudged node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    Inconclusive,
+}
+
+impl Outcome {
+    pub fn of(failed: &[String], undecided: &[String]) -> Outcome {
+        if !failed.is_empty() {
+            Outcome::Fail
+        } else if !undecided.is_empty() {
+            Outcome::Inconclusive
+        } else {
+            Outcome::Pass
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Pass => "PASS",
+            Outcome::Fail => "FAIL",
+            Outcome::Inconclusive => "INCONCLUSIVE",
+        }
+    }
+}
+
+/// A node's CPU level (cores in use) over its life, against `verdicts.cpuCores`.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeCpu {
+    pub node: String,
+    pub verdict: verdict::LevelVerdict,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
+    pub outcome: Outcome,
+    /// `outcome == Pass`.
     pub pass: bool,
-    /// Named failed verdicts: `sync_progress`, `leak:<node>:<metric>`, `storm:<node>`.
+    /// Named failed verdicts: `sync_progress`, `leak:<node>:<metric>`, `cpu:<node>`,
+    /// `storm:<node>`.
     pub failed: Vec<String>,
+    /// Verdicts that had too little data to decide, by the same names.
+    pub undecided: Vec<String>,
     pub progress: ProgressVerdict,
     pub leaks: Vec<NodeLeak>,
+    pub cpu: Vec<NodeCpu>,
     pub storms: Vec<NodeStorm>,
 }
 
-/// The part of a series since the node's last (re)start: a process restart resets its CPU counter,
-/// and statistics across a restart would judge two processes as one.
-fn since_last_start<'a>(
+/// A node's series split at its restarts, one part per process (incarnation): a restart resets
+/// the CPU counter, so a drop in `process_cpu_seconds_total` starts a new part. The CPU rate is
+/// computed within each part.
+pub fn incarnations<'a>(
     samples: impl IntoIterator<Item = &'a Sample> + Clone,
     node: &str,
     metric: &str,
-) -> Vec<(f64, f64)> {
+) -> Vec<Vec<(f64, f64)>> {
     let cpu = series(samples.clone(), node, CPU_TOTAL);
-    let start = cpu
+    let starts: Vec<f64> = cpu
         .windows(2)
         .filter(|w| w[1].1 < w[0].1)
         .map(|w| w[1].0)
-        .next_back()
-        .unwrap_or(f64::NEG_INFINITY);
-    let s = if metric == CPU_RATE {
-        cpu_rate(&cpu)
-    } else {
-        series(samples, node, metric)
+        .collect();
+    let split = |s: Vec<(f64, f64)>| {
+        let mut parts: Vec<Vec<(f64, f64)>> = vec![vec![]; starts.len() + 1];
+        for p in s {
+            parts[starts.partition_point(|&b| b <= p.0)].push(p);
+        }
+        parts.retain(|p| !p.is_empty());
+        parts
     };
-    s.into_iter().filter(|p| p.0 >= start).collect()
+    if metric == CPU_RATE {
+        split(cpu).iter().map(|part| cpu_rate(part)).collect()
+    } else {
+        split(series(samples, node, metric))
+    }
 }
 
 /// CPU cores in use from a `process_cpu_seconds_total` series; the step across a restart (the
@@ -181,25 +252,33 @@ pub fn judge<'a>(
     if !progress.pass {
         failed.push("sync_progress".to_owned());
     }
+    let mut undecided = vec![];
     let mut leaks = vec![];
+    let mut cpu = vec![];
     let mut storms = vec![];
+    let warmup = spec.soak.warmup_secs as f64;
+    let restart_warmup = v.restart_warmup_secs as f64;
     for node in nodes {
-        for &(name, metric, budget) in LEAK_METRICS {
-            let budget = if budget.is_nan() {
-                v.leak_slope_mib_per_hour * 1024.0 * 1024.0
-            } else {
-                budget
-            };
-            let cfg = LeakConfig {
-                warmup_secs: spec.soak.warmup_secs as f64,
-                bucket_secs: v.leak_bucket_secs as f64,
-                p_threshold: v.leak_p,
-                slope_budget_per_hour: budget,
-                limit: None,
-            };
-            let verdict = verdict::leak(&since_last_start(of(node), node, metric), &cfg);
+        for &(name, metric) in LEAK_METRICS {
+            let cfg = leak_config(spec, name);
+            let lives = incarnations(of(node), node, metric);
+            let verdict = verdict::leak(&lives, &cfg);
             if verdict.leak {
                 failed.push(format!("leak:{node}:{name}"));
+            } else if verdict.undecided.is_some() {
+                undecided.push(format!("leak:{node}:{name}"));
+            }
+            if metric == CPU_RATE {
+                let level = verdict::level(&lives, warmup, restart_warmup, v.cpu_cores);
+                if level.over {
+                    failed.push(format!("cpu:{node}"));
+                } else if level.undecided.is_some() {
+                    undecided.push(format!("cpu:{node}"));
+                }
+                cpu.push(NodeCpu {
+                    node: node.clone(),
+                    verdict: level,
+                });
             }
             leaks.push(NodeLeak {
                 node: node.clone(),
@@ -207,7 +286,6 @@ pub fn judge<'a>(
                 verdict,
             });
         }
-        let warmup = spec.soak.warmup_secs as f64;
         let verdict = verdict::storm(&setups(of(node), node), v.setups_per_minute, warmup);
         let discovery = verdict::storm(
             &discovery_rounds(of(node), node),
@@ -223,11 +301,15 @@ pub fn judge<'a>(
             discovery,
         });
     }
+    let outcome = Outcome::of(&failed, &undecided);
     Summary {
-        pass: failed.is_empty(),
+        outcome,
+        pass: outcome == Outcome::Pass,
         failed,
+        undecided,
         progress,
         leaks,
+        cpu,
         storms,
     }
 }
@@ -262,7 +344,7 @@ spec:
                     ("process_resident_memory_bytes", 100e6 + wobble * 1e5),
                     ("process_open_fds", 40.0 + (wobble % 3.0)),
                     ("process_threads", 12.0),
-                    (CPU_TOTAL, 0.2 * t + wobble * 0.01),
+                    (CPU_TOTAL, 0.02 * t + wobble * 0.01),
                     (SETUPS, (t / 60.0).floor()),
                 ]
                 .into_iter()
@@ -326,7 +408,7 @@ spec:
         // since the restart is judged. us-2 stops at 40 min: stuck, whatever its memory does.
         let s = run(|n, t, v| {
             if n == 0 && t >= 1800.0 {
-                *v.get_mut(CPU_TOTAL).unwrap() -= 0.2 * 1800.0;
+                *v.get_mut(CPU_TOTAL).unwrap() -= 0.02 * 1800.0;
                 *v.get_mut("process_resident_memory_bytes").unwrap() -= 50e6;
             }
             if n == 2 && t >= 2400.0 {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use syncnet_crds::{FaultAction, SyncNetwork};
+use syncnet_crds::SyncNetwork;
 use syncnet_node::config::NetworkConfig;
 use syncnet_node::faults::Faults;
 use syncnet_node::keys;
@@ -40,7 +40,7 @@ pub struct RunOptions {
     pub syncnode: Option<PathBuf>,
     /// Seeds the fault targets' draw: the same seed gives the same schedule.
     pub seed: u64,
-    /// Leaves out leak-canary and storm-canary faults (the control run for S4).
+    /// Leaves out every canary fault (the control run for S4).
     pub no_canaries: bool,
     /// Log filter for the nodes (their logs go to `nodes/<name>/node.log`).
     pub node_log: String,
@@ -60,9 +60,7 @@ pub fn load_spec(path: &Path, no_canaries: bool) -> Result<SyncNetwork, String> 
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut sn = SyncNetwork::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     if no_canaries {
-        sn.spec
-            .faults
-            .retain(|f| !matches!(f.action, FaultAction::LeakCanary | FaultAction::StormCanary));
+        sn.spec.faults.retain(|f| !f.action.is_canary());
     }
     Ok(sn)
 }

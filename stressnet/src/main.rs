@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use stressnet::judge::Outcome;
 use stressnet::{compare, local, plan, report};
 
 #[derive(Parser)]
@@ -36,7 +37,7 @@ enum Cmd {
         /// Seed of the fault targets' draw (same seed, same schedule).
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Leave out leak-canary and storm-canary faults (the control run).
+        /// Leave out every canary fault (leak, storm, fd, thread, cpu): the control run.
         #[arg(long)]
         no_canaries: bool,
         /// Log filter of the nodes (their logs: nodes/<name>/node.log).
@@ -140,11 +141,11 @@ fn main() -> ExitCode {
                 Ok(sn) => {
                     let s = sn.status.unwrap_or_default();
                     print!("{}", stressnet::cluster::format_status(&name, &s));
-                    // Like `run`: 1 when a verdict failed.
-                    if s.verdict.as_deref().is_some_and(|v| v != "pass") {
-                        ExitCode::from(1)
-                    } else {
-                        ExitCode::SUCCESS
+                    // Like `run`: 1 when a verdict failed, 4 when some could not be decided.
+                    match s.verdict.as_deref() {
+                        Some(v) if v.starts_with("inconclusive") => ExitCode::from(4),
+                        Some(v) if v != "pass" => ExitCode::from(1),
+                        _ => ExitCode::SUCCESS,
                     }
                 }
                 Err(e) => fail(3, e),
@@ -279,11 +280,21 @@ fn verdict(s: &report::RunSummary, dir: &Path) -> ExitCode {
             .map_or("–".into(), |x| format!("{x:.1} s"))
     );
     println!("report: {}", dir.join(stressnet::run_dir::REPORT).display());
-    if s.pass {
-        println!("verdict: PASS");
-        ExitCode::SUCCESS
-    } else {
-        println!("verdict: FAIL {}", s.failed.join(" "));
-        ExitCode::from(1)
+    match s.outcome {
+        Outcome::Pass => {
+            println!("verdict: PASS");
+            ExitCode::SUCCESS
+        }
+        Outcome::Fail => {
+            println!("verdict: FAIL {}", s.failed.join(" "));
+            ExitCode::from(1)
+        }
+        Outcome::Inconclusive => {
+            println!(
+                "verdict: INCONCLUSIVE not judged: {}",
+                s.undecided.join(" ")
+            );
+            ExitCode::from(4)
+        }
     }
 }

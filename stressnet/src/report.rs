@@ -17,10 +17,17 @@ use crate::verdict;
 #[derive(Clone, Debug, Serialize)]
 pub struct RunSummary {
     pub name: String,
+    /// PASS only when every verdict was decided and passed; INCONCLUSIVE when nothing failed but
+    /// something was not judged or the run was interrupted.
+    pub outcome: judge::Outcome,
+    /// `outcome == pass`.
     pub pass: bool,
     /// Named failed verdicts: those of [`judge::Summary`] plus `crash:<node>` for a node that
     /// exited on its own.
     pub failed: Vec<String>,
+    /// What could not be decided: the verdict names of [`judge::Summary::undecided`], and
+    /// `run:interrupted` for a run cut short.
+    pub undecided: Vec<String>,
     pub interrupted: bool,
     pub seed: u64,
     pub nodes: usize,
@@ -124,11 +131,19 @@ pub fn summarize(info: &RunInfo, samples: &[Sample], events: &[Event]) -> RunSum
             .filter_map(|c| c.worst_secs)
             .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
     };
+    let interrupted = events.iter().any(|e| e.kind == EventKind::Interrupted);
+    let mut undecided = verdicts.undecided.clone();
+    if interrupted {
+        undecided.push("run:interrupted".to_owned());
+    }
+    let outcome = judge::Outcome::of(&failed, &undecided);
     RunSummary {
         name: info.name.clone(),
-        pass: failed.is_empty(),
+        outcome,
+        pass: outcome == judge::Outcome::Pass,
         failed,
-        interrupted: events.iter().any(|e| e.kind == EventKind::Interrupted),
+        undecided,
+        interrupted,
         seed: info.seed,
         nodes: info.nodes.len(),
         planned_secs: info.spec.soak.duration_secs,
@@ -354,7 +369,7 @@ pub fn html(
     events: &[Event],
 ) -> String {
     let mut h = String::new();
-    let verdict = if s.pass { "PASS" } else { "FAIL" };
+    let verdict = s.outcome.label();
     let _ = write!(
         h,
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>stressnet: {name} {verdict}</title>\
@@ -363,7 +378,11 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pas
 .badge{{font-size:150%;padding:2px 10px;border-radius:4px;color:#fff}}</style></head><body>\
 <h1>stressnet run <code>{name}</code> <span class=\"badge\" style=\"background:{bg}\">{verdict}</span></h1>",
         name = esc(&s.name),
-        bg = if s.pass { "#080" } else { "#b00" },
+        bg = match s.outcome {
+            judge::Outcome::Pass => "#080",
+            judge::Outcome::Fail => "#b00",
+            judge::Outcome::Inconclusive => "#b60",
+        },
     );
     if !s.failed.is_empty() {
         let _ = write!(
@@ -372,8 +391,15 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pas
             esc(&s.failed.join(", "))
         );
     }
+    if !s.undecided.is_empty() {
+        let _ = write!(
+            h,
+            "<p class=\"fail\">Not judged (too little data after the warm-ups): {}</p>",
+            esc(&s.undecided.join(", "))
+        );
+    }
     if s.interrupted {
-        h.push_str("<p class=\"fail\">The run was interrupted; verdicts cover what ran.</p>");
+        h.push_str("<p class=\"fail\">The run was interrupted; verdicts cover what ran, and it cannot pass.</p>");
     }
     let _ = write!(
         h,
@@ -464,35 +490,50 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pas
         h.push_str("</table>");
     }
 
+    let vs = &info.spec.verdicts;
     let _ = write!(
         h,
-        "<h2>Leaks</h2><p>Per node and metric since the node's last start, warm-up ({} s) dropped, \
-{} s medians: Theil–Sen slope and Mann–Kendall (Hamed–Rao) p. A leak needs p &lt; {} and a slope over the budget \
-(RSS: {} MiB/h).</p><table><tr><th>node</th><th>metric</th><th>points</th><th>slope / h</th><th>p</th>\
-<th>time to limit</th><th>verdict</th></tr>",
+        "<h2>Leaks</h2><p>Per node and resource over the node's whole life, every incarnation (process start) \
+after its warm-up ({} s at the first start, {} s after a restart), {} s medians and minima. A leak needs a trend \
+(Mann–Kendall with the Hamed–Rao correction, summed over incarnations, p &lt; {}), a pooled Theil–Sen slope over the budget \
+for the medians and for the minima (the floor), and growth in the last third of at least half the budget; \
+significant growth that fails the last two is a high-water mark. Budgets per hour: RSS {} MiB, fds {}, threads {}, \
+CPU {} cores.</p><table><tr><th>node</th><th>metric</th><th>lives</th><th>points</th><th>slope / h</th>\
+<th>floor / h</th><th>last third / h</th><th>p</th><th>time to limit</th><th>verdict</th></tr>",
         info.spec.soak.warmup_secs,
-        info.spec.verdicts.leak_bucket_secs,
-        info.spec.verdicts.leak_p,
-        info.spec.verdicts.leak_slope_mib_per_hour,
+        vs.restart_warmup_secs,
+        vs.leak_bucket_secs,
+        vs.leak_p,
+        vs.leak_slope_mib_per_hour,
+        vs.fds_per_hour,
+        vs.threads_per_hour,
+        vs.cpu_cores_per_hour,
     );
     for l in &v.leaks {
         let lv = &l.verdict;
-        let slope = if l.metric == "rss" {
-            format!("{:.2} MiB", lv.slope_per_hour / 1048576.0)
-        } else {
-            format!("{:.3}", lv.slope_per_hour)
+        let unit = |x: f64| {
+            if l.metric == "rss" {
+                format!("{:.2} MiB", x / 1048576.0)
+            } else {
+                format!("{x:.3}")
+            }
         };
-        let word = match (lv.leak, lv.undecided) {
-            (true, _) => "<b class=\"fail\">LEAK</b>".to_owned(),
-            (false, Some(why)) => format!("undecided ({})", esc(why)),
-            (false, None) => "ok".to_owned(),
+        let word = match (lv.leak, lv.high_water, lv.undecided) {
+            (true, _, _) => "<b class=\"fail\">LEAK</b>".to_owned(),
+            (false, _, Some(why)) => format!("<b>undecided</b> ({})", esc(why)),
+            (false, true, None) => "ok (high-water mark)".to_owned(),
+            (false, false, None) => "ok".to_owned(),
         };
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{slope}</td><td>{}</td><td>{}</td><td>{word}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{word}</td></tr>",
             esc(&l.node),
             l.metric,
+            lv.incarnations,
             lv.points,
+            unit(lv.slope_per_hour),
+            unit(lv.floor_slope_per_hour),
+            lv.late_slope_per_hour.map_or("–".into(), unit),
             if lv.p.is_finite() {
                 format!("{:.2e}", lv.p)
             } else {
@@ -504,6 +545,30 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pas
                 } else {
                     ""
                 },
+        );
+    }
+    h.push_str("</table>");
+
+    let _ = write!(
+        h,
+        "<h2>CPU</h2><p>Cores in use per node over its life after the warm-ups; a mean over {} cores fails.</p>\
+<table><tr><th>node</th><th>points</th><th>mean</th><th>p95</th><th>verdict</th></tr>",
+        vs.cpu_cores
+    );
+    for c in &v.cpu {
+        let cv = &c.verdict;
+        let word = match (cv.over, cv.undecided) {
+            (true, _) => "<b class=\"fail\">OVER</b>".to_owned(),
+            (false, Some(why)) => format!("<b>undecided</b> ({})", esc(why)),
+            (false, None) => "ok".to_owned(),
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{word}</td></tr>",
+            esc(&c.node),
+            cv.points,
+            cv.mean,
+            cv.p95,
         );
     }
     h.push_str("</table>");
@@ -575,6 +640,7 @@ spec:
   producer: {region: us, blockIntervalMs: 1000, payloadBytes: 1024}
   faults: [{name: k, atSecs: 50, durationSecs: 10, action: kill-restart, target: {region: eu}}]
   soak: {durationSecs: 120, warmupSecs: 10, scrapeIntervalSecs: 5}
+  verdicts: {leakBucketSecs: 5, restartWarmupSecs: 5}
 "#,
         )
         .unwrap()
@@ -616,7 +682,7 @@ spec:
                 let values = [
                     (judge::HEIGHT, h),
                     ("process_resident_memory_bytes", 30e6 + t * 1e3),
-                    ("process_cpu_seconds_total", t * 0.1),
+                    ("process_cpu_seconds_total", t * 0.01),
                     ("process_open_fds", 20.0),
                     ("process_threads", 8.0),
                     ("syncnet_p2p_streams", 1.0),
@@ -683,6 +749,56 @@ spec:
         }];
         let s = summarize(&info(), &samples(), &events);
         assert!(!s.pass);
+        assert_eq!(s.outcome, judge::Outcome::Fail);
         assert_eq!(s.failed, ["crash:eu-0"]);
+    }
+
+    #[test]
+    fn an_interrupted_run_is_inconclusive_never_pass() {
+        let events = vec![Event {
+            t: 35.0,
+            kind: EventKind::Interrupted,
+            node: None,
+            detail: "SIGINT".into(),
+        }];
+        let info = info();
+        let samples = samples();
+        let s = summarize(&info, &samples, &events);
+        assert!(s.failed.is_empty(), "{:?}", s.failed);
+        assert_eq!(s.outcome, judge::Outcome::Inconclusive);
+        assert!(!s.pass);
+        assert!(s.undecided.contains(&"run:interrupted".to_owned()));
+        let page = html(&info, &s, &[], &[], &events);
+        assert!(page.contains("INCONCLUSIVE") && !page.contains(">PASS<"));
+    }
+
+    #[test]
+    fn a_node_never_judged_makes_the_run_inconclusive_and_is_named() {
+        // eu-0's process metrics stop after 20 s (its head keeps up): no leak or CPU verdict can
+        // be decided for it.
+        let mut samples = samples();
+        for s in samples
+            .iter_mut()
+            .filter(|s| s.node == "eu-0" && s.t >= 20.0)
+        {
+            s.values.retain(|k, _| !k.starts_with("process_"));
+        }
+        let s = summarize(&info(), &samples, &[]);
+        assert_eq!(s.outcome, judge::Outcome::Inconclusive, "{:?}", s.failed);
+        assert!(
+            s.undecided.iter().any(|u| u == "leak:eu-0:rss"),
+            "{:?}",
+            s.undecided
+        );
+        assert!(
+            s.undecided.iter().any(|u| u == "cpu:eu-0"),
+            "{:?}",
+            s.undecided
+        );
+        assert!(
+            !s.undecided.iter().any(|u| u.contains("us-0")),
+            "{:?}",
+            s.undecided
+        );
     }
 }

@@ -378,9 +378,9 @@ impl P2pHandle {
         session::set_rate(&self.ctx.stream_reset_rate, p);
     }
 
-    /// CANARY: retain this many KiB per stream setup, forever (capped at 4 GiB in total).
-    pub fn set_leak_canary_kib(&self, kib: u64) {
-        self.ctx.leak_kib_per_setup.store(kib, Ordering::Relaxed);
+    /// CANARIES: planted memory, fd, thread and CPU defects (all capped; see `canary`).
+    pub fn set_canaries(&self, set: crate::canary::CanarySet) {
+        self.ctx.canaries.set(set);
     }
 
     pub fn region(&self) -> Option<&str> {
@@ -678,8 +678,7 @@ pub async fn spawn(
         stall_ms: AtomicU64::new(0),
         request_error_rate: AtomicU64::new(0f64.to_bits()),
         stream_reset_rate: AtomicU64::new(0f64.to_bits()),
-        leak_kib_per_setup: AtomicU64::new(0),
-        leaked: std::sync::Mutex::new((Vec::new(), 0)),
+        canaries: crate::canary::Canaries::new(Instant::now()),
         shutting_down: AtomicBool::new(false),
     });
     let (session_tx, session_rx) = mpsc::channel(1024);

@@ -11,6 +11,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::PeerId;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::canary::Canaries;
 use crate::chain::ChainSpec;
 use crate::metrics::P2pMetrics;
 use crate::ratelimit::ServerLimiter;
@@ -45,15 +46,10 @@ pub struct SessionCtx {
     pub request_error_rate: AtomicU64,
     /// Fault: probability (f64 bits) that a request we receive resets the stream instead.
     pub stream_reset_rate: AtomicU64,
-    /// CANARY: KiB retained forever per stream setup (a planted leak).
-    pub leak_kib_per_setup: AtomicU64,
-    /// The retained blocks and their total size in bytes.
-    pub leaked: std::sync::Mutex<(Vec<Box<[u8]>>, usize)>,
+    /// Planted defects (memory, fds, threads per setup; CPU per request).
+    pub canaries: Canaries,
     pub shutting_down: AtomicBool,
 }
-
-/// The leak canary stops growing here, so a forgotten canary cannot take the machine down.
-const LEAK_CAP_BYTES: usize = 4 << 30;
 
 fn roll(rate: &AtomicU64) -> bool {
     let p = f64::from_bits(rate.load(Ordering::Relaxed));
@@ -73,28 +69,6 @@ impl SessionCtx {
             head: head.header,
             head_signature: head.signature,
             limits: self.limits,
-        }
-    }
-
-    /// Retains `leak_kib_per_setup` KiB (pages touched, so resident), up to the cap.
-    fn leak_one(&self) {
-        let kib = self.leak_kib_per_setup.load(Ordering::Relaxed) as usize;
-        if kib == 0 {
-            return;
-        }
-        let mut leaked = self.leaked.lock().expect("not poisoned");
-        let (blocks, held) = &mut *leaked;
-        if *held + kib * 1024 <= LEAK_CAP_BYTES {
-            blocks.push(vec![0xA5u8; kib * 1024].into_boxed_slice());
-            *held += kib * 1024;
-            self.metrics
-                .faults_injected
-                .get_or_create(&[("kind", "leak_canary")])
-                .inc();
-            self.metrics
-                .tracked
-                .get_or_create(&[("table", "leak_canary_kib")])
-                .set((*held / 1024) as i64);
         }
     }
 
@@ -267,7 +241,7 @@ pub async fn run<S>(
         }
     }
 
-    ctx.leak_one();
+    ctx.canaries.on_setup(&ctx.metrics);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let (close, closed) = oneshot::channel();
     let ready = SessionEvent::Ready {
@@ -386,6 +360,14 @@ async fn serve(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Response {
             .get_or_create(&[("kind", "stall")])
             .inc();
         tokio::time::sleep(Duration::from_millis(stall)).await;
+    }
+    if let Some(d) = ctx.canaries.cpu_burn(std::time::Instant::now()) {
+        ctx.metrics
+            .faults_injected
+            .get_or_create(&[("kind", "cpu_canary")])
+            .inc();
+        // On the blocking pool: the canary burns CPU, it does not stall the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || crate::canary::cpu_canary_burn(d)).await;
     }
     let kind = match req.kind() {
         wire::RequestKind::Status => "status",

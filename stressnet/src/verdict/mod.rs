@@ -3,17 +3,20 @@
 //! both call this; there is no second copy.
 
 pub mod stats;
+pub mod synth;
 
 use serde::{Deserialize, Serialize};
 
 pub use stats::Point;
 
-/// How a series is judged for a leak (design notes §5).
+/// How a resource is judged for a leak (design notes §5; docs/stressnet.md argues the method).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LeakConfig {
-    /// Seconds from the start that are ignored (caches filling, connections forming).
+    /// Seconds from the node's first start that are ignored (caches filling, connections forming).
     pub warmup_secs: f64,
+    /// Seconds ignored after each restart (the process refills its caches and catches up).
+    pub restart_warmup_secs: f64,
     /// Median window for downsampling, seconds.
     pub bucket_secs: f64,
     /// A trend must be this significant (Mann–Kendall, autocorrelation-corrected)...
@@ -28,6 +31,7 @@ impl Default for LeakConfig {
     fn default() -> Self {
         LeakConfig {
             warmup_secs: 300.0,
+            restart_warmup_secs: 60.0,
             bucket_secs: 60.0,
             p_threshold: 0.01,
             slope_budget_per_hour: 0.0,
@@ -36,62 +40,208 @@ impl Default for LeakConfig {
     }
 }
 
-/// Fewer downsampled points than this after the warm-up: no verdict either way.
+/// Fewer downsampled points than this after the warm-ups, over all incarnations: no verdict.
 pub const MIN_POINTS: usize = 8;
+
+/// The last part of a node's judged life in which a leak must still be growing.
+pub const LATE_FRACTION: f64 = 1.0 / 3.0;
+/// How much of the budget the growth in that last part must keep (see [`leak`]).
+pub const LATE_SHARE: f64 = 0.5;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LeakVerdict {
-    /// Downsampled points judged.
+    /// Downsampled points judged, over all incarnations.
     pub points: usize,
-    /// Theil–Sen slope, units per hour.
+    /// Incarnations (process starts) that contributed points.
+    pub incarnations: usize,
+    /// Pooled Theil–Sen slope of the medians (pairs within an incarnation only), units per hour.
     pub slope_per_hour: f64,
-    /// Mann–Kendall two-sided p (1.0 when there is too little data).
+    /// The same for the per-window minima: the floor.
+    pub floor_slope_per_hour: f64,
+    /// The same for the medians of the oldest third of the judged ages (`None`: too few points).
+    pub late_slope_per_hour: Option<f64>,
+    /// Mann–Kendall two-sided p over all incarnations (1.0 when there is too little data).
     pub p: f64,
     pub leak: bool,
+    /// Significant growth over the budget that stopped or stayed off the floor: a high-water
+    /// mark (buffers and caches growing to what the load needs), reported, not failed.
+    pub high_water: bool,
     /// (limit - last value) / slope, when rising toward a configured limit.
     pub time_to_limit_hours: Option<f64>,
     /// Why there is no verdict (too little data), if so.
     pub undecided: Option<&'static str>,
 }
 
-/// Judges one series: drop the warm-up, downsample by medians, Theil–Sen slope and Mann–Kendall
-/// (Hamed–Rao). A leak only when p < threshold AND the slope exceeds the budget: either test alone
-/// flags flat-but-noisy or wandering series.
-pub fn leak(series: &[Point], cfg: &LeakConfig) -> LeakVerdict {
-    let t0 = series.first().map_or(0.0, |p| p.0);
-    let kept: Vec<Point> = series
-        .iter()
-        .copied()
-        .filter(|p| p.0 - t0 >= cfg.warmup_secs)
-        .collect();
-    let down = stats::downsample_median(&kept, cfg.bucket_secs);
+/// Judges one resource of one node over its whole life: `incarnations` holds one time-ordered
+/// series per process start (soak clock), oldest first.
+///
+/// Each incarnation loses its warm-up (`warmup_secs` for the first, `restart_warmup_secs` after a
+/// restart) and is downsampled to window medians and window minima. A leak needs all of:
+/// - a trend: Mann–Kendall (Hamed–Rao corrected) summed over incarnations, p < `p_threshold`;
+/// - steep enough: the pooled Theil–Sen slope of the medians over the budget;
+/// - a rising floor: the same slope of the minima over the budget (a cache that fills and is
+///   emptied, or a spike that is freed again, raises medians for a while but not the floor);
+/// - still growing when old: over the oldest third of the judged ages (time since a process
+///   start; without restarts, the last third of the run) the medians' slope keeps at least half
+///   the budget. A high-water mark steps up and stops; a leak keeps going.
+///
+/// Significant growth over the budget that fails the last two is reported as `high_water`.
+pub fn leak(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> LeakVerdict {
+    let mut medians: Vec<Vec<Point>> = vec![];
+    let mut floors: Vec<Vec<Point>> = vec![];
+    // When each judged incarnation started: the late part is judged by age (see below).
+    let mut starts: Vec<f64> = vec![];
+    for (k, series) in incarnations.iter().enumerate() {
+        let Some(&(start, _)) = series.first() else {
+            continue;
+        };
+        let warmup = if k == 0 {
+            cfg.warmup_secs
+        } else {
+            cfg.restart_warmup_secs
+        };
+        let kept: Vec<Point> = series
+            .iter()
+            .copied()
+            .filter(|p| p.0 - start >= warmup)
+            .collect();
+        let m = stats::downsample_median(&kept, cfg.bucket_secs);
+        if !m.is_empty() {
+            floors.push(stats::downsample_min(&kept, cfg.bucket_secs));
+            medians.push(m);
+            starts.push(start);
+        }
+    }
+    let points: usize = medians.iter().map(Vec::len).sum();
     let undecided = |why| LeakVerdict {
-        points: down.len(),
+        points,
+        incarnations: medians.len(),
         slope_per_hour: 0.0,
+        floor_slope_per_hour: 0.0,
+        late_slope_per_hour: None,
         p: 1.0,
         leak: false,
+        high_water: false,
         time_to_limit_hours: None,
         undecided: Some(why),
     };
-    if down.len() < MIN_POINTS {
+    if points < MIN_POINTS {
         return undecided("too few points after the warm-up");
     }
-    let (Some((slope, _)), Some(mk)) = (stats::theil_sen(&down), stats::mann_kendall(&down)) else {
-        return undecided("no time span");
+    let (Some(slope), Some(mk)) = (
+        stats::theil_sen_pooled(&medians),
+        stats::mann_kendall_pooled(&medians),
+    ) else {
+        return undecided("no incarnation long enough for a trend");
     };
     let per_hour = slope * 3600.0;
-    let leak = mk.p < cfg.p_threshold && per_hour > cfg.slope_budget_per_hour;
-    let last = down.last().expect("non-empty").1;
+    let floor = stats::theil_sen_pooled(&floors).unwrap_or(0.0) * 3600.0;
+    // The oldest third of the judged ages (time since the process started), from each
+    // incarnation that got that old. A leak grows at every age; a high-water mark grows while
+    // the process is young (after a restart it refills its buffers) and then stops. Without
+    // restarts this is the last third of the run.
+    let ages = medians
+        .iter()
+        .zip(&starts)
+        .flat_map(|(m, s)| m.iter().map(move |p| p.0 - s));
+    let (lo, hi) = ages.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), a| {
+        (lo.min(a), hi.max(a))
+    });
+    let cut = hi - LATE_FRACTION * (hi - lo);
+    let late: Vec<Vec<Point>> = medians
+        .iter()
+        .zip(&starts)
+        .map(|(m, s)| {
+            m.iter()
+                .copied()
+                .filter(|p| p.0 - s >= cut)
+                .collect::<Vec<_>>()
+        })
+        .filter(|m| m.len() >= 2)
+        .collect();
+    let late_points: usize = late.iter().map(Vec::len).sum();
+    let late_slope = (late_points >= 3)
+        .then(|| stats::theil_sen_pooled(&late))
+        .flatten()
+        .map(|s| s * 3600.0);
+    let budget = cfg.slope_budget_per_hour;
+    let grows = mk.p < cfg.p_threshold && per_hour > budget;
+    // Too little of the last third to judge persistence: the other gates decide.
+    let persists = floor > budget && late_slope.is_none_or(|l| l >= LATE_SHARE * budget);
+    let leak = grows && persists;
+    let last_value = medians.last().and_then(|m| m.last()).expect("non-empty").1;
     let time_to_limit_hours = cfg
         .limit
         .filter(|_| per_hour > 0.0)
-        .map(|limit| ((limit - last) / per_hour).max(0.0));
+        .map(|limit| ((limit - last_value) / per_hour).max(0.0));
     LeakVerdict {
-        points: down.len(),
+        points,
+        incarnations: medians.len(),
         slope_per_hour: per_hour,
+        floor_slope_per_hour: floor,
+        late_slope_per_hour: late_slope,
         p: mk.p,
         leak,
+        high_water: grows && !persists,
         time_to_limit_hours,
+        undecided: None,
+    }
+}
+
+/// A resource's level over a node's life (e.g. CPU cores in use), against a budget.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LevelVerdict {
+    /// Points judged, over all incarnations, after their warm-ups.
+    pub points: usize,
+    pub mean: f64,
+    pub p95: f64,
+    /// The mean is over the budget.
+    pub over: bool,
+    pub undecided: Option<&'static str>,
+}
+
+/// Judges the level of a resource over a node's whole life: every incarnation after its warm-up
+/// (`warmup_secs` for the first, `restart_warmup_secs` after restarts; catching up after a restart
+/// is work, not waste), mean against `budget`. The mean, not a peak: a node may burn a core while
+/// it catches up, but one that spins whenever it is short of peers shows a raised mean.
+pub fn level(
+    incarnations: &[Vec<Point>],
+    warmup_secs: f64,
+    restart_warmup_secs: f64,
+    budget: f64,
+) -> LevelVerdict {
+    let mut v: Vec<f64> = incarnations
+        .iter()
+        .enumerate()
+        .flat_map(|(k, s)| {
+            let start = s.first().map_or(0.0, |p| p.0);
+            let warmup = if k == 0 {
+                warmup_secs
+            } else {
+                restart_warmup_secs
+            };
+            s.iter()
+                .filter(move |p| p.0 - start >= warmup && p.1.is_finite())
+                .map(|p| p.1)
+        })
+        .collect();
+    if v.len() < MIN_POINTS {
+        return LevelVerdict {
+            points: v.len(),
+            mean: 0.0,
+            p95: 0.0,
+            over: false,
+            undecided: Some("too few points after the warm-up"),
+        };
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    v.sort_by(f64::total_cmp);
+    let p95 = v[((v.len() - 1) as f64 * 0.95).round() as usize];
+    LevelVerdict {
+        points: v.len(),
+        mean,
+        p95,
+        over: mean > budget,
         undecided: None,
     }
 }

@@ -22,6 +22,19 @@ fn median(v: &mut [f64]) -> f64 {
 /// Medians over consecutive windows of `bucket` seconds (aligned to the first point), each at its
 /// window's middle. Robust to scrape jitter and single spikes (GC, a burst of blocks).
 pub fn downsample_median(points: &[Point], bucket: f64) -> Vec<Point> {
+    downsample(points, bucket, median)
+}
+
+/// Minima over the same windows: the floor a series returns to. Caches that fill and are emptied
+/// again, and buffers that are freed, leave it; a leak raises it.
+pub fn downsample_min(points: &[Point], bucket: f64) -> Vec<Point> {
+    downsample(points, bucket, |v| {
+        v.iter().copied().fold(f64::INFINITY, f64::min)
+    })
+}
+
+fn downsample(points: &[Point], bucket: f64, reduce: impl Fn(&mut [f64]) -> f64) -> Vec<Point> {
+    let median = reduce;
     assert!(bucket > 0.0, "bucket must be positive");
     let Some(&(t0, _)) = points.first() else {
         return vec![];
@@ -64,6 +77,57 @@ pub fn theil_sen(points: &[Point]) -> Option<(f64, f64)> {
     let slope = median(&mut slopes);
     let mut intercepts: Vec<f64> = points.iter().map(|&(t, v)| v - slope * t).collect();
     Some((slope, median(&mut intercepts)))
+}
+
+/// Theil–Sen over independent blocks (a node's incarnations): the median of the pairwise slopes
+/// taken within each block only, never across two (Sen's slope for blocked data, as in Hirsch,
+/// Slack and Smith's seasonal Kendall slope, 1982). A restart's drop in memory is then no slope at
+/// all, while growth inside every incarnation is. Longer blocks weigh more: they have more pairs.
+/// `None` when no block has two distinct times.
+pub fn theil_sen_pooled(blocks: &[Vec<Point>]) -> Option<f64> {
+    let mut slopes = vec![];
+    for b in blocks {
+        for (i, &(ti, vi)) in b.iter().enumerate() {
+            for &(tj, vj) in &b[i + 1..] {
+                if tj != ti {
+                    slopes.push((vj - vi) / (tj - ti));
+                }
+            }
+        }
+    }
+    (!slopes.is_empty()).then(|| median(&mut slopes))
+}
+
+/// Mann–Kendall over independent blocks: S and Var(S) are summed over the blocks (each block's
+/// variance with its own Hamed–Rao correction), as in the seasonal Kendall test. Valid because
+/// under "no trend" every block's S has mean 0 and distinct processes are independent, so the sum
+/// is again asymptotically normal with the summed variance. Blocks with fewer than 4 points are left
+/// out. `None` when no block is left.
+pub fn mann_kendall_pooled(blocks: &[Vec<Point>]) -> Option<MannKendall> {
+    let tests: Vec<MannKendall> = blocks.iter().filter_map(|b| mann_kendall(b)).collect();
+    if tests.is_empty() {
+        return None;
+    }
+    let s: f64 = tests.iter().map(|m| m.s).sum();
+    let var_s: f64 = tests.iter().map(|m| m.var_s).sum();
+    let var0: f64 = tests.iter().map(|m| m.var_s / m.correction).sum();
+    Some(finish_mk(s, var_s, var_s / var0))
+}
+
+fn finish_mk(s: f64, var_s: f64, correction: f64) -> MannKendall {
+    let z = if var_s > 0.0 {
+        (s - sign(s)) / var_s.sqrt()
+    } else {
+        0.0
+    };
+    let p = libm::erfc(z.abs() / std::f64::consts::SQRT_2);
+    MannKendall {
+        s,
+        var_s,
+        correction,
+        z,
+        p,
+    }
 }
 
 /// Result of the Mann–Kendall test.
@@ -111,9 +175,11 @@ fn ranks(v: &[f64]) -> Vec<f64> {
 
 /// Mann–Kendall trend test on values in time order, with Hamed and Rao's (1998) correction: the
 /// series is detrended with the Theil–Sen slope, the autocorrelation of its ranks is measured, and
-/// Var(S) is inflated by n/n* using only the lags that are significant at 5%. Without it, slowly
-/// wandering series (RSS of a healthy node) look like trends. The factor is kept ≥ 1 so negative
-/// autocorrelation never makes the test more eager. `None` with fewer than 4 points.
+/// Var(S) is inflated by n/n* using only the lags that are significant at 5%; and a second factor
+/// from an AR(1) model of the same ranks with a bias-corrected lag-1 correlation (see below), the
+/// larger of the two applied. Without them, slowly wandering series (RSS of a healthy node) look
+/// like trends. The factor is kept ≥ 1 so negative autocorrelation never makes the test more
+/// eager. `None` with fewer than 4 points.
 pub fn mann_kendall(points: &[Point]) -> Option<MannKendall> {
     let n = points.len();
     if n < 4 {
@@ -161,21 +227,27 @@ pub fn mann_kendall(points: &[Point]) -> Option<MannKendall> {
             }
         }
     }
-    let correction = (1.0 + 2.0 / (nf * (nf - 1.0) * (nf - 2.0)) * sum).max(1.0);
-    let var_s = var0 * correction;
-    let z = if var_s > 0.0 {
-        (s - sign(s)) / var_s.sqrt()
-    } else {
-        0.0
-    };
-    let p = libm::erfc(z.abs() / std::f64::consts::SQRT_2);
-    Some(MannKendall {
-        s,
-        var_s,
-        correction,
-        z,
-        p,
-    })
+    let hamed_rao = 1.0 + 2.0 / (nf * (nf - 1.0) * (nf - 2.0)) * sum;
+    // Short series hide their memory: with n of 10–30 windows, lag correlations of a wander that
+    // lasts minutes are biased low and fall below the significance bound, so the Hamed–Rao
+    // factor alone under-corrects (the verdict benchmark's AR(1) series were flagged at several
+    // times the nominal rate). A second factor models the detrended ranks as AR(1) with the lag-1
+    // correlation corrected for its small-sample bias (Kendall: E[r1] ≈ ρ − (1 + 4ρ)/n, so
+    // ρ ≈ (n·r1 + 1)/(n − 4)), all lags counted as ρ^k in the same formula; the larger factor wins.
+    let mut ar1 = 0.0;
+    if denom > 0.0 && n > 5 {
+        let num: f64 = (0..n - 1).map(|i| (r[i] - mean) * (r[i + 1] - mean)).sum();
+        let r1 = ((nf * num / denom + 1.0) / (nf - 4.0)).clamp(0.0, 0.98);
+        let mut rho = r1;
+        for k in 1..n - 2 {
+            let (a, b, c) = ((n - k) as f64, (n - k - 1) as f64, (n - k - 2) as f64);
+            ar1 += a * b * c * rho;
+            rho *= r1;
+        }
+    }
+    let ar1 = 1.0 + 2.0 / (nf * (nf - 1.0) * (nf - 2.0)) * ar1;
+    let correction = hamed_rao.max(ar1).max(1.0);
+    Some(finish_mk(s, var0 * correction, correction))
 }
 
 #[cfg(test)]
@@ -201,6 +273,66 @@ mod tests {
         assert!((slope - 2.0).abs() < 1e-9, "{slope}");
         assert!((intercept - 3.0).abs() < 1e-9, "{intercept}");
         assert!(theil_sen(&[(1.0, 1.0), (1.0, 2.0)]).is_none());
+    }
+
+    #[test]
+    fn floors_are_window_minima() {
+        let pts: Vec<Point> = [5.0, 1.0, 9.0, 4.0, 7.0, 3.0]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as f64, *v))
+            .collect();
+        assert_eq!(downsample_min(&pts, 3.0), vec![(1.5, 1.0), (4.5, 3.0)]);
+    }
+
+    #[test]
+    fn pooled_theil_sen_takes_pairs_within_blocks_only() {
+        // Block A rises by 1 per second (3 pairs); block B, a later incarnation, starts far
+        // higher and falls by 10 per second (1 pair). Within blocks: [1, 1, 1, -10], median 1.
+        // Across blocks the pairs would all be steep rises.
+        let a = vec![(0.0, 0.0), (1.0, 1.0), (2.0, 2.0)];
+        let b = vec![(10.0, 100.0), (11.0, 90.0)];
+        assert_eq!(theil_sen_pooled(&[a.clone(), b.clone()]), Some(1.0));
+        let all: Vec<Point> = a.iter().chain(&b).copied().collect();
+        assert!(theil_sen(&all).unwrap().0 > 5.0);
+        assert_eq!(theil_sen_pooled(&[vec![(1.0, 1.0)], vec![]]), None);
+    }
+
+    #[test]
+    fn pooled_mann_kendall_sums_s_and_variances() {
+        // Two strictly increasing blocks of 5 and 6 points: S = 10 + 15 = 25,
+        // Var = (5*4*15 + 6*5*17) / 18 = 45 (constant detrended ranks: no correction),
+        // Z = 24 / sqrt(45) = 3.5777, two-sided p = 3.466e-4. A 3-point block is left out.
+        let block = |n: usize, t0: f64| -> Vec<Point> {
+            (0..n).map(|i| (t0 + i as f64, i as f64)).collect()
+        };
+        let mk = mann_kendall_pooled(&[block(5, 0.0), block(3, 50.0), block(6, 100.0)]).unwrap();
+        assert_eq!(mk.s, 25.0);
+        assert!((mk.var_s - 45.0).abs() < 1e-9, "{mk:?}");
+        assert!((mk.z - 3.577_708_763_999_664).abs() < 1e-9, "{mk:?}");
+        assert!((mk.p - 3.466e-4).abs() < 0.001e-4, "{mk:?}");
+        assert!(mann_kendall_pooled(&[block(3, 0.0)]).is_none());
+    }
+
+    #[test]
+    fn short_series_memory_is_corrected_by_the_bias_corrected_lag_one_model() {
+        // Clusters of three: the detrended ranks' lag-1 correlation is 0.196, no lag is
+        // significant at 5% for n = 16 (so Hamed–Rao alone leaves Var(S) as it is), the
+        // bias-corrected ρ = (16 × 0.196 + 1) / 12 = 0.345 gives a factor of 1.7726.
+        // S = 92, Var0 = 16·15·37/18 = 493.33, Z = 91 / sqrt(493.33 × 1.7726) = 3.0773,
+        // p = 0.0020888 (values from an independent implementation of the same formulas).
+        let v = [
+            0.0, 0.5, 2.0, 2.2, 1.8, 1.5, 2.5, 4.0, 4.3, 3.9, 3.6, 4.6, 6.0, 6.4, 6.1, 5.8,
+        ];
+        let pts: Vec<Point> = v.iter().enumerate().map(|(i, x)| (i as f64, *x)).collect();
+        let mk = mann_kendall(&pts).unwrap();
+        assert_eq!(mk.s, 92.0);
+        assert!(
+            (mk.correction - 1.772_561_945_462_275_6).abs() < 1e-9,
+            "{mk:?}"
+        );
+        assert!((mk.z - 3.077_304_354_006_799).abs() < 1e-9, "{mk:?}");
+        assert!((mk.p - 0.002_088_819_074_445_6).abs() < 1e-9, "{mk:?}");
     }
 
     #[test]
