@@ -400,6 +400,36 @@ pub struct VerdictSpec {
     pub catch_up_secs: u64,
     /// Stream setups per node and minute above this are a storm.
     pub setups_per_minute: f64,
+    /// Production rates and limits: the report projects each node's memory growth to them
+    /// ("at production rates this node reaches its memory limit in N h").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production: Option<ProductionSpec>,
+}
+
+/// What a node sees in production, per hour, and where it dies.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProductionSpec {
+    /// Stream setups per node and hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0e9))]
+    pub setups_per_hour: Option<f64>,
+    /// Sync requests served per node and hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0e9))]
+    pub requests_per_hour: Option<f64>,
+    /// Blocks per hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0e9))]
+    pub blocks_per_hour: Option<f64>,
+    /// The node's memory limit (e.g. the pod's), MiB.
+    #[serde(
+        default,
+        rename = "memoryLimitMiB",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1.0, max = 1.0e9))]
+    pub memory_limit_mib: Option<f64>,
 }
 
 impl Default for VerdictSpec {
@@ -416,6 +446,7 @@ impl Default for VerdictSpec {
             catch_up_blocks: 2,
             catch_up_secs: 30,
             setups_per_minute: 60.0,
+            production: None,
         }
     }
 }
@@ -711,6 +742,23 @@ impl SyncNetworkSpec {
         ] {
             if !(x.is_finite() && x >= 0.0) {
                 return Err(err(format!("spec.verdicts.{name}"), "must be >= 0"));
+            }
+        }
+        if let Some(p) = &v.production {
+            for (name, x, min) in [
+                ("setupsPerHour", p.setups_per_hour, 0.0),
+                ("requestsPerHour", p.requests_per_hour, 0.0),
+                ("blocksPerHour", p.blocks_per_hour, 0.0),
+                ("memoryLimitMiB", p.memory_limit_mib, 1.0),
+            ] {
+                if let Some(x) = x
+                    && !(x.is_finite() && (min..=1.0e9).contains(&x))
+                {
+                    return Err(err(
+                        format!("spec.verdicts.production.{name}"),
+                        format!("must be within {min}..=1e9"),
+                    ));
+                }
             }
         }
         if v.restart_warmup_secs > 86_400 {

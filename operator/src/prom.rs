@@ -194,7 +194,7 @@ fn metric_names() -> BTreeSet<&'static str> {
     scrape::KEPT
         .iter()
         .map(|k| k.split('{').next().unwrap_or(k))
-        .chain([scrape::SETUPS_ALL])
+        .chain(scrape::SUMMED)
         .collect()
 }
 
@@ -206,6 +206,7 @@ fn node_labels() -> BTreeSet<&'static str> {
         .filter_map(|k| k.split_once('{'))
         .flat_map(|(_, labels)| labels.trim_end_matches('}').split(','))
         .filter_map(|l| l.split_once('=').map(|(n, _)| n))
+        .chain(scrape::SUMMED_LABELS)
         .collect()
 }
 
@@ -272,7 +273,8 @@ mod tests {
             let name = k.split('{').next().unwrap();
             assert!(q.contains(name), "{name} missing from {q}");
         }
-        assert_eq!(node_labels(), BTreeSet::from(["outcome"]));
+        assert!(q.contains(scrape::SERVED_ALL), "{q}");
+        assert_eq!(node_labels(), BTreeSet::from(["kind", "outcome"]));
         let (req, body) = prom().request(&q, 1_764_000_000.5);
         assert_eq!(req.method(), hyper::Method::POST);
         assert_eq!(
@@ -301,6 +303,8 @@ mod tests {
             series("syncnet_chain_head_height", "t-eu-0", json!({"instance": "10.0.0.9:9100"}), 70.0, "12"),
             series("syncnet_p2p_stream_setups_total", "t-eu-0", json!({"outcome": "ok"}), 100.0, "7"),
             series("syncnet_p2p_stream_setups_total", "t-eu-0", json!({"outcome": "refused"}), 100.0, "3"),
+            series("syncnet_sync_served_total", "t-eu-0", json!({"kind": "status", "outcome": "ok"}), 100.0, "4"),
+            series("syncnet_sync_served_total", "t-eu-0", json!({"kind": "blocks_by_range", "outcome": "ok"}), 100.0, "5"),
             series("syncnet_sync_lag", "t-eu-0", json!({}), 100.0, "NaN"),
             series("syncnet_chain_head_height", "t-producer-0", json!({}), 95.0, "42"),
             // Another network's pod in the same namespace: not ours.
@@ -319,6 +323,11 @@ mod tests {
             7.0
         );
         assert_eq!(eu.values[scrape::SETUPS_ALL], 10.0, "every outcome, once");
+        assert_eq!(
+            eu.values[scrape::SERVED_ALL],
+            9.0,
+            "every kind, kept apart, summed"
+        );
         assert!(
             !eu.values.contains_key("syncnet_sync_lag"),
             "NaN is no value"

@@ -53,6 +53,72 @@ pub struct NodeLeak {
     pub node: String,
     pub metric: &'static str,
     pub verdict: LeakVerdict,
+    /// RSS only: bytes per unit of work, by work (`setup`, `request`, `block`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_unit: Vec<(&'static str, verdict::PerUnit)>,
+    /// RSS only, with `verdicts.production.memoryLimitMiB`: when the node reaches it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub projection: Option<verdict::Projection>,
+}
+
+/// Work counters the RSS is measured against (cumulative per process): the unit's name, the
+/// series, and its production rate per hour in the spec.
+const WORK: [(&str, &str); 3] = [
+    ("setup", crate::scrape::SETUPS_ALL),
+    ("request", crate::scrape::SERVED_ALL),
+    ("block", HEIGHT),
+];
+
+fn production_rate(p: &syncnet_crds::ProductionSpec, unit: &str) -> Option<f64> {
+    match unit {
+        "setup" => p.setups_per_hour,
+        "request" => p.requests_per_hour,
+        "block" => p.blocks_per_hour,
+        _ => None,
+    }
+}
+
+/// RSS per unit of work, and the projection to the memory limit at production rates: the
+/// fastest of the growth by time and the growth per unit of work times its production rate (the
+/// pessimistic reading: the run cannot tell which one drives the growth when all rise together).
+fn rss_per_unit_and_projection<'a>(
+    spec: &SyncNetworkSpec,
+    samples: impl IntoIterator<Item = &'a Sample> + Clone,
+    node: &str,
+    rss: &[Vec<(f64, f64)>],
+    leak: &LeakVerdict,
+    cfg: &LeakConfig,
+) -> (
+    Vec<(&'static str, verdict::PerUnit)>,
+    Option<verdict::Projection>,
+) {
+    let per: Vec<(&'static str, verdict::PerUnit)> = WORK
+        .iter()
+        .filter_map(|&(unit, metric)| {
+            let work = incarnations(samples.clone(), node, metric);
+            verdict::per_unit(rss, &work, cfg).map(|p| (unit, p))
+        })
+        .collect();
+    let production = spec.verdicts.production.as_ref();
+    let projection = production
+        .and_then(|p| p.memory_limit_mib.map(|l| (p, l * 1024.0 * 1024.0)))
+        .and_then(|(p, limit)| {
+            let last = rss.iter().rev().find_map(|l| l.last())?.1;
+            let mut candidates = vec![];
+            if leak.undecided.is_none() {
+                let (lo, hi) = leak
+                    .slope_interval_per_hour
+                    .unwrap_or((leak.slope_per_hour, leak.slope_per_hour));
+                candidates.push(("time", leak.slope_per_hour, lo, hi));
+            }
+            for (unit, pu) in &per {
+                if let Some(rate) = production_rate(p, unit) {
+                    candidates.push((*unit, pu.per_unit * rate, pu.low * rate, pu.high * rate));
+                }
+            }
+            verdict::project(last, limit, &candidates)
+        });
+    (per, projection)
 }
 
 /// A node's storm verdicts: stream setups per minute (every one that reached a conclusion:
@@ -139,9 +205,9 @@ pub struct Summary {
     pub storms: Vec<NodeStorm>,
 }
 
-/// A node's series split at its restarts, one part per process (incarnation): a restart resets
-/// the CPU counter, so a drop in `process_cpu_seconds_total` starts a new part. The CPU rate is
-/// computed within each part.
+/// A node's series split at its restarts, one part per process (incarnation), oldest first: a
+/// restart resets the CPU counter, so a drop in `process_cpu_seconds_total` starts a new part.
+/// The CPU rate is computed within each part.
 pub fn incarnations<'a>(
     samples: impl IntoIterator<Item = &'a Sample> + Clone,
     node: &str,
@@ -158,7 +224,7 @@ pub fn incarnations<'a>(
         for p in s {
             parts[starts.partition_point(|&b| b <= p.0)].push(p);
         }
-        parts.retain(|p| !p.is_empty());
+        // Empty parts stay: every metric's k-th part is the same process.
         parts
     };
     if metric == CPU_RATE {
@@ -280,10 +346,17 @@ pub fn judge<'a>(
                     verdict: level,
                 });
             }
+            let (per_unit, projection) = if name == "rss" {
+                rss_per_unit_and_projection(spec, of(node), node, &lives, &verdict, &cfg)
+            } else {
+                (vec![], None)
+            };
             leaks.push(NodeLeak {
                 node: node.clone(),
                 metric: name,
                 verdict,
+                per_unit,
+                projection,
             });
         }
         let verdict = verdict::storm(&setups(of(node), node), v.setups_per_minute, warmup);
@@ -399,6 +472,50 @@ spec:
         assert_eq!(s.failed, ["storm:us-0"]);
         assert!(s.storms[0].discovery.max_per_minute > 500.0);
         assert!(s.storms[1].discovery.max_per_minute < 10.0);
+    }
+
+    #[test]
+    fn production_rates_project_memory_growth_to_the_limit() {
+        let mut spec = SyncNetwork::from_yaml(SPEC).unwrap().spec;
+        spec.verdicts.production = Some(syncnet_crds::ProductionSpec {
+            blocks_per_hour: Some(7200.0),
+            memory_limit_mib: Some(1024.0),
+            ..Default::default()
+        });
+        // us-1 leaks 20 MiB/h; one block a second: 20 MiB/h over 3600 blocks/h = 5.69 KiB a
+        // block, and production makes twice the blocks: 40 MiB/h, the faster growth.
+        let s = run(|n, t, v| {
+            if n == 1 {
+                *v.get_mut("process_resident_memory_bytes").unwrap() +=
+                    20.0 * 1048576.0 * t / 3600.0;
+            }
+        });
+        let sum = judge(&spec, &names(), &s, &[]);
+        let rss = |n: &str| {
+            sum.leaks
+                .iter()
+                .find(|l| l.node == n && l.metric == "rss")
+                .unwrap()
+        };
+        let l = rss("us-1");
+        let (_, block) = l.per_unit.iter().find(|(u, _)| *u == "block").unwrap();
+        assert!((block.per_unit / 1024.0 - 5.69).abs() < 0.3, "{block:?}");
+        let p = l.projection.as_ref().unwrap();
+        assert_eq!(p.driver, "block");
+        assert!((p.per_hour / 1048576.0 - 40.0).abs() < 2.0, "{p:?}");
+        // ~115 MiB now, 1024 MiB limit: about 23 h.
+        let h = p.hours.unwrap();
+        assert!((20.0..26.0).contains(&h), "{h}");
+        assert!(p.hours_soonest.unwrap() <= h && h <= p.hours_latest.unwrap_or(f64::INFINITY));
+        // A flat node: no limit in sight at the estimate.
+        assert!(
+            rss("us-0")
+                .projection
+                .as_ref()
+                .unwrap()
+                .hours
+                .is_none_or(|h| h > 1000.0)
+        );
     }
 
     #[test]

@@ -549,6 +549,64 @@ CPU {} cores.</p><table><tr><th>node</th><th>metric</th><th>lives</th><th>points
     }
     h.push_str("</table>");
 
+    // RSS per unit of work, and the projection to production when the spec gives one.
+    let production = vs.production.as_ref();
+    let _ = write!(
+        h,
+        "<h2>Memory per unit of work{}</h2><p>RSS against each process's cumulative stream setups, requests served \
+and blocks (pooled Theil–Sen within incarnations, 95% interval): a leak that grows with work costs the same per unit \
+whatever the pace of the run.{}</p><table><tr><th>node</th><th>per setup</th><th>per request</th><th>per block</th>\
+<th>at production</th></tr>",
+        if production.is_some() { " and projection" } else { "" },
+        match production.and_then(|p| p.memory_limit_mib) {
+            Some(l) => format!(
+                " At production rates (setups {}/h, requests {}/h, blocks {}/h) each node's growth is the fastest of its \
+growth by time and its growth per unit times the rate; the time to reach {l} MiB follows, with the interval's \
+soonest and latest.",
+                opt(production.and_then(|p| p.setups_per_hour), 0),
+                opt(production.and_then(|p| p.requests_per_hour), 0),
+                opt(production.and_then(|p| p.blocks_per_hour), 0),
+            ),
+            None => " Set <code>verdicts.production</code> (rates and <code>memoryLimitMiB</code>) for a projection.".to_owned(),
+        }
+    );
+    for l in v.leaks.iter().filter(|l| l.metric == "rss") {
+        let unit = |u: &str| {
+            l.per_unit
+                .iter()
+                .find(|(n, _)| *n == u)
+                .map_or("–".to_owned(), |(_, p)| {
+                    format!(
+                        "{:.1} KiB ({:.1}–{:.1})",
+                        p.per_unit / 1024.0,
+                        p.low / 1024.0,
+                        p.high / 1024.0
+                    )
+                })
+        };
+        let hours = |h: Option<f64>| h.map_or("∞".to_owned(), |h| format!("{h:.0} h"));
+        let projected = l.projection.as_ref().map_or("–".to_owned(), |p| {
+            format!(
+                "{:.2} MiB/h by {}: limit in {} ({} – {})",
+                p.per_hour / 1048576.0,
+                p.driver,
+                hours(p.hours),
+                hours(p.hours_soonest),
+                hours(p.hours_latest)
+            )
+        });
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&l.node),
+            unit("setup"),
+            unit("request"),
+            unit("block"),
+            esc(&projected)
+        );
+    }
+    h.push_str("</table>");
+
     let _ = write!(
         h,
         "<h2>CPU</h2><p>Cores in use per node over its life after the warm-ups; a mean over {} cores fails.</p>\

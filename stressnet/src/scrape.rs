@@ -29,6 +29,14 @@ pub const KEPT: &[&str] = &[
 /// Derived series: every stream setup that reached a conclusion (any `outcome`), summed at parse
 /// time. The original storm mostly produces refused or failed setups, which `outcome="ok"` misses.
 pub const SETUPS_ALL: &str = "syncnet_p2p_stream_setups_total";
+/// Derived series: every sync request served (any `kind` and `outcome`), summed at parse time: the
+/// work a per-request leak is measured against.
+pub const SERVED_ALL: &str = "syncnet_sync_served_total";
+/// The families kept as one sum over all their labels, under the family's name.
+pub const SUMMED: [&str; 2] = [SETUPS_ALL, SERVED_ALL];
+/// The labels the summed families carry (a Prometheus answer keeps them, so that distinct series
+/// are not taken for one).
+pub const SUMMED_LABELS: [&str; 2] = ["kind", "outcome"];
 
 /// One node's scrape.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,8 +64,10 @@ pub fn parse(body: &str) -> BTreeMap<String, f64> {
                 None => continue,
             },
         };
-        let setup = key.starts_with("syncnet_p2p_stream_setups_total{");
-        if !KEPT.contains(&key) && !setup {
+        let summed = SUMMED
+            .iter()
+            .find(|f| key.strip_prefix(**f).is_some_and(|r| r.starts_with('{')));
+        if !KEPT.contains(&key) && summed.is_none() {
             continue;
         }
         if let Some(v) = rest
@@ -66,8 +76,8 @@ pub fn parse(body: &str) -> BTreeMap<String, f64> {
             .and_then(|v| v.parse::<f64>().ok())
             && v.is_finite()
         {
-            if setup {
-                *out.entry(SETUPS_ALL.to_owned()).or_insert(0.0) += v;
+            if let Some(f) = summed {
+                *out.entry((*f).to_owned()).or_insert(0.0) += v;
             }
             if KEPT.contains(&key) {
                 out.insert(key.to_owned(), v);
@@ -139,6 +149,8 @@ process_resident_memory_bytes 12345678\n\
 syncnet_chain_head_height 42\n\
 syncnet_p2p_stream_setups_total{outcome=\"ok\"} 7\n\
 syncnet_p2p_stream_setups_total{outcome=\"timeout\"} 3\n\
+syncnet_sync_served_total{kind=\"status\",outcome=\"ok\"} 2\n\
+syncnet_sync_served_total{kind=\"blocks_by_range\",outcome=\"error\"} 5\n\
 syncnet_sync_request_duration_seconds_bucket{kind=\"blocks by range\",le=\"0.001\"} 5\n\
 syncnet_sync_lag NaN\n\
 process_threads notanumber\n\
@@ -151,7 +163,8 @@ process_threads notanumber\n\
         assert_eq!(m["syncnet_chain_head_height"], 42.0);
         assert_eq!(m["syncnet_p2p_stream_setups_total{outcome=\"ok\"}"], 7.0);
         assert_eq!(m[SETUPS_ALL], 10.0, "ok + timeout");
-        assert_eq!(m.len(), 4, "{m:?}");
+        assert_eq!(m[SERVED_ALL], 7.0, "every kind and outcome");
+        assert_eq!(m.len(), 5, "{m:?}");
         assert!(parse("garbage\n{}}} 1\n").is_empty());
     }
 

@@ -56,6 +56,8 @@ pub struct LeakVerdict {
     pub incarnations: usize,
     /// Pooled Theil–Sen slope of the medians (pairs within an incarnation only), units per hour.
     pub slope_per_hour: f64,
+    /// Sen's 95% interval of that slope (autocorrelation-corrected), units per hour.
+    pub slope_interval_per_hour: Option<(f64, f64)>,
     /// The same for the per-window minima: the floor.
     pub floor_slope_per_hour: f64,
     /// The same for the medians of the oldest third of the judged ages (`None`: too few points).
@@ -117,6 +119,7 @@ pub fn leak(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> LeakVerdict {
         points,
         incarnations: medians.len(),
         slope_per_hour: 0.0,
+        slope_interval_per_hour: None,
         floor_slope_per_hour: 0.0,
         late_slope_per_hour: None,
         p: 1.0,
@@ -174,10 +177,13 @@ pub fn leak(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> LeakVerdict {
         .limit
         .filter(|_| per_hour > 0.0)
         .map(|limit| ((limit - last_value) / per_hour).max(0.0));
+    let slope_interval_per_hour = stats::theil_sen_pooled_interval(&medians, 1.96)
+        .map(|(lo, _, hi)| (lo * 3600.0, hi * 3600.0));
     LeakVerdict {
         points,
         incarnations: medians.len(),
         slope_per_hour: per_hour,
+        slope_interval_per_hour,
         floor_slope_per_hour: floor,
         late_slope_per_hour: late_slope,
         p: mk.p,
@@ -186,6 +192,106 @@ pub fn leak(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> LeakVerdict {
         time_to_limit_hours,
         undecided: None,
     }
+}
+
+/// Growth of a resource per unit of work (a stream setup, a request served, a block), over a
+/// node's whole life: the resource against a cumulative work counter of the same process, both as
+/// window medians after the warm-ups, pooled Theil–Sen within incarnations, with Sen's 95%
+/// interval. A leak that grows with work shows the same cost per unit whatever the pace of the run,
+/// which is what a projection to production needs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PerUnit {
+    /// Resource units per work unit (e.g. bytes per setup).
+    pub per_unit: f64,
+    pub low: f64,
+    pub high: f64,
+    /// Work done over the judged parts of the node's life.
+    pub units: f64,
+    pub points: usize,
+}
+
+/// `resource` and `work` hold the same incarnations (one per process start, in order, empty where
+/// a process left no samples); samples are paired by time.
+pub fn per_unit(resource: &[Vec<Point>], work: &[Vec<Point>], cfg: &LeakConfig) -> Option<PerUnit> {
+    let mut blocks = vec![];
+    let mut units = 0.0;
+    for (k, (res, wk)) in resource.iter().zip(work).enumerate() {
+        let Some(&(start, _)) = res.first() else {
+            continue;
+        };
+        let warmup = if k == 0 {
+            cfg.warmup_secs
+        } else {
+            cfg.restart_warmup_secs
+        };
+        let at: std::collections::HashMap<u64, f64> =
+            wk.iter().map(|p| (p.0.to_bits(), p.1)).collect();
+        // (time, work) and (time, resource) over the same scrapes after the warm-up.
+        let (work_pts, res_pts): (Vec<Point>, Vec<Point>) = res
+            .iter()
+            .filter(|p| p.0 - start >= warmup)
+            .filter_map(|p| at.get(&p.0.to_bits()).map(|w| ((p.0, *w), *p)))
+            .unzip();
+        if work_pts.len() < 2 {
+            continue;
+        }
+        units += work_pts.last().expect("2+").1 - work_pts[0].1;
+        // The same windows of both, paired: (work, resource).
+        let w = stats::downsample_median(&work_pts, cfg.bucket_secs);
+        let r = stats::downsample_median(&res_pts, cfg.bucket_secs);
+        blocks.push(
+            w.iter()
+                .zip(&r)
+                .map(|(w, r)| (w.1, r.1))
+                .collect::<Vec<_>>(),
+        );
+    }
+    let points = blocks.iter().map(Vec::len).sum();
+    let (low, per_unit, high) = stats::theil_sen_pooled_interval(&blocks, 1.96)?;
+    Some(PerUnit {
+        per_unit,
+        low,
+        high,
+        units,
+        points,
+    })
+}
+
+/// When a node reaches a resource limit at production rates, with the interval of its growth.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Projection {
+    /// What the growth is measured against: `time`, or the unit of work (`setup`, `request`,
+    /// `block`) that gives the fastest growth at production rates.
+    pub driver: &'static str,
+    /// Growth at production rates, resource units per hour, with its 95% interval.
+    pub per_hour: f64,
+    pub per_hour_low: f64,
+    pub per_hour_high: f64,
+    /// Hours until the limit: at the estimated growth, at the interval's fast end, and at its slow
+    /// end (`None`: not growing at that end, no limit in sight).
+    pub hours: Option<f64>,
+    pub hours_soonest: Option<f64>,
+    pub hours_latest: Option<f64>,
+}
+
+/// Projects `last` (the resource now) to `limit` at the fastest of the candidate growths
+/// `(driver, per hour, low, high)`.
+pub fn project(
+    last: f64,
+    limit: f64,
+    candidates: &[(&'static str, f64, f64, f64)],
+) -> Option<Projection> {
+    let &(driver, per_hour, low, high) = candidates.iter().max_by(|a, b| a.1.total_cmp(&b.1))?;
+    let hours = |rate: f64| (rate > 0.0).then(|| ((limit - last) / rate).max(0.0));
+    Some(Projection {
+        driver,
+        per_hour,
+        per_hour_low: low,
+        per_hour_high: high,
+        hours: hours(per_hour),
+        hours_soonest: hours(high),
+        hours_latest: hours(low),
+    })
 }
 
 /// A resource's level over a node's life (e.g. CPU cores in use), against a budget.

@@ -512,3 +512,63 @@ fn progress_agrees_with_its_definition_on_random_networks() {
     // The cases must exercise both answers, or agreeing would prove little.
     assert!((50..450).contains(&failing), "{failing} of 500 failing");
 }
+
+#[test]
+fn growth_per_unit_of_work_is_the_cost_per_unit_whatever_the_pace() {
+    // 16 KiB per setup, setups in bursts (30 in the first minute of every ten, then none), RSS
+    // with 0.2 MiB of noise; two incarnations. Against time the growth is a staircase; against
+    // setups it is a line of 16 KiB per setup.
+    let c = LeakConfig {
+        warmup_secs: 0.0,
+        restart_warmup_secs: 0.0,
+        bucket_secs: 30.0,
+        ..cfg()
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut res = vec![vec![], vec![]];
+    let mut work = vec![vec![], vec![]];
+    for life in 0..2 {
+        let mut setups = 0.0;
+        for i in 0..360 {
+            let t = life as f64 * 3600.0 + i as f64 * 10.0;
+            if i % 60 < 6 {
+                setups += 5.0;
+            }
+            work[life].push((t, setups));
+            res[life].push((
+                t,
+                80.0 * MIB + setups * 16384.0 + 0.2 * MIB * gauss(&mut rng),
+            ));
+        }
+    }
+    let p = per_unit(&res, &work, &c).unwrap();
+    assert!((p.per_unit / 16384.0 - 1.0).abs() < 0.05, "{p:?}");
+    assert!(p.low <= p.per_unit && p.per_unit <= p.high, "{p:?}");
+    assert!(p.low > 0.8 * 16384.0 && p.high < 1.2 * 16384.0, "{p:?}");
+    // 180 setups a life, the first 5 before the first sample counted from.
+    assert_eq!(p.units, 2.0 * 175.0);
+    // Mismatched or missing work: nothing to say.
+    assert!(per_unit(&res, &[vec![], vec![]], &c).is_none());
+}
+
+#[test]
+fn a_projection_takes_the_fastest_growth_and_its_interval() {
+    // 900 MiB to go: 10 MiB/h by time (8..12), 30 MiB/h per setup at production (20..45).
+    let p = project(
+        100.0 * MIB,
+        1000.0 * MIB,
+        &[
+            ("time", 10.0 * MIB, 8.0 * MIB, 12.0 * MIB),
+            ("setup", 30.0 * MIB, 20.0 * MIB, 45.0 * MIB),
+        ],
+    )
+    .unwrap();
+    assert_eq!(p.driver, "setup");
+    assert_eq!(p.hours, Some(30.0));
+    assert_eq!(p.hours_soonest, Some(20.0));
+    assert_eq!(p.hours_latest, Some(45.0));
+    // Not growing at the slow end: no limit in sight there.
+    let p = project(0.0, 10.0, &[("time", 1.0, -0.5, 2.0)]).unwrap();
+    assert_eq!((p.hours, p.hours_latest), (Some(10.0), None));
+    assert!(project(0.0, 1.0, &[]).is_none());
+}
