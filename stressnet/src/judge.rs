@@ -85,6 +85,7 @@ fn rss_per_unit_and_projection<'a>(
     spec: &SyncNetworkSpec,
     samples: impl IntoIterator<Item = &'a Sample> + Clone,
     node: &str,
+    lives: &Lives,
     rss: &[Vec<(f64, f64)>],
     leak: &LeakVerdict,
     cfg: &LeakConfig,
@@ -95,7 +96,7 @@ fn rss_per_unit_and_projection<'a>(
     let per: Vec<(&'static str, verdict::PerUnit)> = WORK
         .iter()
         .filter_map(|&(unit, metric)| {
-            let work = incarnations(samples.clone(), node, metric);
+            let work = lives.split(samples.clone(), node, metric);
             verdict::per_unit(rss, &work, cfg).map(|p| (unit, p))
         })
         .collect();
@@ -205,32 +206,45 @@ pub struct Summary {
     pub storms: Vec<NodeStorm>,
 }
 
-/// A node's series split at its restarts, one part per process (incarnation), oldest first: a
-/// restart resets the CPU counter, so a drop in `process_cpu_seconds_total` starts a new part.
-/// The CPU rate is computed within each part.
-pub fn incarnations<'a>(
-    samples: impl IntoIterator<Item = &'a Sample> + Clone,
-    node: &str,
-    metric: &str,
-) -> Vec<Vec<(f64, f64)>> {
-    let cpu = series(samples.clone(), node, CPU_TOTAL);
-    let starts: Vec<f64> = cpu
-        .windows(2)
-        .filter(|w| w[1].1 < w[0].1)
-        .map(|w| w[1].0)
-        .collect();
-    let split = |s: Vec<(f64, f64)>| {
-        let mut parts: Vec<Vec<(f64, f64)>> = vec![vec![]; starts.len() + 1];
-        for p in s {
-            parts[starts.partition_point(|&b| b <= p.0)].push(p);
+/// A node's processes (incarnations), oldest first: a restart resets the CPU counter, so a drop in
+/// `process_cpu_seconds_total` starts a new one. Found once per node; any of its series is then
+/// split the same way.
+pub struct Lives {
+    cpu: Vec<(f64, f64)>,
+    starts: Vec<f64>,
+}
+
+impl Lives {
+    pub fn of<'a>(samples: impl IntoIterator<Item = &'a Sample>, node: &str) -> Lives {
+        let cpu = series(samples, node, CPU_TOTAL);
+        let starts = cpu
+            .windows(2)
+            .filter(|w| w[1].1 < w[0].1)
+            .map(|w| w[1].0)
+            .collect();
+        Lives { cpu, starts }
+    }
+
+    /// `metric` of the node, one part per incarnation; empty parts stay, so every metric's k-th
+    /// part is the same process. The CPU rate is computed within each part.
+    pub fn split<'a>(
+        &self,
+        samples: impl IntoIterator<Item = &'a Sample>,
+        node: &str,
+        metric: &str,
+    ) -> Vec<Vec<(f64, f64)>> {
+        let split = |s: &[(f64, f64)]| {
+            let mut parts: Vec<Vec<(f64, f64)>> = vec![vec![]; self.starts.len() + 1];
+            for &p in s {
+                parts[self.starts.partition_point(|&b| b <= p.0)].push(p);
+            }
+            parts
+        };
+        if metric == CPU_RATE {
+            split(&self.cpu).iter().map(|part| cpu_rate(part)).collect()
+        } else {
+            split(&series(samples, node, metric))
         }
-        // Empty parts stay: every metric's k-th part is the same process.
-        parts
-    };
-    if metric == CPU_RATE {
-        split(cpu).iter().map(|part| cpu_rate(part)).collect()
-    } else {
-        split(series(samples, node, metric))
     }
 }
 
@@ -325,9 +339,10 @@ pub fn judge<'a>(
     let warmup = spec.soak.warmup_secs as f64;
     let restart_warmup = v.restart_warmup_secs as f64;
     for node in nodes {
+        let processes = Lives::of(of(node), node);
         for &(name, metric) in LEAK_METRICS {
             let cfg = leak_config(spec, name);
-            let lives = incarnations(of(node), node, metric);
+            let lives = processes.split(of(node), node, metric);
             let verdict = verdict::leak(&lives, &cfg);
             if verdict.leak {
                 failed.push(format!("leak:{node}:{name}"));
@@ -347,7 +362,15 @@ pub fn judge<'a>(
                 });
             }
             let (per_unit, projection) = if name == "rss" {
-                rss_per_unit_and_projection(spec, of(node), node, &lives, &verdict, &cfg)
+                rss_per_unit_and_projection(
+                    spec,
+                    of(node),
+                    node,
+                    &processes,
+                    &lives,
+                    &verdict,
+                    &cfg,
+                )
             } else {
                 (vec![], None)
             };

@@ -131,10 +131,10 @@ pub fn leak(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> LeakVerdict {
     if points < MIN_POINTS {
         return undecided("too few points after the warm-up");
     }
-    let (Some(slope), Some(mk)) = (
-        stats::theil_sen_pooled(&medians),
-        stats::mann_kendall_pooled(&medians),
-    ) else {
+    let Some(mk) = stats::mann_kendall_pooled(&medians) else {
+        return undecided("no incarnation long enough for a trend");
+    };
+    let Some((slope_low, slope, slope_high)) = stats::sen_interval(&medians, mk.var_s, 1.96) else {
         return undecided("no incarnation long enough for a trend");
     };
     let per_hour = slope * 3600.0;
@@ -177,8 +177,7 @@ pub fn leak(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> LeakVerdict {
         .limit
         .filter(|_| per_hour > 0.0)
         .map(|limit| ((limit - last_value) / per_hour).max(0.0));
-    let slope_interval_per_hour = stats::theil_sen_pooled_interval(&medians, 1.96)
-        .map(|(lo, _, hi)| (lo * 3600.0, hi * 3600.0));
+    let slope_interval_per_hour = Some((slope_low * 3600.0, slope_high * 3600.0));
     LeakVerdict {
         points,
         incarnations: medians.len(),
@@ -247,7 +246,8 @@ pub fn per_unit(resource: &[Vec<Point>], work: &[Vec<Point>], cfg: &LeakConfig) 
         );
     }
     let points = blocks.iter().map(Vec::len).sum();
-    let (low, per_unit, high) = stats::theil_sen_pooled_interval(&blocks, 1.96)?;
+    let mk = stats::mann_kendall_pooled(&blocks)?;
+    let (low, per_unit, high) = stats::sen_interval(&blocks, mk.var_s, 1.96)?;
     Some(PerUnit {
         per_unit,
         low,

@@ -100,9 +100,9 @@ pub fn theil_sen_pooled(blocks: &[Vec<Point>]) -> Option<f64> {
 
 /// The pooled Theil–Sen slope with Sen's (1968) confidence interval: of the N within-block
 /// pairwise slopes, sorted, the bounds are those of rank (N ∓ C) / 2 with C = z·sqrt(Var(S)), Var(S)
-/// from [`mann_kendall_pooled`] (autocorrelation-corrected, so a wandering series gets a wide
-/// interval). `(low, slope, high)`; `None` without two distinct x in a block of 4 or more points.
-pub fn theil_sen_pooled_interval(blocks: &[Vec<Point>], z: f64) -> Option<(f64, f64, f64)> {
+/// of the same blocks from [`mann_kendall_pooled`] (autocorrelation-corrected, so a wandering
+/// series gets a wide interval). `(low, slope, high)`; `None` without two distinct x in a block.
+pub fn sen_interval(blocks: &[Vec<Point>], var_s: f64, z: f64) -> Option<(f64, f64, f64)> {
     let mut slopes = vec![];
     for b in blocks {
         for (i, &(ti, vi)) in b.iter().enumerate() {
@@ -113,16 +113,20 @@ pub fn theil_sen_pooled_interval(blocks: &[Vec<Point>], z: f64) -> Option<(f64, 
             }
         }
     }
-    let mk = mann_kendall_pooled(blocks)?;
     if slopes.is_empty() {
         return None;
     }
     slopes.sort_by(f64::total_cmp);
-    let n = slopes.len() as f64;
-    let c = z * mk.var_s.sqrt();
-    let rank = |r: f64| slopes[(r.round().max(1.0).min(n) as usize) - 1];
-    let mid = median(&mut slopes.clone());
-    Some((rank((n - c) / 2.0), mid, rank((n + c) / 2.0 + 1.0)))
+    let n = slopes.len();
+    let mid = if n % 2 == 1 {
+        slopes[n / 2]
+    } else {
+        (slopes[n / 2 - 1] + slopes[n / 2]) / 2.0
+    };
+    let c = z * var_s.max(0.0).sqrt();
+    let rank = |r: f64| slopes[(r.round().max(1.0) as usize).min(n) - 1];
+    let nf = n as f64;
+    Some((rank((nf - c) / 2.0), mid, rank((nf + c) / 2.0 + 1.0)))
 }
 
 /// Mann–Kendall over independent blocks: S and Var(S) are summed over the blocks (each block's
@@ -328,14 +332,19 @@ mod tests {
     #[test]
     fn sen_interval_takes_the_ranks_the_variance_gives() {
         // A zigzag of 12 (negative autocorrelation: no correction). 66 pairwise slopes, S = 45,
-        // Var = 212.67, C = 1.96 × sqrt(212.67) = 28.58: ranks 19 and 48 of the sorted slopes,
-        // 0.5 and 7/9; median 0.5 (values from an independent implementation).
+        // Var = 209.67, C = 1.96 × sqrt(209.67) = 28.38: ranks round(18.81) = 19 and
+        // round(48.19) = 48 of the sorted slopes, 0.5 and 7/9; median 0.5 (checked against an
+        // independent implementation).
         let v = [0.0, 3.0, 1.0, 4.0, 2.0, 5.0, 3.0, 6.0, 4.0, 7.0, 5.0, 8.0];
         let pts: Vec<Point> = v.iter().enumerate().map(|(i, x)| (i as f64, *x)).collect();
-        let (lo, mid, hi) = theil_sen_pooled_interval(&[pts], 1.96).unwrap();
+        let blocks = [pts];
+        let var_s = mann_kendall_pooled(&blocks).unwrap().var_s;
+        // 12·11·29/18 = 212.67, less 3 for the three tied pairs (3, 4, 5 twice each).
+        assert!((var_s - 209.666_666_666_666_66).abs() < 1e-9, "{var_s}");
+        let (lo, mid, hi) = sen_interval(&blocks, var_s, 1.96).unwrap();
         assert_eq!((lo, mid), (0.5, 0.5));
         assert!((hi - 7.0 / 9.0).abs() < 1e-12, "{hi}");
-        assert!(theil_sen_pooled_interval(&[vec![(0.0, 1.0), (1.0, 2.0)]], 1.96).is_none());
+        assert!(sen_interval(&[vec![(1.0, 1.0)]], 1.0, 1.96).is_none());
     }
 
     #[test]
