@@ -435,7 +435,7 @@ pub struct ProductionSpec {
 impl Default for VerdictSpec {
     fn default() -> Self {
         VerdictSpec {
-            leak_slope_mib_per_hour: 8.0,
+            leak_slope_mib_per_hour: 10.0,
             fds_per_hour: 10.0,
             threads_per_hour: 5.0,
             cpu_cores_per_hour: 0.05,

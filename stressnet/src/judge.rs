@@ -96,7 +96,7 @@ fn rss_per_unit_and_projection<'a>(
     let per: Vec<(&'static str, verdict::PerUnit)> = WORK
         .iter()
         .filter_map(|&(unit, metric)| {
-            let work = lives.split(samples.clone(), node, metric);
+            let work = lives.split(samples.clone(), node, metric, cfg.bucket_secs);
             verdict::per_unit(rss, &work, cfg).map(|p| (unit, p))
         })
         .collect();
@@ -226,12 +226,15 @@ impl Lives {
     }
 
     /// `metric` of the node, one part per incarnation; empty parts stay, so every metric's k-th
-    /// part is the same process. The CPU rate is computed within each part.
+    /// part is the same process. The CPU rate is computed within each part, as the mean over
+    /// windows of `cpu_window_secs` (CPU use comes in bursts: the median of per-scrape rates
+    /// misses growth in how much is used per burst).
     pub fn split<'a>(
         &self,
         samples: impl IntoIterator<Item = &'a Sample>,
         node: &str,
         metric: &str,
+        cpu_window_secs: f64,
     ) -> Vec<Vec<(f64, f64)>> {
         let split = |s: &[(f64, f64)]| {
             let mut parts: Vec<Vec<(f64, f64)>> = vec![vec![]; self.starts.len() + 1];
@@ -241,11 +244,31 @@ impl Lives {
             parts
         };
         if metric == CPU_RATE {
-            split(&self.cpu).iter().map(|part| cpu_rate(part)).collect()
+            split(&self.cpu)
+                .iter()
+                .map(|part| cpu_rate_over(part, cpu_window_secs))
+                .collect()
         } else {
             split(&series(samples, node, metric))
         }
     }
+}
+
+/// Mean CPU cores in use over consecutive windows of at least `window_secs` (each at its end),
+/// from one process's `process_cpu_seconds_total`.
+pub fn cpu_rate_over(cpu_total: &[(f64, f64)], window_secs: f64) -> Vec<(f64, f64)> {
+    let mut out = vec![];
+    let Some(&first) = cpu_total.first() else {
+        return out;
+    };
+    let mut anchor = first;
+    for &p in &cpu_total[1..] {
+        if p.0 - anchor.0 >= window_secs && p.1 >= anchor.1 {
+            out.push((p.0, (p.1 - anchor.1) / (p.0 - anchor.0)));
+            anchor = p;
+        }
+    }
+    out
 }
 
 /// CPU cores in use from a `process_cpu_seconds_total` series; the step across a restart (the
@@ -342,7 +365,7 @@ pub fn judge<'a>(
         let processes = Lives::of(of(node), node);
         for &(name, metric) in LEAK_METRICS {
             let cfg = leak_config(spec, name);
-            let lives = processes.split(of(node), node, metric);
+            let lives = processes.split(of(node), node, metric, cfg.bucket_secs);
             let verdict = verdict::leak(&lives, &cfg);
             if verdict.leak {
                 failed.push(format!("leak:{node}:{name}"));
@@ -495,6 +518,24 @@ spec:
         assert_eq!(s.failed, ["storm:us-0"]);
         assert!(s.storms[0].discovery.max_per_minute > 500.0);
         assert!(s.storms[1].discovery.max_per_minute < 10.0);
+    }
+
+    #[test]
+    fn cpu_rates_are_window_means() {
+        let cpu = [
+            (0.0, 0.0),
+            (5.0, 0.1),
+            (10.0, 0.1),
+            (15.0, 0.4),
+            (20.0, 0.5),
+            (30.0, 0.5),
+        ];
+        let r = cpu_rate_over(&cpu, 10.0);
+        assert_eq!(r.len(), 3);
+        for ((t, x), (et, ex)) in r.iter().zip([(10.0, 0.01), (20.0, 0.04), (30.0, 0.0)]) {
+            assert_eq!(*t, et);
+            assert!((x - ex).abs() < 1e-12, "{r:?}");
+        }
     }
 
     #[test]

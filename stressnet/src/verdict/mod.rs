@@ -62,7 +62,8 @@ pub struct LeakVerdict {
     pub floor_slope_per_hour: f64,
     /// The same for the medians of the oldest third of the judged ages (`None`: too few points).
     pub late_slope_per_hour: Option<f64>,
-    /// Mann–Kendall two-sided p over all incarnations (1.0 when there is too little data).
+    /// Two-sided p of the trend over all incarnations: the smaller of Mann–Kendall's and the
+    /// slope-against-scatter test's, doubled (1.0 when there is too little data).
     pub p: f64,
     pub leak: bool,
     /// Significant growth over the budget that stopped or stayed off the floor: a high-water
@@ -138,6 +139,9 @@ pub fn leak(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> LeakVerdict {
         return undecided("no incarnation long enough for a trend");
     };
     let per_hour = slope * 3600.0;
+    // Either test may show the trend (the rank test for noisy series, the slope-against-scatter
+    // one for clean steep ones); Bonferroni keeps the pair at the level asked.
+    let p = stats::slope_z_test(&medians, slope).map_or(mk.p, |z| (2.0 * mk.p.min(z)).min(1.0));
     let floor = stats::theil_sen_pooled(&floors).unwrap_or(0.0) * 3600.0;
     // The oldest third of the judged ages (time since the process started), from each
     // incarnation that got that old. A leak grows at every age; a high-water mark grows while
@@ -168,7 +172,16 @@ pub fn leak(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> LeakVerdict {
         .flatten()
         .map(|s| s * 3600.0);
     let budget = cfg.slope_budget_per_hour;
-    let grows = mk.p < cfg.p_threshold && per_hour > budget;
+    let grows = p < cfg.p_threshold && per_hour > budget;
+    if grows && late_slope.is_none() && medians.len() > 1 {
+        // Restarted so often that no process got old enough to show whether its growth goes on
+        // or stops: every short life refills its buffers after start, which a leak also does.
+        return LeakVerdict {
+            slope_per_hour: per_hour,
+            p,
+            ..undecided("lives too short to tell growth from refilling after restarts")
+        };
+    }
     // Too little of the last third to judge persistence: the other gates decide.
     let persists = floor > budget && late_slope.is_none_or(|l| l >= LATE_SHARE * budget);
     let leak = grows && persists;
@@ -185,7 +198,7 @@ pub fn leak(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> LeakVerdict {
         slope_interval_per_hour,
         floor_slope_per_hour: floor,
         late_slope_per_hour: late_slope,
-        p: mk.p,
+        p,
         leak,
         high_water: grows && !persists,
         time_to_limit_hours,
