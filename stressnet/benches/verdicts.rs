@@ -210,6 +210,7 @@ fn main() {
                 p_threshold: 0.01,
                 slope_budget_per_hour: budget * synth::MIB,
                 limit: None,
+                mean_windows: false,
             };
             let fp = |noise: Vec<Noise>| {
                 run(&shape(minutes, 10.0, noise, Leak::None, false), &cfg, seeds).flagged

@@ -39,6 +39,7 @@ pub fn leak_config(spec: &SyncNetworkSpec, name: &str) -> LeakConfig {
             other => unreachable!("no budget for {other}"),
         },
         limit: None,
+        mean_windows: false,
     }
 }
 
@@ -96,7 +97,7 @@ fn rss_per_unit_and_projection<'a>(
     let per: Vec<(&'static str, verdict::PerUnit)> = WORK
         .iter()
         .filter_map(|&(unit, metric)| {
-            let work = lives.split(samples.clone(), node, metric, cfg.bucket_secs);
+            let work = lives.split(samples.clone(), node, metric, 0.0);
             verdict::per_unit(rss, &work, cfg).map(|p| (unit, p))
         })
         .collect();
@@ -226,9 +227,8 @@ impl Lives {
     }
 
     /// `metric` of the node, one part per incarnation; empty parts stay, so every metric's k-th
-    /// part is the same process. The CPU rate is computed within each part, as the mean over
-    /// windows of `cpu_window_secs` (CPU use comes in bursts: the median of per-scrape rates
-    /// misses growth in how much is used per burst).
+    /// part is the same process. The CPU rate is computed within each part, over windows of at
+    /// least `cpu_window_secs` (0: between consecutive scrapes).
     pub fn split<'a>(
         &self,
         samples: impl IntoIterator<Item = &'a Sample>,
@@ -263,7 +263,10 @@ pub fn cpu_rate_over(cpu_total: &[(f64, f64)], window_secs: f64) -> Vec<(f64, f6
     };
     let mut anchor = first;
     for &p in &cpu_total[1..] {
-        if p.0 - anchor.0 >= window_secs && p.1 >= anchor.1 {
+        if p.1 < anchor.1 {
+            // A restart: the new process's counter starts over.
+            anchor = p;
+        } else if p.0 > anchor.0 && p.0 - anchor.0 >= window_secs {
             out.push((p.0, (p.1 - anchor.1) / (p.0 - anchor.0)));
             anchor = p;
         }
@@ -271,14 +274,10 @@ pub fn cpu_rate_over(cpu_total: &[(f64, f64)], window_secs: f64) -> Vec<(f64, f6
     out
 }
 
-/// CPU cores in use from a `process_cpu_seconds_total` series; the step across a restart (the
-/// counter drops) is left out.
+/// CPU cores in use from a `process_cpu_seconds_total` series, between consecutive scrapes; the
+/// step across a restart (the counter drops) is left out.
 pub fn cpu_rate(cpu_total: &[(f64, f64)]) -> Vec<(f64, f64)> {
-    cpu_total
-        .windows(2)
-        .filter(|w| w[1].1 >= w[0].1 && w[1].0 > w[0].0)
-        .map(|w| (w[1].0, (w[1].1 - w[0].1) / (w[1].0 - w[0].0)))
-        .collect()
+    cpu_rate_over(cpu_total, 0.0)
 }
 
 /// A node's concluded stream setups (any outcome), the counter the storm verdict judges; runs
@@ -364,8 +363,11 @@ pub fn judge<'a>(
     for node in nodes {
         let processes = Lives::of(of(node), node);
         for &(name, metric) in LEAK_METRICS {
-            let cfg = leak_config(spec, name);
-            let lives = processes.split(of(node), node, metric, cfg.bucket_secs);
+            let mut cfg = leak_config(spec, name);
+            // CPU comes in bursts: a window's median of per-scrape rates misses growth in how
+            // much each burst uses; its mean is the CPU used over the window.
+            cfg.mean_windows = metric == CPU_RATE;
+            let lives = processes.split(of(node), node, metric, 0.0);
             let verdict = verdict::leak(&lives, &cfg);
             if verdict.leak {
                 failed.push(format!("leak:{node}:{name}"));
@@ -536,6 +538,16 @@ spec:
             assert_eq!(*t, et);
             assert!((x - ex).abs() < 1e-12, "{r:?}");
         }
+        // Between scrapes, across a restart (the counter drops at 20 s): the drop is no rate, and
+        // the new process's rates count from its own start.
+        let restarted = [
+            (0.0, 0.0),
+            (10.0, 1.0),
+            (20.0, 0.1),
+            (30.0, 0.6),
+            (30.0, 0.7),
+        ];
+        assert_eq!(cpu_rate(&restarted), vec![(10.0, 0.1), (30.0, 0.05)]);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct LeakConfig {
     pub slope_budget_per_hour: f64,
     /// Where the metric hurts (e.g. the memory limit), for time-to-limit.
     pub limit: Option<f64>,
+    /// Windows are means instead of medians (CPU rates: use comes in bursts).
+    pub mean_windows: bool,
 }
 
 impl Default for LeakConfig {
@@ -36,6 +38,7 @@ impl Default for LeakConfig {
             p_threshold: 0.01,
             slope_budget_per_hour: 0.0,
             limit: None,
+            mean_windows: false,
         }
     }
 }
@@ -108,7 +111,11 @@ pub fn leak(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> LeakVerdict {
             .copied()
             .filter(|p| p.0 - start >= warmup)
             .collect();
-        let m = stats::downsample_median(&kept, cfg.bucket_secs);
+        let m = if cfg.mean_windows {
+            stats::downsample_mean(&kept, cfg.bucket_secs)
+        } else {
+            stats::downsample_median(&kept, cfg.bucket_secs)
+        };
         if !m.is_empty() {
             floors.push(stats::downsample_min(&kept, cfg.bucket_secs));
             medians.push(m);

@@ -25,6 +25,12 @@ pub fn downsample_median(points: &[Point], bucket: f64) -> Vec<Point> {
     downsample(points, bucket, median)
 }
 
+/// Means over the same windows: for rates of bursty use (CPU), where a window's median misses
+/// how much each burst takes.
+pub fn downsample_mean(points: &[Point], bucket: f64) -> Vec<Point> {
+    downsample(points, bucket, |v| v.iter().sum::<f64>() / v.len() as f64)
+}
+
 /// Minima over the same windows: the floor a series returns to. Caches that fill and are emptied
 /// again, and buffers that are freed, leave it; a leak raises it.
 pub fn downsample_min(points: &[Point], bucket: f64) -> Vec<Point> {
@@ -381,6 +387,10 @@ mod tests {
             .map(|(i, v)| (i as f64, *v))
             .collect();
         assert_eq!(downsample_min(&pts, 3.0), vec![(1.5, 1.0), (4.5, 3.0)]);
+        assert_eq!(
+            downsample_mean(&pts, 3.0),
+            vec![(1.5, 5.0), (4.5, 14.0 / 3.0)]
+        );
     }
 
     #[test]

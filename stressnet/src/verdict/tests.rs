@@ -36,6 +36,7 @@ fn cfg() -> LeakConfig {
         p_threshold: 0.01,
         slope_budget_per_hour: 0.1 * MIB,
         limit: Some(1024.0 * MIB),
+        mean_windows: false,
     }
 }
 
