@@ -409,7 +409,7 @@ mod tests {
             (6.0, 5.8),
             (7.0, 7.4),
         ];
-        let p = slope_z_test(&[b.clone()], 1.0).unwrap();
+        let p = slope_z_test(std::slice::from_ref(&b), 1.0).unwrap();
         assert!((p / 3.835_543_403_964_53e-6 - 1.0).abs() < 1e-6, "{p:e}");
         // A perfect line; a flat line with no scatter; too few points.
         let line: Vec<Point> = (0..6).map(|i| (i as f64, 2.0 * i as f64)).collect();
