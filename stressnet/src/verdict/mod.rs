@@ -86,7 +86,8 @@ pub struct LeakVerdict {
 /// - a trend: Mann–Kendall (Hamed–Rao corrected) summed over incarnations, p < `p_threshold`;
 /// - steep enough: the pooled Theil–Sen slope of the medians over the budget;
 /// - a rising floor: the same slope of the minima over the budget (a cache that fills and is
-///   emptied, or a spike that is freed again, raises medians for a while but not the floor);
+///   emptied, or a spike that is freed again, raises medians for a while but not the floor); not
+///   for rates judged on window means (CPU), whose minima are idle moments;
 /// - still growing when old: over the oldest third of the judged ages (time since a process
 ///   start; without restarts, the last third of the run) the medians' slope keeps at least half
 ///   the budget. A high-water mark steps up and stops; a leak keeps going.
@@ -190,7 +191,9 @@ pub fn leak(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> LeakVerdict {
         };
     }
     // Too little of the last third to judge persistence: the other gates decide.
-    let persists = floor > budget && late_slope.is_none_or(|l| l >= LATE_SHARE * budget);
+    // The floor is a level's (memory, fds): a bursty rate's window minima are often zero.
+    let floor_rises = cfg.mean_windows || floor > budget;
+    let persists = floor_rises && late_slope.is_none_or(|l| l >= LATE_SHARE * budget);
     let leak = grows && persists;
     let last_value = medians.last().and_then(|m| m.last()).expect("non-empty").1;
     let time_to_limit_hours = cfg

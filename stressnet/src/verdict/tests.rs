@@ -603,3 +603,40 @@ fn lives_too_short_to_see_growth_stop_are_undecided_not_leaks() {
         "{v:?}"
     );
 }
+
+#[test]
+fn bursty_rates_are_judged_on_window_means_without_a_floor() {
+    // CPU in bursts: most scrapes idle, one in three busy, the busy ones growing 0.2 cores an
+    // hour. Window medians and minima stay at zero; window means carry the growth.
+    let s: Vec<Point> = (0..360)
+        .map(|i| {
+            let t = i as f64 * 10.0;
+            (
+                t,
+                if i % 3 == 0 {
+                    0.05 + 0.6 * t / 3600.0
+                } else {
+                    0.0
+                },
+            )
+        })
+        .collect();
+    let c = LeakConfig {
+        warmup_secs: 0.0,
+        slope_budget_per_hour: 0.05,
+        ..cfg()
+    };
+    assert!(
+        !leak(std::slice::from_ref(&s), &c).leak,
+        "medians see nothing"
+    );
+    let v = leak(
+        &[s],
+        &LeakConfig {
+            mean_windows: true,
+            ..c
+        },
+    );
+    assert!(v.leak, "{v:?}");
+    assert!((v.slope_per_hour - 0.2).abs() < 0.02, "{v:?}");
+}
