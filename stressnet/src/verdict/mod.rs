@@ -29,6 +29,17 @@ pub struct LeakConfig {
     pub mean_windows: bool,
 }
 
+impl LeakConfig {
+    /// The warm-up of incarnation `k` (0: the node's first start).
+    pub fn warmup_of(&self, k: usize) -> f64 {
+        if k == 0 {
+            self.warmup_secs
+        } else {
+            self.restart_warmup_secs
+        }
+    }
+}
+
 impl Default for LeakConfig {
     fn default() -> Self {
         LeakConfig {
@@ -102,11 +113,7 @@ pub fn leak(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> LeakVerdict {
         let Some(&(start, _)) = series.first() else {
             continue;
         };
-        let warmup = if k == 0 {
-            cfg.warmup_secs
-        } else {
-            cfg.restart_warmup_secs
-        };
+        let warmup = cfg.warmup_of(k);
         let kept: Vec<Point> = series
             .iter()
             .copied()
@@ -241,11 +248,7 @@ pub fn per_unit(resource: &[Vec<Point>], work: &[Vec<Point>], cfg: &LeakConfig) 
         let Some(&(start, _)) = res.first() else {
             continue;
         };
-        let warmup = if k == 0 {
-            cfg.warmup_secs
-        } else {
-            cfg.restart_warmup_secs
-        };
+        let warmup = cfg.warmup_of(k);
         let at: std::collections::HashMap<u64, f64> =
             wk.iter().map(|p| (p.0.to_bits(), p.1)).collect();
         // (time, work) and (time, resource) over the same scrapes after the warm-up.

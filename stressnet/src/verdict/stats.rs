@@ -66,17 +66,26 @@ fn downsample(points: &[Point], bucket: f64, reduce: impl Fn(&mut [f64]) -> f64)
     out
 }
 
-/// Theil–Sen estimator: the median of all pairwise slopes, and the median intercept. `None` with
-/// fewer than two distinct times. O(n²): call it on downsampled series (hundreds of points).
-pub fn theil_sen(points: &[Point]) -> Option<(f64, f64)> {
-    let mut slopes = Vec::with_capacity(points.len() * points.len().saturating_sub(1) / 2);
-    for (i, &(ti, vi)) in points.iter().enumerate() {
-        for &(tj, vj) in &points[i + 1..] {
-            if tj != ti {
-                slopes.push((vj - vi) / (tj - ti));
+/// The slopes of every pair of points within each block (never across two), in block order.
+fn pairwise_slopes<B: AsRef<[Point]>>(blocks: &[B]) -> Vec<f64> {
+    let mut slopes = vec![];
+    for b in blocks {
+        let b = b.as_ref();
+        for (i, &(ti, vi)) in b.iter().enumerate() {
+            for &(tj, vj) in &b[i + 1..] {
+                if tj != ti {
+                    slopes.push((vj - vi) / (tj - ti));
+                }
             }
         }
     }
+    slopes
+}
+
+/// Theil–Sen estimator: the median of all pairwise slopes, and the median intercept. `None` with
+/// fewer than two distinct times. O(n²): call it on downsampled series (hundreds of points).
+pub fn theil_sen(points: &[Point]) -> Option<(f64, f64)> {
+    let mut slopes = pairwise_slopes(std::slice::from_ref(&points));
     if slopes.is_empty() {
         return None;
     }
@@ -91,16 +100,7 @@ pub fn theil_sen(points: &[Point]) -> Option<(f64, f64)> {
 /// all, while growth inside every incarnation is. Longer blocks weigh more: they have more pairs.
 /// `None` when no block has two distinct times.
 pub fn theil_sen_pooled(blocks: &[Vec<Point>]) -> Option<f64> {
-    let mut slopes = vec![];
-    for b in blocks {
-        for (i, &(ti, vi)) in b.iter().enumerate() {
-            for &(tj, vj) in &b[i + 1..] {
-                if tj != ti {
-                    slopes.push((vj - vi) / (tj - ti));
-                }
-            }
-        }
-    }
+    let mut slopes = pairwise_slopes(blocks);
     (!slopes.is_empty()).then(|| median(&mut slopes))
 }
 
@@ -109,16 +109,7 @@ pub fn theil_sen_pooled(blocks: &[Vec<Point>]) -> Option<f64> {
 /// of the same blocks from [`mann_kendall_pooled`] (autocorrelation-corrected, so a wandering
 /// series gets a wide interval). `(low, slope, high)`; `None` without two distinct x in a block.
 pub fn sen_interval(blocks: &[Vec<Point>], var_s: f64, z: f64) -> Option<(f64, f64, f64)> {
-    let mut slopes = vec![];
-    for b in blocks {
-        for (i, &(ti, vi)) in b.iter().enumerate() {
-            for &(tj, vj) in &b[i + 1..] {
-                if tj != ti {
-                    slopes.push((vj - vi) / (tj - ti));
-                }
-            }
-        }
-    }
+    let mut slopes = pairwise_slopes(blocks);
     if slopes.is_empty() {
         return None;
     }
