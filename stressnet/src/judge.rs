@@ -97,7 +97,7 @@ fn rss_per_unit_and_projection<'a>(
     let per: Vec<(&'static str, verdict::PerUnit)> = WORK
         .iter()
         .filter_map(|&(unit, metric)| {
-            let work = lives.split(samples.clone(), node, metric, 0.0);
+            let work = lives.split(samples.clone(), node, metric);
             verdict::per_unit(rss, &work, cfg).map(|p| (unit, p))
         })
         .collect();
@@ -227,14 +227,12 @@ impl Lives {
     }
 
     /// `metric` of the node, one part per incarnation; empty parts stay, so every metric's k-th
-    /// part is the same process. The CPU rate is computed within each part, over windows of at
-    /// least `cpu_window_secs` (0: between consecutive scrapes).
+    /// part is the same process. The CPU rate is computed within each part.
     pub fn split<'a>(
         &self,
         samples: impl IntoIterator<Item = &'a Sample>,
         node: &str,
         metric: &str,
-        cpu_window_secs: f64,
     ) -> Vec<Vec<(f64, f64)>> {
         let split = |s: &[(f64, f64)]| {
             let mut parts: Vec<Vec<(f64, f64)>> = vec![vec![]; self.starts.len() + 1];
@@ -244,40 +242,31 @@ impl Lives {
             parts
         };
         if metric == CPU_RATE {
-            split(&self.cpu)
-                .iter()
-                .map(|part| cpu_rate_over(part, cpu_window_secs))
-                .collect()
+            split(&self.cpu).iter().map(|part| cpu_rate(part)).collect()
         } else {
             split(&series(samples, node, metric))
         }
     }
 }
 
-/// Mean CPU cores in use over consecutive windows of at least `window_secs` (each at its end),
-/// from one process's `process_cpu_seconds_total`.
-pub fn cpu_rate_over(cpu_total: &[(f64, f64)], window_secs: f64) -> Vec<(f64, f64)> {
+/// CPU cores in use from a `process_cpu_seconds_total` series, between consecutive scrapes; the
+/// step across a restart (the counter drops) is left out.
+pub fn cpu_rate(cpu_total: &[(f64, f64)]) -> Vec<(f64, f64)> {
     let mut out = vec![];
     let Some(&first) = cpu_total.first() else {
         return out;
     };
-    let mut anchor = first;
+    let mut prev = first;
     for &p in &cpu_total[1..] {
-        if p.1 < anchor.1 {
+        if p.1 < prev.1 {
             // A restart: the new process's counter starts over.
-            anchor = p;
-        } else if p.0 > anchor.0 && p.0 - anchor.0 >= window_secs {
-            out.push((p.0, (p.1 - anchor.1) / (p.0 - anchor.0)));
-            anchor = p;
+            prev = p;
+        } else if p.0 > prev.0 {
+            out.push((p.0, (p.1 - prev.1) / (p.0 - prev.0)));
+            prev = p;
         }
     }
     out
-}
-
-/// CPU cores in use from a `process_cpu_seconds_total` series, between consecutive scrapes; the
-/// step across a restart (the counter drops) is left out.
-pub fn cpu_rate(cpu_total: &[(f64, f64)]) -> Vec<(f64, f64)> {
-    cpu_rate_over(cpu_total, 0.0)
 }
 
 /// A node's concluded stream setups (any outcome), the counter the storm verdict judges; runs
@@ -359,7 +348,6 @@ pub fn judge<'a>(
     let mut cpu = vec![];
     let mut storms = vec![];
     let warmup = spec.soak.warmup_secs as f64;
-    let restart_warmup = v.restart_warmup_secs as f64;
     for node in nodes {
         let processes = Lives::of(of(node), node);
         for &(name, metric) in LEAK_METRICS {
@@ -367,7 +355,7 @@ pub fn judge<'a>(
             // CPU comes in bursts: a window's median of per-scrape rates misses growth in how
             // much each burst uses; its mean is the CPU used over the window.
             cfg.mean_windows = metric == CPU_RATE;
-            let lives = processes.split(of(node), node, metric, 0.0);
+            let lives = processes.split(of(node), node, metric);
             let verdict = verdict::leak(&lives, &cfg);
             if verdict.leak {
                 failed.push(format!("leak:{node}:{name}"));
@@ -375,7 +363,7 @@ pub fn judge<'a>(
                 undecided.push(format!("leak:{node}:{name}"));
             }
             if metric == CPU_RATE {
-                let level = verdict::level(&lives, warmup, restart_warmup, v.cpu_cores);
+                let level = verdict::level(&lives, &cfg, v.cpu_cores);
                 if level.over {
                     failed.push(format!("cpu:{node}"));
                 } else if level.undecided.is_some() {
@@ -523,21 +511,7 @@ spec:
     }
 
     #[test]
-    fn cpu_rates_are_window_means() {
-        let cpu = [
-            (0.0, 0.0),
-            (5.0, 0.1),
-            (10.0, 0.1),
-            (15.0, 0.4),
-            (20.0, 0.5),
-            (30.0, 0.5),
-        ];
-        let r = cpu_rate_over(&cpu, 10.0);
-        assert_eq!(r.len(), 3);
-        for ((t, x), (et, ex)) in r.iter().zip([(10.0, 0.01), (20.0, 0.04), (30.0, 0.0)]) {
-            assert_eq!(*t, et);
-            assert!((x - ex).abs() < 1e-12, "{r:?}");
-        }
+    fn cpu_rates_leave_out_the_step_across_a_restart() {
         // Between scrapes, across a restart (the counter drops at 20 s): the drop is no rate, and
         // the new process's rates count from its own start.
         let restarted = [

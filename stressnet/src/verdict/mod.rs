@@ -333,25 +333,15 @@ pub struct LevelVerdict {
 }
 
 /// Judges the level of a resource over a node's whole life: every incarnation after its warm-up
-/// (`warmup_secs` for the first, `restart_warmup_secs` after restarts; catching up after a restart
-/// is work, not waste), mean against `budget`. The mean, not a peak: a node may burn a core while
+/// (`cfg.warmup_of`; catching up after a restart is work, not waste), mean against `budget`. The mean, not a peak: a node may burn a core while
 /// it catches up, but one that spins whenever it is short of peers shows a raised mean.
-pub fn level(
-    incarnations: &[Vec<Point>],
-    warmup_secs: f64,
-    restart_warmup_secs: f64,
-    budget: f64,
-) -> LevelVerdict {
+pub fn level(incarnations: &[Vec<Point>], cfg: &LeakConfig, budget: f64) -> LevelVerdict {
     let mut v: Vec<f64> = incarnations
         .iter()
         .enumerate()
         .flat_map(|(k, s)| {
             let start = s.first().map_or(0.0, |p| p.0);
-            let warmup = if k == 0 {
-                warmup_secs
-            } else {
-                restart_warmup_secs
-            };
+            let warmup = cfg.warmup_of(k);
             s.iter()
                 .filter(move |p| p.0 - start >= warmup && p.1.is_finite())
                 .map(|p| p.1)
