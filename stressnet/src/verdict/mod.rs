@@ -397,14 +397,49 @@ pub struct StormVerdict {
     pub storm: bool,
 }
 
-/// A storm: after the warm-up, some minute's rate of the counter exceeds `bound_per_minute`.
+/// The storm verdict's window: a storm is a rate sustained for a minute (or for all of the
+/// judged time, when that is shorter); over a shorter span a burst would read as one.
+pub const STORM_WINDOW_SECS: f64 = 60.0;
+
+/// A storm: after the warm-up, the counter's rate over some trailing window exceeds
+/// `bound_per_minute`.
+///
+/// The windows slide: every sample ends one, reaching back up to [`STORM_WINDOW_SECS`] (at least
+/// 90% of it, as scrapes fall) but never into the warm-up (run time `warmup_secs`, as the samples' times are). Fixed minutes from the
+/// first sample missed a storm that began late in a run or in a counter that first appeared
+/// after the run began (labelled families exist from their first event): the last, partial minute
+/// was never judged.
 pub fn storm(counter: &[Point], bound_per_minute: f64, warmup_secs: f64) -> StormVerdict {
-    let t0 = counter.first().map_or(0.0, |p| p.0);
-    let rates = rate_per_minute(counter, 60.0);
-    let worst = rates
-        .iter()
-        .filter(|p| p.0 - t0 >= warmup_secs)
-        .max_by(|a, b| a.1.total_cmp(&b.1));
+    // Cumulative count since the warm-up, across restarts (a drop counts from zero).
+    let mut acc: Vec<Point> = Vec::with_capacity(counter.len());
+    let mut total = 0.0;
+    for (i, &(t, v)) in counter.iter().enumerate() {
+        if i > 0 {
+            let prev = counter[i - 1].1;
+            total += if v >= prev { v - prev } else { v };
+        }
+        if t >= warmup_secs {
+            acc.push((t, total));
+        }
+    }
+    let judged = acc.last().map_or(0.0, |l| l.0) - acc.first().map_or(0.0, |f| f.0);
+    let min_span = 0.9 * judged.min(STORM_WINDOW_SECS);
+    let mut worst: Option<Point> = None;
+    let mut start = 0;
+    for j in 0..acc.len() {
+        let (t, c) = acc[j];
+        while t - acc[start].0 > STORM_WINDOW_SECS {
+            start += 1;
+        }
+        let span = t - acc[start].0;
+        if span <= 0.0 || span < min_span {
+            continue;
+        }
+        let rate = (c - acc[start].1) * 60.0 / span;
+        if worst.is_none_or(|w| rate > w.1) {
+            worst = Some((t, rate));
+        }
+    }
     StormVerdict {
         max_per_minute: worst.map_or(0.0, |p| p.1),
         at: worst.map(|p| p.0),

@@ -275,6 +275,51 @@ fn storms_are_rates_over_the_bound_after_the_warm_up() {
     assert!(storm(&after, 60.0, 0.0).max_per_minute <= 6.0);
 }
 
+#[test]
+fn a_storm_in_the_last_partial_minute_of_a_short_run_is_judged() {
+    // 90 s scraped every 2 s, warm-up 20 s; the counter first appears at 40 s (its first event)
+    // and storms at 1,000 per minute from 65 s. Minutes counted from the first sample never
+    // ended one after 65 s, so this storm went unjudged.
+    let counter: Vec<Point> = (20..=45)
+        .map(|i| {
+            let t = i as f64 * 2.0;
+            let v = if t < 65.0 {
+                1.0
+            } else {
+                1.0 + (t - 65.0) * 1000.0 / 60.0
+            };
+            (t, v.floor())
+        })
+        .collect();
+    let v = storm(&counter, 60.0, 20.0);
+    assert!(v.storm, "{v:?}");
+    // The 50 s since the series appeared, 25 of them storming: about 500 per minute.
+    assert!((450.0..=520.0).contains(&v.max_per_minute), "{v:?}");
+    assert_eq!(v.at, Some(90.0));
+
+    // A burst of 40 setups within 4 s is 40 in its minute (44 over the shortest window, 54 s),
+    // under a bound of 60.
+    let burst: Vec<Point> = (0..=60)
+        .map(|i| {
+            let t = i as f64 * 2.0;
+            (
+                t,
+                if t < 50.0 {
+                    0.0
+                } else if t < 54.0 {
+                    (t - 50.0) * 10.0
+                } else {
+                    40.0
+                },
+            )
+        })
+        .collect();
+    let v = storm(&burst, 60.0, 20.0);
+    assert!(!v.storm && v.max_per_minute <= 45.0, "{v:?}");
+    // Nothing after the warm-up: nothing judged.
+    assert_eq!(storm(&counter, 60.0, 100.0).at, None);
+}
+
 /// Heights every 5 s for 10 min at one block per second, shaped per node by `f(t, head)`.
 fn heights(f: impl Fn(usize, f64, f64) -> f64) -> Vec<Vec<Point>> {
     (0..3)
