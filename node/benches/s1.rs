@@ -25,6 +25,16 @@ use syncnet_node::streams::StreamConfig;
 
 const SERVERS: usize = 4;
 
+// The allocator `syncnode` runs, with the same heap profiling: the figures are the node's.
+// `_RJEM_MALLOC_CONF=prof_active:false` switches sampling off, which is how docs/benchmarks.md
+// measures its cost ("Profiling overhead").
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8] = syncnet_node::profile::MALLOC_CONF;
+
 fn p2p_cfg(bootnodes: Vec<Multiaddr>) -> P2pConfig {
     P2pConfig {
         bootnodes,
@@ -276,6 +286,8 @@ fn main() {
         json!({
             "bench": "s1",
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "heap_profiling": std::env::var("_RJEM_MALLOC_CONF")
+                .unwrap_or_else(|_| "prof_active:true (the node's default)".into()),
             "case_16k": a,
             "ceiling_bare_stream": ceiling,
             "ratio_to_ceiling": ratio,

@@ -1,7 +1,10 @@
 //! Runtime control API, served next to /metrics: `GET /faults`, `PUT /faults` (the whole set, JSON,
-//! validated; a rejected set changes nothing), `GET /status`. Not for public exposure: bind it to a
-//! private address, and set a bearer token (`metrics.control_token_file` or `SYNCNODE_CONTROL_TOKEN`)
-//! to require `Authorization: Bearer <token>` on `PUT`.
+//! validated; a rejected set changes nothing), `GET /status`, and profiles in pprof format
+//! (gzipped protobuf, what `go tool pprof` and Pyroscope read): `GET /debug/pprof/heap` (bytes in
+//! use per allocating stack) and `GET /debug/pprof/profile?seconds=N` (CPU samples, N ≤ 60,
+//! default 10). Not for public exposure: bind it to a private address, and set a bearer token
+//! (`metrics.control_token_file` or `SYNCNODE_CONTROL_TOKEN`) to require
+//! `Authorization: Bearer <token>` on `PUT` and on the profiles (they show code and cost CPU).
 
 use std::sync::Arc;
 
@@ -51,6 +54,8 @@ pub fn router(state: Arc<ControlState>) -> axum::Router {
     axum::Router::new()
         .route("/faults", get(get_faults).put(put_faults))
         .route("/status", get(get_status))
+        .route("/debug/pprof/heap", get(get_heap))
+        .route("/debug/pprof/profile", get(get_cpu))
         .with_state(state)
 }
 
@@ -62,11 +67,8 @@ async fn get_status(State(s): State<Arc<ControlState>>) -> impl IntoResponse {
     Json((s.status)())
 }
 
-async fn put_faults(
-    State(s): State<Arc<ControlState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// A 401 answer unless the request carries the bearer token (when one is set).
+fn unauthorized(s: &ControlState, headers: &HeaderMap) -> Option<Response> {
     if let Some(token) = &s.token {
         let given = headers
             .get(header::AUTHORIZATION)
@@ -74,8 +76,71 @@ async fn put_faults(
             .and_then(|v| v.strip_prefix("Bearer "));
         if given != Some(token.as_str()) {
             let body = json!({ "error": "missing or wrong bearer token" });
-            return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+            return Some((StatusCode::UNAUTHORIZED, Json(body)).into_response());
         }
+    }
+    None
+}
+
+#[derive(serde::Deserialize)]
+struct CpuQuery {
+    seconds: Option<u64>,
+}
+
+async fn get_heap(State(s): State<Arc<ControlState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&s, &headers) {
+        return r;
+    }
+    pprof_response(crate::profile::heap().await)
+}
+
+async fn get_cpu(
+    State(s): State<Arc<ControlState>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<CpuQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some(r) = unauthorized(&s, &headers) {
+        return r;
+    }
+    let secs = match query {
+        Ok(q) => q.seconds.unwrap_or(10),
+        Err(e) => {
+            let body = json!({ "error": e.body_text(), "field": "seconds" });
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
+    };
+    if !(1..=crate::profile::MAX_CPU_SECS).contains(&secs) {
+        let body = json!({
+            "error": format!("seconds must be 1..={}", crate::profile::MAX_CPU_SECS),
+            "field": "seconds",
+        });
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
+    pprof_response(crate::profile::cpu(secs).await)
+}
+
+fn pprof_response(r: Result<Vec<u8>, crate::profile::ProfileError>) -> Response {
+    use crate::profile::ProfileError;
+    match r {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(e) => {
+            let code = match e {
+                ProfileError::Unavailable(_) => StatusCode::NOT_IMPLEMENTED,
+                ProfileError::Busy => StatusCode::CONFLICT,
+                ProfileError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (code, Json(json!({ "error": e.to_string() }))).into_response()
+        }
+    }
+}
+
+async fn put_faults(
+    State(s): State<Arc<ControlState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = unauthorized(&s, &headers) {
+        return r;
     }
     let faults = match Faults::from_json(&body).and_then(|f| (s.check)(&f).map(|()| f)) {
         Ok(f) => f,
@@ -191,5 +256,60 @@ mod tests {
         // Reading needs no token.
         let (code, _) = call(&s, Request::get("/faults").body(Body::empty()).unwrap()).await;
         assert_eq!(code, StatusCode::OK);
+    }
+
+    fn get(uri: &str, token: Option<&str>) -> Request<Body> {
+        let mut r = Request::get(uri);
+        if let Some(t) = token {
+            r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        r.body(Body::empty()).unwrap()
+    }
+
+    // Paused time: the profile's seconds pass at once (it then holds next to no samples, which is
+    // still a valid profile).
+    #[tokio::test(start_paused = true)]
+    async fn profiles_need_the_token_and_valid_seconds() {
+        let (s, _) = state(Some("sekret"));
+        for uri in ["/debug/pprof/heap", "/debug/pprof/profile?seconds=1"] {
+            assert_eq!(call(&s, get(uri, None)).await.0, StatusCode::UNAUTHORIZED);
+            assert_eq!(
+                call(&s, get(uri, Some("nope"))).await.0,
+                StatusCode::UNAUTHORIZED
+            );
+        }
+        for q in ["seconds=0", "seconds=61", "seconds=x"] {
+            let (code, v) = call(
+                &s,
+                get(&format!("/debug/pprof/profile?{q}"), Some("sekret")),
+            )
+            .await;
+            assert_eq!(code, StatusCode::BAD_REQUEST, "{q}");
+            assert_eq!(v["field"], "seconds", "{q}");
+        }
+        // This test binary runs the system allocator: no heap profiling, said plainly.
+        let (code, v) = call(&s, get("/debug/pprof/heap", Some("sekret"))).await;
+        assert_eq!(code, StatusCode::NOT_IMPLEMENTED);
+        assert!(v["error"].as_str().unwrap().contains("jemalloc"), "{v}");
+    }
+
+    // The only test here that takes CPU profiles: the profiler is one per process.
+    #[tokio::test(start_paused = true)]
+    async fn a_cpu_profile_is_gzipped_pprof_one_at_a_time() {
+        let (s, _) = state(None);
+        let first =
+            tokio::spawn(router(s.clone()).oneshot(get("/debug/pprof/profile?seconds=1", None)));
+        // Let it take the profiler and start sampling.
+        tokio::task::yield_now().await;
+        let (code, v) = call(&s, get("/debug/pprof/profile?seconds=1", None)).await;
+        assert_eq!(code, StatusCode::CONFLICT, "{v}");
+        let resp = first.await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        assert_eq!(body[..2], [0x1f, 0x8b]);
+        // Free again.
+        assert!(crate::profile::cpu(1).await.is_ok());
     }
 }

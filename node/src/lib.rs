@@ -14,6 +14,7 @@ pub mod netem;
 pub mod node;
 pub mod p2p;
 pub mod producer;
+pub mod profile;
 pub mod ratelimit;
 pub mod requests;
 pub mod store;

@@ -15,6 +15,15 @@ use syncnet_node::store::Store;
 use syncnet_node::{keys, node};
 use tracing_subscriber::EnvFilter;
 
+// jemalloc with its sampling heap profiler on, so `GET /debug/pprof/heap` can say which code holds
+// memory (syncnet_node::profile, which holds the configuration and why).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8] = syncnet_node::profile::MALLOC_CONF;
+
 #[derive(Parser)]
 #[command(
     name = "syncnode",

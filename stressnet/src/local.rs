@@ -14,6 +14,7 @@ use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -25,6 +26,7 @@ use syncnet_node::keys;
 use syncnet_node::node::{ADDRS_FILE, BoundAddrs};
 use tokio::process::{Child, Command};
 
+use crate::attribution::{self, Kind, Taken};
 use crate::exec::{Executor, Step};
 use crate::node_http::{self, Http};
 use crate::plan::{self, NETWORK_FILE, NodePlan, PRODUCER_KEY};
@@ -46,6 +48,8 @@ pub struct RunOptions {
     pub node_log: String,
     /// Draw a progress bar (a terminal); otherwise print a status line every 30 s.
     pub progress: bool,
+    /// Take heap and CPU profiles of the nodes (`profiles/`, [`attribution`]).
+    pub profiles: bool,
 }
 
 /// How a run ended.
@@ -179,6 +183,8 @@ struct Proc {
     child: Option<Child>,
     metrics: Option<SocketAddr>,
     last_start: Instant,
+    /// Processes started so far (a profile records which one it came from).
+    starts: u32,
     /// Latest scrape, for the progress line.
     last: Option<BTreeMap<String, f64>>,
 }
@@ -251,6 +257,7 @@ pub async fn run(p: Prepared, syncnode: &Path, opts: &RunOptions) -> anyhow::Res
             child: None,
             metrics: None,
             last_start: Instant::now(),
+            starts: 0,
             last: None,
         })
         .collect();
@@ -296,12 +303,47 @@ async fn drive(
     let mut last_status = 0.0;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let profiles = Profiles::new(&p.dir, duration, p.spec.spec.soak.warmup_secs as f64)?;
+    let mut warm_profiled = false;
+    let mut pending: Vec<tokio::task::JoinHandle<Vec<(String, String)>>> = vec![];
     loop {
         tick.tick().await;
         let t = journal.start.elapsed().as_secs_f64();
         if t >= duration {
             journal.log(EventKind::Finished, None, "soak complete");
+            if !opts.profiles {
+                return Ok(());
+            }
+            // Profiles of the end state come after the last scrape, so taking them moves no
+            // sample: heap first, then CPU (the schedule's fault sets still apply).
+            journal.log(
+                EventKind::Profiled,
+                None,
+                format!(
+                    "heap, then {} s CPU profiles of every running node (run end)",
+                    profiles.cpu_secs
+                ),
+            );
+            let mut failed: Vec<(String, String)> = vec![];
+            for h in pending {
+                failed.extend(h.await.unwrap_or_default());
+            }
+            failed.extend(profiles.take(&client, procs, Kind::HeapEnd, t).await);
+            failed.extend(profiles.take(&client, procs, Kind::CpuEnd, t).await);
+            for (node, e) in failed {
+                journal.log(EventKind::ProfileFailed, Some(&node), e);
+            }
             return Ok(());
+        }
+        if opts.profiles && !warm_profiled && t >= profiles.warmup_at {
+            warm_profiled = true;
+            journal.log(
+                EventKind::Profiled,
+                None,
+                "heap profiles of every running node (warm-up end)",
+            );
+            let warm = profiles.take(&client, procs, Kind::HeapWarmup, t);
+            pending.push(tokio::spawn(warm));
         }
         // A node that exited on its own crashed: note it and start it again (at most every 5 s).
         for pr in procs.iter_mut() {
@@ -403,6 +445,108 @@ async fn drive(
     }
 }
 
+/// The profiles a run takes of its nodes (see [`attribution`]): heap at the end of the warm-up,
+/// then, after the last scrape, heap and CPU of the end state (the first CPU profile leaves the
+/// node with pprof-rs's sample table, ~85 MB, which must not show in the judged series). Files go
+/// to `profiles/`, and `profiles/index.json` is rewritten as each arrives, so an interrupted run
+/// keeps what it has.
+struct Profiles {
+    dir: PathBuf,
+    taken: Arc<std::sync::Mutex<Vec<Taken>>>,
+    /// When the warm-up heap profile is taken: a little before the warm-up ends, so the memory a
+    /// node spends symbolizing its first profile (debug line tables, cached) lands in the
+    /// warm-up, not in the judged series.
+    warmup_at: f64,
+    /// How long the CPU profiles sample.
+    cpu_secs: u64,
+}
+
+impl Profiles {
+    fn new(run: &Path, duration: f64, warmup: f64) -> anyhow::Result<Profiles> {
+        let dir = run.join(attribution::DIR);
+        std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+        // A tenth of the run, 2 to 10 s: ~200–1,000 samples of a busy node.
+        let cpu_secs = (duration / 10.0).clamp(2.0, 10.0) as u64;
+        Ok(Profiles {
+            dir,
+            taken: Arc::default(),
+            warmup_at: (warmup - (warmup / 4.0).min(10.0)).min(duration),
+            cpu_secs,
+        })
+    }
+
+    /// Asks every running node for a profile of `kind` at once; the future writes the files and
+    /// the index and yields the failures (node, why).
+    fn take(
+        &self,
+        client: &Http,
+        procs: &[Proc],
+        kind: Kind,
+        t: f64,
+    ) -> impl std::future::Future<Output = Vec<(String, String)>> + Send + 'static {
+        let targets: Vec<(String, SocketAddr, u32)> = procs
+            .iter()
+            .filter(|pr| pr.child.is_some())
+            .filter_map(|pr| {
+                Some((
+                    pr.plan.name.clone(),
+                    pr.metrics?,
+                    pr.starts.saturating_sub(1),
+                ))
+            })
+            .collect();
+        let (client, dir, taken, cpu_secs) = (
+            client.clone(),
+            self.dir.clone(),
+            self.taken.clone(),
+            self.cpu_secs,
+        );
+        async move {
+            let (path, wait) = match kind {
+                Kind::CpuEnd => (
+                    format!("/debug/pprof/profile?seconds={cpu_secs}"),
+                    Duration::from_secs(cpu_secs),
+                ),
+                // A first dump symbolizes from cold caches.
+                Kind::HeapWarmup | Kind::HeapEnd => {
+                    ("/debug/pprof/heap".to_owned(), Duration::from_secs(30))
+                }
+            };
+            let gets = targets.into_iter().map(|(node, addr, life)| {
+                let (client, dir, path) = (&client, &dir, &path);
+                async move {
+                    let file = kind.file_name(&node);
+                    let got = match node_http::profile(client, addr, path, wait, None).await {
+                        Ok(bytes) => tokio::fs::write(dir.join(&file), &bytes)
+                            .await
+                            .map_err(|e| format!("{file}: {e}")),
+                        Err(e) => Err(e),
+                    };
+                    Taken {
+                        node,
+                        kind,
+                        t,
+                        life,
+                        file: got.is_ok().then_some(file),
+                        error: got.err(),
+                    }
+                }
+            });
+            let got = futures::future::join_all(gets).await;
+            let failed = got
+                .iter()
+                .filter_map(|g| Some((g.node.clone(), g.error.clone()?)))
+                .collect();
+            let mut all = taken.lock().unwrap_or_else(|e| e.into_inner());
+            all.extend(got);
+            if let Ok(json) = serde_json::to_vec_pretty(&*all) {
+                let _ = std::fs::write(dir.join("index.json"), json);
+            }
+            failed
+        }
+    }
+}
+
 /// Starts the producer, then a second bootnode in another region, then everyone else with both
 /// as bootnodes. Each node first binds port 0 and reports what it got in `syncnode.addrs.json`;
 /// its `node.yaml` is then pinned to those ports so a restart comes back at the same address.
@@ -497,6 +641,7 @@ fn spawn(pr: &mut Proc, syncnode: &Path, log_filter: &str) -> anyhow::Result<()>
         .with_context(|| format!("starting {} for {}", syncnode.display(), pr.plan.name))?;
     pr.child = Some(child);
     pr.last_start = Instant::now();
+    pr.starts += 1;
     Ok(())
 }
 

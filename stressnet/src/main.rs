@@ -47,6 +47,9 @@ enum Cmd {
         /// terminal.
         #[arg(long)]
         no_progress: bool,
+        /// Take no heap or CPU profiles of the nodes (profiles/; verdicts then name no code).
+        #[arg(long)]
+        no_profiles: bool,
     },
     /// Validate a spec and print the nodes and the fault schedule it gives; starts nothing.
     Check {
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
             no_canaries,
             node_log,
             no_progress,
+            no_profiles,
         } => run(local::RunOptions {
             spec,
             out,
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
             no_canaries,
             node_log,
             progress: !no_progress && std::io::stderr().is_terminal(),
+            profiles: !no_profiles,
         }),
         Cmd::Check {
             spec,

@@ -1,5 +1,5 @@
-//! HTTP to a node's metrics port: scraping `/metrics` and `PUT /faults` on the control API. The
-//! one client both the local runner and the operator use.
+//! HTTP to a node's metrics port: scraping `/metrics`, `PUT /faults` and profiles on the control
+//! API. The one client both the local runner and the operator use.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -54,6 +54,18 @@ pub async fn send(
     timeout: Duration,
     max_bytes: usize,
 ) -> Result<(u16, String), String> {
+    let (code, body) = send_bytes(client, req, body, timeout, max_bytes).await?;
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// [`send`], keeping the answer as bytes (profiles are binary).
+pub async fn send_bytes(
+    client: &Http,
+    req: hyper::Request<()>,
+    body: Vec<u8>,
+    timeout: Duration,
+    max_bytes: usize,
+) -> Result<(u16, Bytes), String> {
     let req = req.map(|()| Full::new(Bytes::from(body)));
     let fut = async {
         let resp = client.request(req).await.map_err(|e| e.to_string())?;
@@ -63,7 +75,7 @@ pub async fn send(
             .await
             .map_err(|e| format!("reading the answer: {e}"))?
             .to_bytes();
-        Ok((code, String::from_utf8_lossy(&body).into_owned()))
+        Ok((code, body))
     };
     tokio::time::timeout(timeout, fut)
         .await
@@ -80,6 +92,32 @@ pub async fn put_faults(
     match request(client, hyper::Method::PUT, addr, "/faults", body, token).await? {
         (200..=299, _) => Ok(()),
         (code, body) => Err(format!("PUT /faults: {code} {body}")),
+    }
+}
+
+/// A profile from the control API (`/debug/pprof/heap`, `/debug/pprof/profile?seconds=N`): the
+/// bytes of a 200, else an error quoting the node's answer. `wait` is how long the node takes to
+/// answer (a CPU profile's seconds); [`TIMEOUT`] is added for the transfer.
+pub async fn profile(
+    client: &Http,
+    addr: SocketAddr,
+    path: &str,
+    wait: Duration,
+    token: Option<&str>,
+) -> Result<Bytes, String> {
+    let mut req = hyper::Request::builder()
+        .method(hyper::Method::GET)
+        .uri(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(()).map_err(|e| e.to_string())?;
+    match send_bytes(client, req, vec![], wait + TIMEOUT, MAX_BODY).await? {
+        (200, body) => Ok(body),
+        (code, body) => Err(format!(
+            "GET {path}: {code} {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        )),
     }
 }
 

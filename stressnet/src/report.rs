@@ -8,6 +8,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::attribution;
 use crate::judge;
 use crate::run_dir::{self, Event, EventKind, RunInfo};
 use crate::scrape::{Sample, series};
@@ -43,6 +44,13 @@ pub struct RunSummary {
     pub kills: usize,
     pub crashes: usize,
     pub verdicts: judge::Summary,
+    /// What the nodes' profiles name: top growing allocation sites, top CPU sites, per node
+    /// ([`attribution`]); empty for runs without profiles.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attribution: Vec<attribution::NodeAttribution>,
+    /// Why the profiles could not be read, if they could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attribution_error: Option<String>,
 }
 
 /// One line of a chart: node name, region index, points.
@@ -64,7 +72,13 @@ pub fn finish(dir: &Path) -> anyhow::Result<RunSummary> {
     let info = run_dir::read_info(dir)?;
     let samples = run_dir::read_samples(dir)?;
     let events = run_dir::read_events(dir)?;
-    let summary = summarize(&info, &samples, &events);
+    let mut summary = summarize(&info, &samples, &events);
+    let names: Vec<String> = info.nodes.iter().map(|n| n.name.clone()).collect();
+    match attribution::for_run(dir, &names) {
+        Ok(a) => summary.attribution = a,
+        Err(e) => summary.attribution_error = Some(e),
+    }
+    attach_sites(&mut summary);
     let charts = charts(&info, &samples);
     std::fs::create_dir_all(dir.join(run_dir::CHARTS))?;
     let mut svgs = vec![];
@@ -158,6 +172,8 @@ pub fn summarize(info: &RunInfo, samples: &[Sample], events: &[Event]) -> RunSum
             .count(),
         crashes,
         verdicts,
+        attribution: vec![],
+        attribution_error: None,
     }
 }
 
@@ -498,7 +514,8 @@ after its warm-up ({} s at the first start, {} s after a restart), {} s medians 
 (Mann–Kendall with the Hamed–Rao correction, summed over incarnations, p &lt; {}), a pooled Theil–Sen slope over the budget \
 for the medians and for the minima (the floor), and growth in the last third of at least half the budget; \
 significant growth that fails the last two is a high-water mark. Budgets per hour: RSS {} MiB, fds {}, threads {}, \
-CPU {} cores.</p><table><tr><th>node</th><th>metric</th><th>lives</th><th>points</th><th>slope / h</th>\
+CPU {} cores, CPU per request served {} ms (<code>cpu_per_request</code>: the process's CPU over the requests it served, \
+per scrape).</p><table><tr><th>node</th><th>metric</th><th>lives</th><th>points</th><th>slope / h</th>\
 <th>floor / h</th><th>last third / h</th><th>p</th><th>time to limit</th><th>verdict</th></tr>",
         info.spec.soak.warmup_secs,
         vs.restart_warmup_secs,
@@ -508,6 +525,7 @@ CPU {} cores.</p><table><tr><th>node</th><th>metric</th><th>lives</th><th>points
         vs.fds_per_hour,
         vs.threads_per_hour,
         vs.cpu_cores_per_hour,
+        vs.cpu_ms_per_request_per_hour,
     );
     for l in &v.leaks {
         let lv = &l.verdict;
@@ -520,6 +538,7 @@ CPU {} cores.</p><table><tr><th>node</th><th>metric</th><th>lives</th><th>points
         };
         let word = match (lv.leak, lv.high_water, lv.undecided) {
             (true, _, _) => "<b class=\"fail\">LEAK</b>".to_owned(),
+            (false, _, Some(judge::NOT_SERVING)) => "n/a (served too little)".to_owned(),
             (false, _, Some(why)) => format!("<b>undecided</b> ({})", esc(why)),
             (false, true, None) => "ok (high-water mark)".to_owned(),
             (false, false, None) => "ok".to_owned(),
@@ -654,6 +673,8 @@ soonest and latest.",
     }
     h.push_str("</table>");
 
+    where_section(&mut h, s);
+
     const MAX_EVENTS: usize = 1000;
     let _ = write!(
         h,
@@ -679,6 +700,100 @@ soonest and latest.",
     }
     h.push_str("</body></html>\n");
     h
+}
+
+/// Puts each node's top sites next to its verdicts: heap growth by the RSS leak verdict, CPU
+/// sites by the CPU and storm verdicts.
+pub fn attach_sites(s: &mut RunSummary) {
+    let RunSummary {
+        verdicts,
+        attribution,
+        ..
+    } = s;
+    let of = |node: &str| attribution.iter().find(|a| a.node == node);
+    for l in verdicts.leaks.iter_mut().filter(|l| l.metric == "rss") {
+        l.top_sites = of(&l.node)
+            .map(|a| a.heap_growth.clone())
+            .unwrap_or_default();
+    }
+    for c in &mut verdicts.cpu {
+        c.top_sites = of(&c.node).map(|a| a.cpu.clone()).unwrap_or_default();
+    }
+    for st in &mut verdicts.storms {
+        st.top_sites = of(&st.node).map(|a| a.cpu.clone()).unwrap_or_default();
+    }
+}
+
+/// "Where": the profiles' top growing allocation sites and top CPU sites, flagged nodes first.
+fn where_section(h: &mut String, s: &RunSummary) {
+    h.push_str("<h2>Where: profiles</h2>");
+    if let Some(e) = &s.attribution_error {
+        let _ = write!(
+            h,
+            "<p class=\"fail\">The profiles could not be read: {}</p>",
+            esc(e)
+        );
+    }
+    if s.attribution.is_empty() {
+        h.push_str("<p>No profiles in this run.</p>");
+        return;
+    }
+    h.push_str(
+        "<p>Heap: bytes in use per allocation site at the end of the run minus at the end of the warm-up (jemalloc's sampling profiler, an estimate; the site is the first frame outside the allocator and the standard library). CPU: share of samples per site over the run's last seconds. Raw pprof files are in <code>profiles/</code> (<code>go tool pprof -top FILE</code>).</p><table><tr><th>node</th><th>flagged</th><th>heap warm-up → end</th><th>top growth</th><th>top CPU</th></tr>",
+    );
+    let flagged = |node: &str| -> Vec<&str> {
+        s.failed
+            .iter()
+            .filter(|f| {
+                f.split(':').nth(1) == Some(node)
+                    && (f.starts_with("leak:") || f.starts_with("cpu:") || f.starts_with("storm:"))
+            })
+            .map(String::as_str)
+            .collect()
+    };
+    let mut rows: Vec<&attribution::NodeAttribution> = s.attribution.iter().collect();
+    rows.sort_by_key(|a| flagged(&a.node).is_empty());
+    let mib = |b: Option<f64>| b.map_or("–".to_owned(), |b| format!("{:.1} MiB", b / 1048576.0));
+    let sites = |v: &[attribution::Site], fmt: &dyn Fn(f64) -> String| {
+        if v.is_empty() {
+            return "–".to_owned();
+        }
+        v.iter()
+            .map(|x| {
+                format!(
+                    "<span title=\"{}\"><code>{}</code> {}</span>",
+                    esc(&x.stack.join(" ← ")),
+                    esc(&x.site),
+                    fmt(x.value)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("<br>")
+    };
+    for a in rows {
+        let f = flagged(&a.node);
+        let notes = if a.notes.is_empty() {
+            String::new()
+        } else {
+            format!("<br><small>{}</small>", esc(&a.notes.join("; ")))
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{} → {}</td><td>{}{notes}</td><td>{}</td></tr>",
+            esc(&a.node),
+            if f.is_empty() { "pass" } else { "fail" },
+            if f.is_empty() {
+                "–".to_owned()
+            } else {
+                esc(&f.join(" "))
+            },
+            mib(a.heap_warmup_bytes),
+            mib(a.heap_end_bytes),
+            sites(&a.heap_growth, &|b| format!("+{:.2} MiB", b / 1048576.0)),
+            sites(&a.cpu, &|x| format!("{:.0}%", x * 100.0)),
+        );
+    }
+    h.push_str("</table>");
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! | `events.jsonl` | starts, kills, restarts, crashes, fault windows ([`Event`]) |
 //! | `summary.json` | verdicts and figures ([`crate::report`]) |
 //! | `report.html`, `charts/*.svg` | the report |
+//! | `profiles/` | pprof heap and CPU profiles of each node, `index.json` ([`crate::attribution`]) |
 //! | `nodes/<name>/` | each node's config, store and `node.log` |
 
 use std::fs::File;
@@ -56,6 +57,9 @@ pub enum EventKind {
     Crashed,
     Interrupted,
     Finished,
+    /// Profiles were asked of the nodes (`profiles/`).
+    Profiled,
+    ProfileFailed,
 }
 
 impl EventKind {
@@ -71,6 +75,8 @@ impl EventKind {
             EventKind::Crashed => "CRASHED",
             EventKind::Interrupted => "interrupted",
             EventKind::Finished => "finished",
+            EventKind::Profiled => "profiling",
+            EventKind::ProfileFailed => "profile failed",
         }
     }
 }

@@ -290,6 +290,22 @@ fn shortened_canary_runs_are_flagged_by_name() {
         "{failed:?}\n{}",
         verdicts(&run, "leaks")
     );
+    // The heap profiles name the canary's allocation site as the leaker's top growth, and the
+    // raw profiles are in the run directory.
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    let rss = summary["verdicts"]["leaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["node"] == leaker.as_str() && l["metric"] == "rss")
+        .unwrap();
+    let top = rss["top_sites"][0]["site"].as_str().unwrap_or("");
+    assert!(top.contains("leak_canary_alloc"), "{}", rss["top_sites"]);
+    for kind in ["heap-warmup", "heap-end", "cpu-end"] {
+        let f = run.join("profiles").join(format!("{leaker}.{kind}.pb.gz"));
+        assert!(f.is_file(), "{}", f.display());
+    }
     let (stormer, failed, storm_run) = storm;
     assert!(
         failed.contains(&format!("storm:{stormer}")),
