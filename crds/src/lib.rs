@@ -384,6 +384,10 @@ pub struct VerdictSpec {
     pub threads_per_hour: f64,
     /// Growth of CPU use (cores per hour) above which a significant, lasting trend fails.
     pub cpu_cores_per_hour: f64,
+    /// Growth of CPU per unit of work (milliseconds of CPU per request served, per hour) above
+    /// which a significant, lasting trend fails: a node whose every request costs more the longer
+    /// it runs (the original "CPU grows to 100%").
+    pub cpu_ms_per_request_per_hour: f64,
     /// A node's mean CPU use (cores) after the warm-up above which it fails (`cpu:<node>`).
     pub cpu_cores: f64,
     /// Significance of a trend (Mann–Kendall, autocorrelation-corrected).
@@ -439,6 +443,7 @@ impl Default for VerdictSpec {
             fds_per_hour: 10.0,
             threads_per_hour: 5.0,
             cpu_cores_per_hour: 0.05,
+            cpu_ms_per_request_per_hour: 60.0,
             cpu_cores: 0.1,
             leak_p: 0.01,
             leak_bucket_secs: 60,
@@ -737,6 +742,7 @@ impl SyncNetworkSpec {
             ("fdsPerHour", v.fds_per_hour),
             ("threadsPerHour", v.threads_per_hour),
             ("cpuCoresPerHour", v.cpu_cores_per_hour),
+            ("cpuMsPerRequestPerHour", v.cpu_ms_per_request_per_hour),
             ("cpuCores", v.cpu_cores),
             ("setupsPerMinute", v.setups_per_minute),
         ] {

@@ -104,6 +104,9 @@ pub fn rows(a: &Value, b: &Value) -> Vec<(String, String, String)> {
         slope(v, "rss", 1.0 / 1048576.0, " MiB/h")
     });
     row("worst CPU slope", &|v| slope(v, "cpu", 1.0, " cores/h"));
+    row("worst CPU per request slope", &|v| {
+        slope(v, "cpu_per_request", 1.0, " ms/request/h")
+    });
     row("worst fds slope", &|v| slope(v, "fds", 1.0, "/h"));
     row("worst threads slope", &|v| slope(v, "threads", 1.0, "/h"));
     row("worst setups/min", &|v| storm(v, "verdict"));

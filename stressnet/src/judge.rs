@@ -20,6 +20,7 @@ pub const LEAK_METRICS: &[(&str, &str)] = &[
     ("fds", "process_open_fds"),
     ("threads", "process_threads"),
     ("cpu", CPU_RATE),
+    ("cpu_per_request", CPU_PER_REQUEST),
 ];
 
 /// How the spec judges one of [`LEAK_METRICS`] (by its name): the one mapping of the spec's
@@ -36,6 +37,7 @@ pub fn leak_config(spec: &SyncNetworkSpec, name: &str) -> LeakConfig {
             "fds" => v.fds_per_hour,
             "threads" => v.threads_per_hour,
             "cpu" => v.cpu_cores_per_hour,
+            "cpu_per_request" => v.cpu_ms_per_request_per_hour,
             other => unreachable!("no budget for {other}"),
         },
         limit: None,
@@ -45,6 +47,11 @@ pub fn leak_config(spec: &SyncNetworkSpec, name: &str) -> LeakConfig {
 
 /// Derived series: CPU cores in use, from `process_cpu_seconds_total`.
 pub const CPU_RATE: &str = "cpu_cores";
+/// Derived series: milliseconds of CPU per request served, per scrape interval that served any
+/// (CPU the whole process used, over the requests it served then; see [`cpu_per_request`]).
+pub const CPU_PER_REQUEST: &str = "cpu_ms_per_request";
+/// Why a node has no CPU-per-request verdict: it served too little to judge (not "undecided").
+pub const NOT_SERVING: &str = "served requests in too few windows (not judged)";
 pub const CPU_TOTAL: &str = "process_cpu_seconds_total";
 pub const HEIGHT: &str = "syncnet_chain_head_height";
 pub const SETUPS: &str = "syncnet_p2p_stream_setups_total{outcome=\"ok\"}";
@@ -60,6 +67,10 @@ pub struct NodeLeak {
     /// RSS only, with `verdicts.production.memoryLimitMiB`: when the node reaches it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub projection: Option<verdict::Projection>,
+    /// RSS only, from the run's heap profiles: the top growing allocation sites (filled in by
+    /// the report, which reads the profiles; empty without them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub top_sites: Vec<crate::attribution::Site>,
 }
 
 /// Work counters the RSS is measured against (cumulative per process): the unit's name, the
@@ -131,6 +142,9 @@ pub struct NodeStorm {
     pub node: String,
     pub verdict: StormVerdict,
     pub discovery: StormVerdict,
+    /// From the run's CPU profile: the node's top CPU sites (filled in by the report).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub top_sites: Vec<crate::attribution::Site>,
 }
 
 const DISCOVERY: [&str; 2] = [
@@ -189,6 +203,9 @@ impl Outcome {
 pub struct NodeCpu {
     pub node: String,
     pub verdict: verdict::LevelVerdict,
+    /// From the run's CPU profile: the node's top CPU sites (filled in by the report).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub top_sites: Vec<crate::attribution::Site>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -230,7 +247,7 @@ impl Lives {
     /// part is the same process. The CPU rate is computed within each part.
     pub fn split<'a>(
         &self,
-        samples: impl IntoIterator<Item = &'a Sample>,
+        samples: impl IntoIterator<Item = &'a Sample> + Clone,
         node: &str,
         metric: &str,
     ) -> Vec<Vec<(f64, f64)>> {
@@ -243,6 +260,13 @@ impl Lives {
         };
         if metric == CPU_RATE {
             split(&self.cpu).iter().map(|part| cpu_rate(part)).collect()
+        } else if metric == CPU_PER_REQUEST {
+            let served = split(&series(samples, node, crate::scrape::SERVED_ALL));
+            split(&self.cpu)
+                .iter()
+                .zip(&served)
+                .map(|(c, s)| cpu_per_request(c, s))
+                .collect()
         } else {
             split(&series(samples, node, metric))
         }
@@ -265,6 +289,29 @@ pub fn cpu_rate(cpu_total: &[(f64, f64)]) -> Vec<(f64, f64)> {
             out.push((p.0, (p.1 - prev.1) / (p.0 - prev.0)));
             prev = p;
         }
+    }
+    out
+}
+
+/// Milliseconds of CPU per request served between consecutive scrapes of one process, for the
+/// intervals that served any: the whole process's CPU, so a node that serves little shows a high
+/// and noisy figure, which the leak verdict's window medians and floor absorb; what it must not
+/// absorb is a cost per request that keeps rising with uptime.
+pub fn cpu_per_request(cpu_total: &[(f64, f64)], served: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let served: HashMap<u64, f64> = served.iter().map(|p| (p.0.to_bits(), p.1)).collect();
+    let mut out = vec![];
+    let mut prev: Option<(f64, f64)> = None;
+    for &(t, cpu) in cpu_total {
+        let Some(&s) = served.get(&t.to_bits()) else {
+            continue;
+        };
+        if let Some((c0, s0)) = prev
+            && cpu >= c0
+            && s > s0
+        {
+            out.push((t, (cpu - c0) * 1000.0 / (s - s0)));
+        }
+        prev = Some((cpu, s));
     }
     out
 }
@@ -356,10 +403,16 @@ pub fn judge<'a>(
             // much each burst uses; its mean is the CPU used over the window.
             cfg.mean_windows = metric == CPU_RATE;
             let lives = processes.split(of(node), node, metric);
-            let verdict = verdict::leak(&lives, &cfg);
+            let mut verdict = verdict::leak(&lives, &cfg);
+            // CPU per request exists only where requests are served: a node that served in too
+            // few windows is not judged on it (its CPU level and trend still are), which must
+            // not make the run inconclusive.
+            if metric == CPU_PER_REQUEST && verdict.undecided.is_some() {
+                verdict.undecided = Some(NOT_SERVING);
+            }
             if verdict.leak {
                 failed.push(format!("leak:{node}:{name}"));
-            } else if verdict.undecided.is_some() {
+            } else if verdict.undecided.is_some_and(|u| u != NOT_SERVING) {
                 undecided.push(format!("leak:{node}:{name}"));
             }
             if metric == CPU_RATE {
@@ -372,6 +425,7 @@ pub fn judge<'a>(
                 cpu.push(NodeCpu {
                     node: node.clone(),
                     verdict: level,
+                    top_sites: vec![],
                 });
             }
             let (per_unit, projection) = if name == "rss" {
@@ -393,6 +447,7 @@ pub fn judge<'a>(
                 verdict,
                 per_unit,
                 projection,
+                top_sites: vec![],
             });
         }
         let verdict = verdict::storm(&setups(of(node), node), v.setups_per_minute, warmup);
@@ -408,6 +463,7 @@ pub fn judge<'a>(
             node: node.clone(),
             verdict,
             discovery,
+            top_sites: vec![],
         });
     }
     let outcome = Outcome::of(&failed, &undecided);
@@ -508,6 +564,69 @@ spec:
         assert_eq!(s.failed, ["storm:us-0"]);
         assert!(s.storms[0].discovery.max_per_minute > 500.0);
         assert!(s.storms[1].discovery.max_per_minute < 10.0);
+    }
+
+    #[test]
+    fn cpu_per_request_that_grows_with_uptime_is_named() {
+        let spec = SyncNetwork::from_yaml(SPEC).unwrap().spec;
+        // Every node serves a request a second; us-1 burns 10 ms more per request for every
+        // minute it has run (the CPU canary), 600 ms per request per hour against a budget of 60.
+        let served = |burn: bool| {
+            run(move |n, t, v| {
+                v.insert(crate::scrape::SERVED_ALL.to_owned(), t);
+                if burn && n == 1 {
+                    *v.get_mut(CPU_TOTAL).unwrap() += 0.010 * t * t / 120.0;
+                }
+            })
+        };
+        let s = judge(&spec, &names(), &served(false), &[]);
+        assert!(s.pass, "{:?} {:?}", s.failed, s.undecided);
+        let per_request = |s: &Summary, n: &str| {
+            s.leaks
+                .iter()
+                .find(|l| l.node == n && l.metric == "cpu_per_request")
+                .unwrap()
+                .verdict
+                .clone()
+        };
+        // 0.02 cores over one request a second: 20 ms a request, flat.
+        assert!(per_request(&s, "us-0").slope_per_hour.abs() < 5.0);
+        let s = judge(&spec, &names(), &served(true), &[]);
+        assert!(
+            s.failed.contains(&"leak:us-1:cpu_per_request".to_owned()),
+            "{:?}",
+            s.failed
+        );
+        let v = per_request(&s, "us-1");
+        assert!((v.slope_per_hour - 600.0).abs() < 30.0, "{v:?}");
+        // A node that serves nothing has no such verdict, and the run is not inconclusive for it.
+        let s = judge(&spec, &names(), &run(|_, _, _| {}), &[]);
+        assert!(s.pass && s.undecided.is_empty(), "{:?}", s.undecided);
+        assert_eq!(per_request(&s, "us-2").undecided, Some(NOT_SERVING));
+    }
+
+    #[test]
+    fn cpu_per_request_is_per_interval_that_served_any() {
+        let cpu = [
+            (0.0, 1.0),
+            (10.0, 1.5),
+            (20.0, 1.6),
+            (30.0, 2.6),
+            (40.0, 0.1),
+        ];
+        let served = [
+            (0.0, 5.0),
+            (10.0, 15.0),
+            (20.0, 15.0),
+            (30.0, 115.0),
+            (40.0, 1.0),
+        ];
+        // 0.5 s over 10 requests; nothing served 10-20 s; 1 s over 100; a restart at 40 s (the
+        // counters drop: no interval).
+        assert_eq!(
+            cpu_per_request(&cpu, &served),
+            vec![(10.0, 50.0), (30.0, 10.0)]
+        );
     }
 
     #[test]
