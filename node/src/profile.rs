@@ -87,11 +87,14 @@ pub async fn cpu(secs: u64) -> Result<Vec<u8>, ProfileError> {
     }
     for (frames, count) in unresolved.data {
         // pprof-rs's frames are leaf first, a StackProfile's root first.
+        // An unwinder that lost its way reports address 0, which is no frame (and to_pprof
+        // subtracts one from each).
         let addrs = frames
             .frames
             .iter()
             .rev()
             .map(|f| f.ip() as usize)
+            .filter(|&ip| ip != 0)
             .collect();
         p.push_stack(
             pprof_util::WeightedStack {

@@ -93,27 +93,32 @@ fn production_rate(p: &syncnet_crds::ProductionSpec, unit: &str) -> Option<f64> 
 /// RSS per unit of work, and the projection to the memory limit at production rates: the
 /// fastest of the growth by time and the growth per unit of work times its production rate (the
 /// pessimistic reading: the run cannot tell which one drives the growth when all rise together).
-fn rss_per_unit_and_projection<'a>(
-    spec: &SyncNetworkSpec,
+/// A resource against each kind of work (see [`WORK`]), per unit and how significantly.
+fn per_unit<'a>(
     samples: impl IntoIterator<Item = &'a Sample> + Clone,
     node: &str,
     lives: &Lives,
-    rss: &[Vec<(f64, f64)>],
-    leak: &LeakVerdict,
+    resource: &[Vec<(f64, f64)>],
     cfg: &LeakConfig,
-) -> (
-    Vec<(&'static str, verdict::PerUnit)>,
-    Option<verdict::Projection>,
-) {
-    let per: Vec<(&'static str, verdict::PerUnit)> = WORK
-        .iter()
+) -> Vec<(&'static str, verdict::PerUnit)> {
+    WORK.iter()
         .filter_map(|&(unit, metric)| {
             let work = lives.split(samples.clone(), node, metric);
-            verdict::per_unit(rss, &work, cfg).map(|p| (unit, p))
+            verdict::per_unit(resource, &work, cfg).map(|p| (unit, p))
         })
-        .collect();
+        .collect()
+}
+
+/// When the node reaches its memory limit at production rates, from its RSS growth by time and
+/// per unit of work.
+fn rss_projection(
+    spec: &SyncNetworkSpec,
+    rss: &[Vec<(f64, f64)>],
+    leak: &LeakVerdict,
+    per: &[(&'static str, verdict::PerUnit)],
+) -> Option<verdict::Projection> {
     let production = spec.verdicts.production.as_ref();
-    let projection = production
+    production
         .and_then(|p| p.memory_limit_mib.map(|l| (p, l * 1024.0 * 1024.0)))
         .and_then(|(p, limit)| {
             let last = rss.iter().rev().find_map(|l| l.last())?.1;
@@ -124,14 +129,13 @@ fn rss_per_unit_and_projection<'a>(
                     .unwrap_or((leak.slope_per_hour, leak.slope_per_hour));
                 candidates.push(("time", leak.slope_per_hour, lo, hi));
             }
-            for (unit, pu) in &per {
+            for (unit, pu) in per {
                 if let Some(rate) = production_rate(p, unit) {
                     candidates.push((*unit, pu.per_unit * rate, pu.low * rate, pu.high * rate));
                 }
             }
             verdict::project(last, limit, &candidates)
-        });
-    (per, projection)
+        })
 }
 
 /// A node's storm verdicts: stream setups per minute (every one that reached a conclusion:
@@ -403,7 +407,15 @@ pub fn judge<'a>(
             // much each burst uses; its mean is the CPU used over the window.
             cfg.mean_windows = metric == CPU_RATE;
             let lives = processes.split(of(node), node, metric);
-            let mut verdict = verdict::leak(&lives, &cfg);
+            // Memory, fds and threads are also judged against the work done (a leak per setup
+            // is a line against setups however the setups fall in time); CPU rates are not.
+            let per = if matches!(name, "rss" | "fds" | "threads") {
+                per_unit(of(node), node, &processes, &lives, &cfg)
+            } else {
+                vec![]
+            };
+            let work_p: Vec<f64> = per.iter().map(|(_, p)| p.p).collect();
+            let mut verdict = verdict::leak_with_work(&lives, &cfg, &work_p);
             // CPU per request exists only where requests are served: a node that served in too
             // few windows is not judged on it (its CPU level and trend still are), which must
             // not make the run inconclusive.
@@ -428,16 +440,10 @@ pub fn judge<'a>(
                     top_sites: vec![],
                 });
             }
+            // Per unit of work and the projection are reported for memory.
             let (per_unit, projection) = if name == "rss" {
-                rss_per_unit_and_projection(
-                    spec,
-                    of(node),
-                    node,
-                    &processes,
-                    &lives,
-                    &verdict,
-                    &cfg,
-                )
+                let projection = rss_projection(spec, &lives, &verdict, &per);
+                (per, projection)
             } else {
                 (vec![], None)
             };

@@ -105,6 +105,21 @@ pub struct LeakVerdict {
 ///
 /// Significant growth over the budget that fails the last two is reported as `high_water`.
 pub fn leak(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> LeakVerdict {
+    leak_with_work(incarnations, cfg, &[])
+}
+
+/// [`leak`], with more evidence of a trend: the p-values of the resource growing with units of
+/// work ([`PerUnit::p`]). Any one test may show the trend; Bonferroni over all of them keeps the
+/// verdict at the level asked. The other gates (budget per hour, floor, persistence) are the same.
+///
+/// Work counts only for a node judged over one process: after a restart a process refills its
+/// buffers in step with the work of catching up, a high-water mark that is growth with work by
+/// construction (a node killed every 2 minutes read as a leak with it, in a clean control).
+pub fn leak_with_work(
+    incarnations: &[Vec<Point>],
+    cfg: &LeakConfig,
+    work_p: &[f64],
+) -> LeakVerdict {
     let mut medians: Vec<Vec<Point>> = vec![];
     let mut floors: Vec<Vec<Point>> = vec![];
     // When each judged incarnation started: the late part is judged by age (see below).
@@ -156,7 +171,12 @@ pub fn leak(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> LeakVerdict {
     let per_hour = slope * 3600.0;
     // Either test may show the trend (the rank test for noisy series, the slope-against-scatter
     // one for clean steep ones); Bonferroni keeps the pair at the level asked.
-    let p = stats::slope_z_test(&medians, slope).map_or(mk.p, |z| (2.0 * mk.p.min(z)).min(1.0));
+    let mut tests = vec![mk.p];
+    tests.extend(stats::slope_z_test(&medians, slope));
+    if medians.len() == 1 {
+        tests.extend(work_p.iter().copied().filter(|p| p.is_finite()));
+    }
+    let p = (tests.iter().copied().fold(1.0, f64::min) * tests.len() as f64).min(1.0);
     let floor = stats::theil_sen_pooled(&floors).unwrap_or(0.0) * 3600.0;
     // The oldest third of the judged ages (time since the process started), from each
     // incarnation that got that old. A leak grows at every age; a high-water mark grows while
@@ -237,6 +257,10 @@ pub struct PerUnit {
     /// Work done over the judged parts of the node's life.
     pub units: f64,
     pub points: usize,
+    /// Significance of the resource growing with the work (slope against scatter, the residuals
+    /// taken against the work): a leak per setup is a straight line against setups even when
+    /// setups come in bursts and make it a staircase in time, which the tests in time discount.
+    pub p: f64,
 }
 
 /// `resource` and `work` hold the same incarnations (one per process start, in order, empty where
@@ -274,12 +298,14 @@ pub fn per_unit(resource: &[Vec<Point>], work: &[Vec<Point>], cfg: &LeakConfig) 
     let points = blocks.iter().map(Vec::len).sum();
     let mk = stats::mann_kendall_pooled(&blocks)?;
     let (low, per_unit, high) = stats::sen_interval(&blocks, mk.var_s, 1.96)?;
+    let p = stats::slope_z_test(&blocks, per_unit).unwrap_or(1.0);
     Some(PerUnit {
         per_unit,
         low,
         high,
         units,
         points,
+        p,
     })
 }
 

@@ -593,8 +593,24 @@ fn growth_per_unit_of_work_is_the_cost_per_unit_whatever_the_pace() {
     assert!(p.low > 0.8 * 16384.0 && p.high < 1.2 * 16384.0, "{p:?}");
     // 180 setups a life, the first 5 before the first sample counted from.
     assert_eq!(p.units, 2.0 * 175.0);
+    // Setups come in bursts (6 windows an hour), so memory is a staircase in time; against
+    // setups it is a line, and the slope-against-scatter test says so.
+    assert!(p.p < 1e-6, "{p:?}");
     // Mismatched or missing work: nothing to say.
     assert!(per_unit(&res, &[vec![], vec![]], &c).is_none());
+
+    // Work is evidence for a node judged over one process only: one life of the same series is a
+    // leak by work too; over two lives (refilling after a restart grows with work) it is not used.
+    let one = leak_with_work(&res[..1], &c, &[1e-12]);
+    assert!(one.p <= 3e-12, "{one:?}");
+    // Three tests instead of two: Bonferroni's factor grows with them.
+    let without = leak(&res[..1], &c);
+    assert!(
+        (one.p - 1.5 * without.p).abs() <= 1e-12 * without.p.max(1e-300),
+        "{without:?}"
+    );
+    let two = leak_with_work(&res, &c, &[1e-12]);
+    assert_eq!(two.p, leak(&res, &c).p);
 }
 
 #[test]
