@@ -93,19 +93,18 @@ fn production_rate(p: &syncnet_crds::ProductionSpec, unit: &str) -> Option<f64> 
 /// RSS per unit of work, and the projection to the memory limit at production rates: the
 /// fastest of the growth by time and the growth per unit of work times its production rate (the
 /// pessimistic reading: the run cannot tell which one drives the growth when all rise together).
-/// A resource against each kind of work (see [`WORK`]), per unit and how significantly.
-fn per_unit<'a>(
-    samples: impl IntoIterator<Item = &'a Sample> + Clone,
-    node: &str,
-    lives: &Lives,
+/// A work counter's series, one part per process of the node, by the unit's name ([`WORK`]).
+type Work = (&'static str, Vec<Vec<(f64, f64)>>);
+
+/// A resource against each kind of work, per unit and how significantly.
+fn per_unit(
+    works: &[Work],
     resource: &[Vec<(f64, f64)>],
     cfg: &LeakConfig,
 ) -> Vec<(&'static str, verdict::PerUnit)> {
-    WORK.iter()
-        .filter_map(|&(unit, metric)| {
-            let work = lives.split(samples.clone(), node, metric);
-            verdict::per_unit(resource, &work, cfg).map(|p| (unit, p))
-        })
+    works
+        .iter()
+        .filter_map(|(unit, work)| verdict::per_unit(resource, work, cfg).map(|p| (*unit, p)))
         .collect()
 }
 
@@ -401,6 +400,11 @@ pub fn judge<'a>(
     let warmup = spec.soak.warmup_secs as f64;
     for node in nodes {
         let processes = Lives::of(of(node), node);
+        // The work counters, split once per node: memory, fds and threads are judged against them.
+        let works: Vec<Work> = WORK
+            .iter()
+            .map(|&(unit, metric)| (unit, processes.split(of(node), node, metric)))
+            .collect();
         for &(name, metric) in LEAK_METRICS {
             let mut cfg = leak_config(spec, name);
             // CPU comes in bursts: a window's median of per-scrape rates misses growth in how
@@ -410,7 +414,7 @@ pub fn judge<'a>(
             // Memory, fds and threads are also judged against the work done (a leak per setup
             // is a line against setups however the setups fall in time); CPU rates are not.
             let per = if matches!(name, "rss" | "fds" | "threads") {
-                per_unit(of(node), node, &processes, &lives, &cfg)
+                per_unit(&works, &lives, &cfg)
             } else {
                 vec![]
             };
