@@ -25,6 +25,22 @@ pub const TIMEOUT: Duration = Duration::from_secs(3);
 /// error, not memory.
 pub const MAX_BODY: usize = 16 << 20;
 
+/// A request to a node's metrics port, with the control API's bearer token if there is one.
+fn builder(
+    method: hyper::Method,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> hyper::http::request::Builder {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    match token {
+        Some(t) => req.header("authorization", format!("Bearer {t}")),
+        None => req,
+    }
+}
+
 /// One request to a node; `token` is the control API's bearer token, if the node requires one.
 pub async fn request(
     client: &Http,
@@ -34,14 +50,10 @@ pub async fn request(
     body: Vec<u8>,
     token: Option<&str>,
 ) -> Result<(u16, String), String> {
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .header("content-type", "application/json");
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let req = req.body(()).map_err(|e| e.to_string())?;
+    let req = builder(method, addr, path, token)
+        .header("content-type", "application/json")
+        .body(())
+        .map_err(|e| e.to_string())?;
     send(client, req, body, TIMEOUT, MAX_BODY).await
 }
 
@@ -105,13 +117,9 @@ pub async fn profile(
     wait: Duration,
     token: Option<&str>,
 ) -> Result<Bytes, String> {
-    let mut req = hyper::Request::builder()
-        .method(hyper::Method::GET)
-        .uri(format!("http://{addr}{path}"));
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let req = req.body(()).map_err(|e| e.to_string())?;
+    let req = builder(hyper::Method::GET, addr, path, token)
+        .body(())
+        .map_err(|e| e.to_string())?;
     match send_bytes(client, req, vec![], wait + TIMEOUT, MAX_BODY).await? {
         (200, body) => Ok(body),
         (code, body) => Err(format!(
