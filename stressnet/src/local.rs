@@ -503,9 +503,12 @@ impl Profiles {
         );
         async move {
             let (path, wait) = match kind {
+                // The profile's seconds, then building it: a node's first one reads its
+                // mappings' build ids, and with every node profiled at once on a busy machine
+                // (crc3 of docs/benchmarks.md: a build alongside) 3 s more timed all of them out.
                 Kind::CpuEnd => (
                     format!("/debug/pprof/profile?seconds={cpu_secs}"),
-                    Duration::from_secs(cpu_secs),
+                    Duration::from_secs(cpu_secs + 30),
                 ),
                 // A first dump symbolizes from cold caches.
                 Kind::HeapWarmup | Kind::HeapEnd => {

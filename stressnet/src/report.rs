@@ -513,7 +513,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pas
 after its warm-up ({} s at the first start, {} s after a restart), {} s medians and minima. A leak needs a trend \
 (Mann–Kendall with the Hamed–Rao correction, summed over incarnations, p &lt; {}), a pooled Theil–Sen slope over the budget \
 for the medians and for the minima (the floor), and growth in the last third of at least half the budget; \
-significant growth that fails the last two is a high-water mark. Budgets per hour: RSS {} MiB, fds {}, threads {}, \
+significant growth that fails the last two is a high-water mark. A node restarted so often that no life outgrows its warm-up is judged <i>between lives</i>: the levels its restarted lives reached at the same age, life after life (growth that carries over restarts; the same tests, budget and floor). Budgets per hour: RSS {} MiB, fds {}, threads {}, \
 CPU {} cores, CPU per request served {} ms (<code>cpu_per_request</code>: the process's CPU over the requests it served, \
 per scrape).</p><table><tr><th>node</th><th>metric</th><th>lives</th><th>points</th><th>slope / h</th>\
 <th>floor / h</th><th>last third / h</th><th>p</th><th>time to limit</th><th>verdict</th></tr>",
@@ -542,6 +542,10 @@ per scrape).</p><table><tr><th>node</th><th>metric</th><th>lives</th><th>points<
             (false, _, Some(why)) => format!("<b>undecided</b> ({})", esc(why)),
             (false, true, None) => "ok (high-water mark)".to_owned(),
             (false, false, None) => "ok".to_owned(),
+        } + if lv.basis == verdict::BETWEEN_LIVES && lv.undecided.is_none() {
+            " (between lives)"
+        } else {
+            ""
         };
         let _ = write!(
             h,

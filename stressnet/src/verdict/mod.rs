@@ -57,6 +57,12 @@ impl Default for LeakConfig {
 /// Fewer downsampled points than this after the warm-ups, over all incarnations: no verdict.
 pub const MIN_POINTS: usize = 8;
 
+/// Restarted lives needed to judge a node on its lives' levels at matched ages ([`leak`]): the
+/// fewest at which Mann–Kendall can reach p < 0.01 two-sided (its smallest p is 2/n!: 0.017 at
+/// five, 0.0028 at six); the slope test beside it needs six points too. A node killed every 2
+/// minutes of a 15-minute run has six restarted lives that reach the same age.
+pub const MIN_LIVES: usize = 6;
+
 /// The last part of a node's judged life in which a leak must still be growing.
 pub const LATE_FRACTION: f64 = 1.0 / 3.0;
 /// How much of the budget the growth in that last part must keep (see [`leak`]).
@@ -87,7 +93,15 @@ pub struct LeakVerdict {
     pub time_to_limit_hours: Option<f64>,
     /// Why there is no verdict (too little data), if so.
     pub undecided: Option<&'static str>,
+    /// What the trend was judged on: [`WITHIN_LIVES`] or [`BETWEEN_LIVES`].
+    pub basis: &'static str,
 }
+
+/// Growth inside each process's life, after its warm-up (the usual case).
+pub const WITHIN_LIVES: &str = "within lives";
+/// The levels of restarted lives at the same age, life after life: for a node restarted so often
+/// that no life outgrows its warm-up ([`leak`]).
+pub const BETWEEN_LIVES: &str = "between lives";
 
 /// Judges one resource of one node over its whole life: `incarnations` holds one time-ordered
 /// series per process start (soak clock), oldest first.
@@ -104,6 +118,10 @@ pub struct LeakVerdict {
 ///   the budget. A high-water mark steps up and stops; a leak keeps going.
 ///
 /// Significant growth over the budget that fails the last two is reported as `high_water`.
+///
+/// A node restarted so often that its lives give too little of the above (no two windows after a
+/// restart's warm-up, or no life old enough to show whether its growth stops) is judged between
+/// lives instead, when it had [`MIN_LIVES`] restarts: see [`between_lives`].
 pub fn leak(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> LeakVerdict {
     leak_with_work(incarnations, cfg, &[])
 }
@@ -158,15 +176,19 @@ pub fn leak_with_work(
         high_water: false,
         time_to_limit_hours: None,
         undecided: Some(why),
+        basis: WITHIN_LIVES,
     };
     if points < MIN_POINTS {
-        return undecided("too few points after the warm-up");
+        return between_lives(incarnations, cfg)
+            .unwrap_or_else(|| undecided("too few points after the warm-up"));
     }
     let Some(mk) = stats::mann_kendall_pooled(&medians) else {
-        return undecided("no incarnation long enough for a trend");
+        return between_lives(incarnations, cfg)
+            .unwrap_or_else(|| undecided("no incarnation long enough for a trend"));
     };
     let Some((slope_low, slope, slope_high)) = stats::sen_interval(&medians, mk.var_s, 1.96) else {
-        return undecided("no incarnation long enough for a trend");
+        return between_lives(incarnations, cfg)
+            .unwrap_or_else(|| undecided("no incarnation long enough for a trend"));
     };
     let per_hour = slope * 3600.0;
     // Either test may show the trend (the rank test for noisy series, the slope-against-scatter
@@ -211,11 +233,11 @@ pub fn leak_with_work(
     if grows && late_slope.is_none() && medians.len() > 1 {
         // Restarted so often that no process got old enough to show whether its growth goes on
         // or stops: every short life refills its buffers after start, which a leak also does.
-        return LeakVerdict {
+        return between_lives(incarnations, cfg).unwrap_or(LeakVerdict {
             slope_per_hour: per_hour,
             p,
             ..undecided("lives too short to tell growth from refilling after restarts")
-        };
+        });
     }
     // Too little of the last third to judge persistence: the other gates decide.
     // The floor is a level's (memory, fds): a bursty rate's window minima are often zero.
@@ -240,7 +262,99 @@ pub fn leak_with_work(
         high_water: grows && !persists,
         time_to_limit_hours,
         undecided: None,
+        basis: WITHIN_LIVES,
     }
+}
+
+/// The ages (seconds since a restart) at which restarted lives are compared: the last
+/// `bucket_secs` before the median length of the restarted lives but the last (the run's end may
+/// cut the last one short; it counts if it got that old). With kills on a schedule every life is
+/// about as long; with restarts at random the median keeps the comparison at an age most lives
+/// reached, past their catch-up, where one short life would have pulled it into it. `None` with
+/// fewer than two restarted lives.
+pub fn matched_ages(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> Option<(f64, f64)> {
+    let mut spans: Vec<f64> = incarnations
+        .iter()
+        .skip(1)
+        .filter_map(|s| Some(s.last()?.0 - s.first()?.0))
+        .collect();
+    spans.pop()?;
+    if spans.is_empty() {
+        return None;
+    }
+    let a1 = stats::median(&mut spans);
+    (a1 > 0.0).then(|| ((a1 - cfg.bucket_secs).max(0.0), a1))
+}
+
+/// Judges a node restarted so often that no life outgrows its warm-up. Inside such a life growth
+/// is the refill every young process shows (buffers, caches, connections), which a leak cannot be
+/// told from. But the refill is the same in every life, so the level a life has reached at a
+/// given age is the same life after life unless something carries over the restarts (state
+/// reloaded from the store, a peer that keeps more of it, the chain it serves). Each restarted
+/// life gives the median (the mean for rates) and the minimum of its points at the
+/// [`matched_ages`]; those levels, in the order of the lives, get the same tests and gates as
+/// within a life: the trend (Mann–Kendall with the Hamed–Rao and AR(1) corrections, and the slope
+/// against scatter, Bonferroni), the Theil–Sen slope over the budget, a rising floor. The first
+/// life is left out: it began with the network, not from a store. What this cannot see is growth
+/// that a restart frees (a leak inside the process): that is judged on the nodes that live long.
+/// `None` (undecided) with fewer than [`MIN_LIVES`] lives seen at those ages.
+pub fn between_lives(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> Option<LeakVerdict> {
+    let (a0, a1) = matched_ages(incarnations, cfg)?;
+    let mut levels: Vec<Point> = vec![];
+    let mut floors: Vec<Point> = vec![];
+    for s in incarnations.iter().skip(1) {
+        let Some(&(start, _)) = s.first() else {
+            continue;
+        };
+        let mut v: Vec<f64> = s
+            .iter()
+            .filter(|p| (a0..=a1).contains(&(p.0 - start)) && p.1.is_finite())
+            .map(|p| p.1)
+            .collect();
+        if v.is_empty() {
+            continue;
+        }
+        let at = start + a1;
+        floors.push((at, v.iter().copied().fold(f64::INFINITY, f64::min)));
+        let level = if cfg.mean_windows {
+            v.iter().sum::<f64>() / v.len() as f64
+        } else {
+            stats::median(&mut v)
+        };
+        levels.push((at, level));
+    }
+    if levels.len() < MIN_LIVES {
+        return None;
+    }
+    let blocks = [levels];
+    let mk = stats::mann_kendall_pooled(&blocks)?;
+    let (low, slope, high) = stats::sen_interval(&blocks, mk.var_s, 1.96)?;
+    let mut tests = vec![mk.p];
+    tests.extend(stats::slope_z_test(&blocks, slope));
+    let p = (tests.iter().copied().fold(1.0, f64::min) * tests.len() as f64).min(1.0);
+    let per_hour = slope * 3600.0;
+    let floor = stats::theil_sen(&floors).map_or(0.0, |f| f.0 * 3600.0);
+    let budget = cfg.slope_budget_per_hour;
+    let grows = p < cfg.p_threshold && per_hour > budget;
+    let floor_rises = cfg.mean_windows || floor > budget;
+    let last_value = blocks[0].last().expect("MIN_LIVES > 0").1;
+    Some(LeakVerdict {
+        points: blocks[0].len(),
+        incarnations: blocks[0].len(),
+        slope_per_hour: per_hour,
+        slope_interval_per_hour: Some((low * 3600.0, high * 3600.0)),
+        floor_slope_per_hour: floor,
+        late_slope_per_hour: None,
+        p,
+        leak: grows && floor_rises,
+        high_water: grows && !floor_rises,
+        time_to_limit_hours: cfg
+            .limit
+            .filter(|_| per_hour > 0.0)
+            .map(|limit| ((limit - last_value) / per_hour).max(0.0)),
+        undecided: None,
+        basis: BETWEEN_LIVES,
+    })
 }
 
 /// Growth of a resource per unit of work (a stream setup, a request served, a block), over a
@@ -359,7 +473,8 @@ pub struct LevelVerdict {
 }
 
 /// Judges the level of a resource over a node's whole life: every incarnation after its warm-up
-/// (`cfg.warmup_of`; catching up after a restart is work, not waste), mean against `budget`. The mean, not a peak: a node may burn a core while
+/// (`cfg.warmup_of`; catching up after a restart is work, not waste), mean against `budget`; a
+/// node restarted too often for that, over its restarted lives from the [`matched_ages`] on. The mean, not a peak: a node may burn a core while
 /// it catches up, but one that spins whenever it is short of peers shows a raised mean.
 pub fn level(incarnations: &[Vec<Point>], cfg: &LeakConfig, budget: f64) -> LevelVerdict {
     let mut v: Vec<f64> = incarnations
@@ -373,6 +488,23 @@ pub fn level(incarnations: &[Vec<Point>], cfg: &LeakConfig, budget: f64) -> Leve
                 .map(|p| p.1)
         })
         .collect();
+    if v.len() < MIN_POINTS
+        && let Some((a0, _)) = matched_ages(incarnations, cfg)
+        && incarnations.len() > MIN_LIVES
+    {
+        // Restarted too often for any life to outgrow its warm-up: the restarted lives from the
+        // ages that all of them reached on (as [`between_lives`]), past the catch-up.
+        v = incarnations
+            .iter()
+            .skip(1)
+            .flat_map(|s| {
+                let start = s.first().map_or(0.0, |p| p.0);
+                s.iter()
+                    .filter(move |p| p.0 - start >= a0 && p.1.is_finite())
+                    .map(|p| p.1)
+            })
+            .collect();
+    }
     if v.len() < MIN_POINTS {
         return LevelVerdict {
             points: v.len(),

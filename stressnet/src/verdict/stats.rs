@@ -8,7 +8,7 @@
 /// A sample: (time in seconds, value).
 pub type Point = (f64, f64);
 
-fn median(v: &mut [f64]) -> f64 {
+pub fn median(v: &mut [f64]) -> f64 {
     assert!(!v.is_empty(), "median of nothing");
     v.sort_by(f64::total_cmp);
     let n = v.len();

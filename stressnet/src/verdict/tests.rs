@@ -635,34 +635,112 @@ fn a_projection_takes_the_fastest_growth_and_its_interval() {
     assert!(project(0.0, 1.0, &[]).is_none());
 }
 
-#[test]
-fn lives_too_short_to_see_growth_stop_are_undecided_not_leaks() {
-    // Killed every minute, judged from 20 s after each restart: each 40-second life refills its
-    // buffers (+3 MiB), which is all anyone can see of it. No life reaches the oldest third of
-    // the ages with two windows, so whether the growth stops cannot be told.
-    let c = LeakConfig {
+/// `n` lives of 60 s (scrapes every 5 s), each refilling +3 MiB over its life from a base that
+/// rises `carry` bytes per life.
+fn short_lives(n: usize, carry: f64) -> Vec<Vec<Point>> {
+    (0..n)
+        .map(|k| {
+            (0..12)
+                .map(|i| {
+                    let age = i as f64 * 5.0;
+                    let base = 60.0 * MIB + carry * k as f64;
+                    (k as f64 * 60.0 + age, base + 3.0 * MIB * (age / 60.0))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn killed_every_minute() -> LeakConfig {
+    LeakConfig {
         warmup_secs: 0.0,
         restart_warmup_secs: 20.0,
         bucket_secs: 30.0,
         slope_budget_per_hour: 48.0 * MIB,
         ..cfg()
+    }
+}
+
+#[test]
+fn lives_too_short_to_see_growth_stop_are_judged_between_lives() {
+    // Killed every minute, judged from 20 s after each restart: each life refills its buffers
+    // (+3 MiB a minute, 180 MiB/h inside a life), which is all anyone can see inside it. Every
+    // life reaches the same level at the same age, so between lives nothing grows.
+    let v = leak(&short_lives(12, 0.0), &killed_every_minute());
+    assert_eq!(v.basis, BETWEEN_LIVES, "{v:?}");
+    assert!(!v.leak && !v.high_water && v.undecided.is_none(), "{v:?}");
+    // 11 restarted lives; the matched ages are the last 30 s before the shortest ended (55 s).
+    assert_eq!(v.points, 11);
+    assert_eq!(
+        matched_ages(&short_lives(12, 0.0), &killed_every_minute()),
+        Some((25.0, 55.0))
+    );
+    assert_eq!(v.slope_per_hour, 0.0);
+    assert_eq!(v.p, 1.0);
+}
+
+#[test]
+fn growth_that_carries_over_restarts_is_a_leak_between_lives() {
+    // The same refill, from a base 1 MiB higher each life: 1 MiB a minute is 60 MiB/h, over the
+    // 48 MiB/h budget, in the level and in the floor alike (hand-checked: every pair of lives
+    // differs by exactly 1 MiB per 60 s).
+    let v = leak(&short_lives(12, MIB), &killed_every_minute());
+    assert_eq!(v.basis, BETWEEN_LIVES, "{v:?}");
+    assert!(v.leak, "{v:?}");
+    assert!((v.slope_per_hour - 60.0 * MIB).abs() < 1e-6 * MIB, "{v:?}");
+    assert!(
+        (v.floor_slope_per_hour - 60.0 * MIB).abs() < 1e-6 * MIB,
+        "{v:?}"
+    );
+    assert!(v.p < 1e-3, "{v:?}");
+    // Half of that is under the budget: significant, not a leak.
+    let v = leak(&short_lives(12, 0.5 * MIB), &killed_every_minute());
+    assert!(!v.leak && v.p < 1e-3, "{v:?}");
+}
+
+#[test]
+fn too_few_restarted_lives_stay_undecided() {
+    // Warm-ups longer than the lives: nothing to judge inside any of them. Five restarted lives
+    // are too few to judge between them (no test could reach p < 0.01); six are enough, and
+    // this growth (60 MiB/h, a clean line: the slope test's p is 0) is flagged.
+    let c = LeakConfig {
+        warmup_secs: 60.0,
+        restart_warmup_secs: 60.0,
+        ..killed_every_minute()
     };
-    let lives: Vec<Vec<Point>> = (0..12)
+    let v = leak(&short_lives(MIN_LIVES, MIB), &c);
+    assert!(v.undecided.is_some_and(|w| w.contains("too few")), "{v:?}");
+    assert!(!v.leak, "{v:?}");
+    let v = leak(&short_lives(MIN_LIVES + 1, MIB), &c);
+    assert_eq!((v.basis, v.undecided), (BETWEEN_LIVES, None), "{v:?}");
+    assert!(v.leak, "{v:?}");
+}
+
+#[test]
+fn levels_of_lives_too_short_for_their_warm_up_come_from_the_matched_ages() {
+    // Lives of 60 s with a warm-up of 90 s: nothing after the warm-ups. Each life burns 1 core
+    // for its first 20 s (catching up) and 0.1 after; the matched ages (25..55 s) see only 0.1.
+    let c = LeakConfig {
+        warmup_secs: 90.0,
+        restart_warmup_secs: 90.0,
+        ..killed_every_minute()
+    };
+    let lives: Vec<Vec<Point>> = (0..8)
         .map(|k| {
             (0..12)
                 .map(|i| {
                     let age = i as f64 * 5.0;
-                    (k as f64 * 60.0 + age, 60.0 * MIB + 3.0 * MIB * (age / 60.0))
+                    (k as f64 * 60.0 + age, if age < 20.0 { 1.0 } else { 0.1 })
                 })
                 .collect()
         })
         .collect();
-    let v = leak(&lives, &c);
-    assert!(!v.leak, "{v:?}");
-    assert!(
-        v.undecided.is_some_and(|w| w.contains("too short")),
-        "{v:?}"
-    );
+    let l = level(&lives, &c, 0.2);
+    assert!(l.undecided.is_none() && !l.over, "{l:?}");
+    assert!((l.mean - 0.1).abs() < 1e-12, "{l:?}");
+    // Too few lives: undecided, as before.
+    let l = level(&lives[..MIN_LIVES], &c, 0.2);
+    assert!(l.undecided.is_some(), "{l:?}");
 }
 
 #[test]
