@@ -19,8 +19,8 @@
 //! - while the driver reports the local head *stale* (no progress for `stale_after`), the manager
 //!   wants streams up to `high` and runs discovery as if below `soft_low`;
 //! - while stale or below `hard_low`, every cooldown is capped at `removal_cooldown_base`, for
-//!   outbound and inbound setups alike. Storms stay bounded: at most one setup per peer per base
-//!   period, `max_concurrent_setups` at a time.
+//!   outbound and inbound setups alike; below `soft_low`, for inbound setups. Storms stay bounded:
+//!   at most one setup per peer per base period, `max_concurrent_setups` at a time.
 //!
 //! `storm_canary` switches all of that off on purpose, so stressnet can prove it detects the storm.
 
@@ -448,6 +448,23 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
         self.cooldown_until(p).is_some_and(|u| u > now)
     }
 
+    /// Whether an inbound setup from `p` is refused for its cooldown. Below `soft_low` the
+    /// cooldown is capped at the base period as when starving: a node short of streams that
+    /// refuses peers who want to sync from it can cut the network off from it. Found in a
+    /// soak-s3 run: the producer held 2 streams (hard_low, so not starving), both to a region
+    /// that had just been partitioned off; every other node, stale, asked it for a stream once a
+    /// base period and was refused for its compounded cooldown (5% of served requests reset the
+    /// stream), and no node but the producer moved for 50 s. The peer's own cooldown and the
+    /// setup bounds still limit how often it asks.
+    fn inbound_cooling(&self, p: &P, now: Instant) -> bool {
+        if self.streams.len() >= self.cfg.soft_low {
+            return self.cooling(p, now);
+        }
+        self.cooldown
+            .get(p)
+            .is_some_and(|c| c.until.min(c.last + self.cfg.removal_cooldown_base) > now)
+    }
+
     /// Whether the stream `opener` opened wins a tie against the other one (the lower id's wins).
     fn opened_by_lower(&self, peer: &P, opened_by_us: bool) -> bool {
         if opened_by_us {
@@ -622,7 +639,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
         // open at once, the loser may see its own stream reset, record a removal and start a
         // cooldown before the winner's stream arrives; refusing that one too would leave neither.
         // The opener's own removal cooldown still bounds how often it reopens.
-        let cooling = self.cooling(&p, now);
+        let cooling = self.inbound_cooling(&p, now);
         if !self.cfg.storm_canary && cooling && !self.opened_by_lower(&p, false) {
             self.refuse(p, id, ResetReason::Cooldown);
             return;

@@ -341,6 +341,44 @@ fn below_hard_low_a_cooled_peer_is_retried_after_the_base_period() {
     assert!(drain(&mut m).contains(&Action::OpenStream(5)));
 }
 
+/// A node short of streams (at `hard_low`, below `soft_low`, head moving: a producer whose peers
+/// were partitioned off) accepts a cooled peer's inbound stream after the base period; with
+/// `soft_low` streams it waits out the whole cooldown (`a_stale_head_caps_...` above).
+#[test]
+fn below_soft_low_a_cooled_peer_may_come_in_after_the_base_period() {
+    let t0 = Instant::now();
+    let mut m = M::new(cfg(), 1, 1, t0);
+    // One stream (hard_low 1, soft_low 2) to peer 6.
+    m.handle(Event::InboundReady(6, 6), t0);
+    let mut now = t0;
+    for id in 1..=4 {
+        m.handle(Event::InboundReady(5, id), now);
+        m.handle(Event::StreamClosed(5, id, RemovalReason::StreamError), now);
+        if id < 4 {
+            now += m.cooldown_remaining(&5, now).unwrap();
+        }
+    }
+    drain(&mut m);
+    assert_eq!(m.stream_count(), 1);
+    assert_eq!(m.cooldown_remaining(&5, now), Some(Duration::from_secs(16)));
+    // Within the base period: refused.
+    m.handle(Event::InboundReady(5, 20), now + Duration::from_secs(1));
+    assert!(drain(&mut m).contains(&Action::Reset(5, 20, ResetReason::Cooldown)));
+    // After it: accepted, though 14 s of the cooldown are left.
+    m.handle(Event::InboundReady(5, 21), now + Duration::from_secs(2));
+    assert!(drain(&mut m).contains(&Action::Use(5, 21)));
+    assert_eq!(m.stream_count(), 2);
+    // The cooldown itself stands: it still compounds if the peer's stream is reset again.
+    m.handle(
+        Event::StreamClosed(5, 21, RemovalReason::StreamError),
+        now + Duration::from_secs(3),
+    );
+    assert_eq!(
+        m.cooldown_remaining(&5, now + Duration::from_secs(3)),
+        Some(Duration::from_secs(16))
+    );
+}
+
 #[test]
 fn cooldown_never_refuses_the_stream_that_wins_ties() {
     let t0 = Instant::now();

@@ -695,13 +695,25 @@ pub fn progress(
 
     let mut catch_ups = vec![];
     for fault_end in faults.iter().map(|w| w.end) {
-        let first = times.partition_point(|&t| t < fault_end);
         let mut worst: Option<(usize, Option<f64>)> = None;
         for (node, series) in heights.iter().enumerate() {
+            // A node still cut off by another fault when this one ends (a killed node of a
+            // partitioned region) is timed from when that one ends.
+            let from = faults
+                .iter()
+                .filter(|v| v.start <= fault_end && fault_end < v.end)
+                .filter(|v| v.excused.as_ref().is_none_or(|n| n.contains(&node)))
+                .map(|v| v.end)
+                .fold(fault_end, f64::max);
+            let first = times.partition_point(|&t| t < from);
             let mut c = Cursor::new(series, times.get(first).copied());
             let caught = (first..times.len())
                 .find(|&ti| c.at(times[ti]).is_some_and(|h| heads[ti] - h <= within))
-                .map(|ti| times[ti] - fault_end);
+                .map(|ti| times[ti] - from);
+            if caught.is_none() && end - from < cfg.catch_up_secs {
+                // Cut off until too near the end of the run to judge.
+                continue;
+            }
             let worse = match (&worst, caught) {
                 (None, _) => true,
                 (Some((_, None)), _) => false,

@@ -365,6 +365,35 @@ fn nodes_catching_up_after_a_fault_pass_and_a_stuck_node_fails() {
     let v = progress(&slow, &[cut(100.0, 200.0, Some(vec![2]))], &pc);
     assert!(!v.pass && !v.catch_ups[0].ok, "{v:?}");
 
+    // Node 2 is also killed at 100 s for 10 s, while partitioned: the kill's catch-up is timed
+    // from the end of the partition that still cuts it off (found in a soak-s3 run: a killed ap
+    // node "caught up 60 s late" from a kill that ended 50 s before its region's partition).
+    let v = progress(
+        &h,
+        &[
+            cut(100.0, 200.0, Some(vec![2])),
+            cut(100.0, 110.0, Some(vec![2])),
+        ],
+        &pc,
+    );
+    assert!(v.pass, "{v:?}");
+    assert_eq!(v.catch_ups[1].worst_secs, Some(15.0), "{v:?}");
+    // Not so for a node the other fault does not cut off: node 1 killed at 100 s, node 2's
+    // partition irrelevant to it, node 1 lagging until 260 s fails the kill's catch-up.
+    let late = heights(|n, t, head| match n {
+        1 if (100.0..260.0).contains(&t) => 100.0,
+        _ => head,
+    });
+    let v = progress(
+        &late,
+        &[
+            cut(100.0, 200.0, Some(vec![2])),
+            cut(100.0, 110.0, Some(vec![1])),
+        ],
+        &pc,
+    );
+    assert!(!v.catch_ups[1].ok, "{v:?}");
+
     // Node 1 stops at 300 s with no fault at all: stuck from 305 s to the end.
     let stuck = heights(|n, t, head| if n == 1 && t >= 300.0 { 300.0 } else { head });
     let v = progress(&stuck, &[], &pc);
@@ -417,11 +446,20 @@ fn progress_by_definition(
     for fault_end in faults.iter().map(|w| w.end) {
         let mut worst: Option<(usize, Option<f64>)> = None;
         for node in 0..heights.len() {
+            let from = faults
+                .iter()
+                .filter(|v| v.start <= fault_end && fault_end < v.end)
+                .filter(|v| v.excused.as_ref().is_none_or(|n| n.contains(&node)))
+                .map(|v| v.end)
+                .fold(fault_end, f64::max);
             let caught = times
                 .iter()
-                .filter(|&&t| t >= fault_end)
+                .filter(|&&t| t >= from)
                 .find(|&&t| lagging(node, t) == Some(false))
-                .map(|t| t - fault_end);
+                .map(|t| t - from);
+            if caught.is_none() && end - from < cfg.catch_up_secs {
+                continue;
+            }
             let worse = match (&worst, caught) {
                 (None, _) => true,
                 (Some((_, None)), _) => false,
