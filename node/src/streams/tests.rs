@@ -316,19 +316,26 @@ fn a_stale_head_caps_cooldowns_and_wants_streams_up_to_high() {
     assert!(drain(&mut m).contains(&Action::Use(5, 14)));
 }
 
+/// Four streams from `p`, each reset at once, the next as the cooldown of the last ends: `p` is
+/// left in a 16 s cooldown (base 2 s, doubled three times), which starts at the returned time.
+fn cool_down_four_times(m: &mut M, p: u32, t0: Instant) -> Instant {
+    let mut now = t0;
+    for id in 1..=4 {
+        m.handle(Event::InboundReady(p, id), now);
+        m.handle(Event::StreamClosed(p, id, RemovalReason::StreamError), now);
+        if id < 4 {
+            now += m.cooldown_remaining(&p, now).unwrap();
+        }
+    }
+    now
+}
+
 #[test]
 fn below_hard_low_a_cooled_peer_is_retried_after_the_base_period() {
     let t0 = Instant::now();
     let mut m = M::new(cfg(), 1, 1, t0);
-    let mut now = t0;
     // Four removals: a 16 s cooldown; we are left with no stream at all (hard_low 1).
-    for id in 1..=4 {
-        m.handle(Event::InboundReady(5, id), now);
-        m.handle(Event::StreamClosed(5, id, RemovalReason::StreamError), now);
-        if id < 4 {
-            now += m.cooldown_remaining(&5, now).unwrap();
-        }
-    }
+    let now = cool_down_four_times(&mut m, 5, t0);
     assert_eq!(m.cooldown_remaining(&5, now), Some(Duration::from_secs(16)));
     m.handle(Event::Connected(5), now);
     drain(&mut m);
@@ -350,14 +357,7 @@ fn below_soft_low_a_cooled_peer_may_come_in_after_the_base_period() {
     let mut m = M::new(cfg(), 1, 1, t0);
     // One stream (hard_low 1, soft_low 2) to peer 6.
     m.handle(Event::InboundReady(6, 6), t0);
-    let mut now = t0;
-    for id in 1..=4 {
-        m.handle(Event::InboundReady(5, id), now);
-        m.handle(Event::StreamClosed(5, id, RemovalReason::StreamError), now);
-        if id < 4 {
-            now += m.cooldown_remaining(&5, now).unwrap();
-        }
-    }
+    let now = cool_down_four_times(&mut m, 5, t0);
     drain(&mut m);
     assert_eq!(m.stream_count(), 1);
     assert_eq!(m.cooldown_remaining(&5, now), Some(Duration::from_secs(16)));

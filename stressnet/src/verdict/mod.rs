@@ -697,14 +697,7 @@ pub fn progress(
     for fault_end in faults.iter().map(|w| w.end) {
         let mut worst: Option<(usize, Option<f64>)> = None;
         for (node, series) in heights.iter().enumerate() {
-            // A node still cut off by another fault when this one ends (a killed node of a
-            // partitioned region) is timed from when that one ends.
-            let from = faults
-                .iter()
-                .filter(|v| v.start <= fault_end && fault_end < v.end)
-                .filter(|v| v.excused.as_ref().is_none_or(|n| n.contains(&node)))
-                .map(|v| v.end)
-                .fold(fault_end, f64::max);
+            let from = timed_from(faults, node, fault_end);
             let first = times.partition_point(|&t| t < from);
             let mut c = Cursor::new(series, times.get(first).copied());
             let caught = (first..times.len())
@@ -790,6 +783,18 @@ pub fn progress(
         stuck,
         pass,
     }
+}
+
+/// When a node's catch-up after a fault that ended at `fault_end` is timed from: then, or, if
+/// another fault still cuts the node off (a killed node of a partitioned region), when that one
+/// ends.
+fn timed_from(faults: &[Window], node: usize, fault_end: f64) -> f64 {
+    faults
+        .iter()
+        .filter(|v| v.start <= fault_end && fault_end < v.end)
+        .filter(|v| v.excused.as_ref().is_none_or(|n| n.contains(&node)))
+        .map(|v| v.end)
+        .fold(fault_end, f64::max)
 }
 
 /// A node's height at non-decreasing times, by walking its series once.

@@ -446,12 +446,7 @@ fn progress_by_definition(
     for fault_end in faults.iter().map(|w| w.end) {
         let mut worst: Option<(usize, Option<f64>)> = None;
         for node in 0..heights.len() {
-            let from = faults
-                .iter()
-                .filter(|v| v.start <= fault_end && fault_end < v.end)
-                .filter(|v| v.excused.as_ref().is_none_or(|n| n.contains(&node)))
-                .map(|v| v.end)
-                .fold(fault_end, f64::max);
+            let from = timed_from(faults, node, fault_end);
             let caught = times
                 .iter()
                 .filter(|&&t| t >= from)
