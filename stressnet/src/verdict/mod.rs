@@ -497,7 +497,7 @@ pub fn level(incarnations: &[Vec<Point>], cfg: &LeakConfig, budget: f64) -> Leve
         && incarnations.len() > MIN_LIVES
     {
         // Restarted too often for any life to outgrow its warm-up: the restarted lives from the
-        // ages that all of them reached on (as [`between_lives`]), past the catch-up.
+        // matched ages on (as [`between_lives`]), past the catch-up.
         v = incarnations
             .iter()
             .skip(1)
@@ -695,9 +695,10 @@ pub fn progress(
 
     let mut catch_ups = vec![];
     for fault_end in faults.iter().map(|w| w.end) {
+        let open = still_open(faults, fault_end);
         let mut worst: Option<(usize, Option<f64>)> = None;
         for (node, series) in heights.iter().enumerate() {
-            let from = timed_from(faults, node, fault_end);
+            let from = timed_from(&open, node, fault_end);
             let first = times.partition_point(|&t| t < from);
             let mut c = Cursor::new(series, times.get(first).copied());
             let caught = (first..times.len())
@@ -785,13 +786,19 @@ pub fn progress(
     }
 }
 
-/// When a node's catch-up after a fault that ended at `fault_end` is timed from: then, or, if
-/// another fault still cuts the node off (a killed node of a partitioned region), when that one
-/// ends.
-fn timed_from(faults: &[Window], node: usize, fault_end: f64) -> f64 {
+/// The faults still under way at `t` (found once per fault end, not once per node).
+fn still_open(faults: &[Window], t: f64) -> Vec<&Window> {
     faults
         .iter()
-        .filter(|v| v.start <= fault_end && fault_end < v.end)
+        .filter(|v| v.start <= t && t < v.end)
+        .collect()
+}
+
+/// When a node's catch-up after a fault that ended at `fault_end` is timed from: then, or, if
+/// one of the faults still `open` then cuts the node off (a killed node of a partitioned
+/// region), when that one ends.
+fn timed_from(open: &[&Window], node: usize, fault_end: f64) -> f64 {
+    open.iter()
         .filter(|v| v.excused.as_ref().is_none_or(|n| n.contains(&node)))
         .map(|v| v.end)
         .fold(fault_end, f64::max)

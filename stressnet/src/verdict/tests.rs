@@ -446,7 +446,7 @@ fn progress_by_definition(
     for fault_end in faults.iter().map(|w| w.end) {
         let mut worst: Option<(usize, Option<f64>)> = None;
         for node in 0..heights.len() {
-            let from = timed_from(faults, node, fault_end);
+            let from = timed_from(&still_open(faults, fault_end), node, fault_end);
             let caught = times
                 .iter()
                 .filter(|&&t| t >= from)
