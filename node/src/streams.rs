@@ -435,8 +435,13 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
     /// When `p`'s cooldown ends: while starving, no later than the base period after its last
     /// removal (a node cut off from the producer must reach it even if it reset streams often).
     fn cooldown_until(&self, p: &P) -> Option<Instant> {
+        self.cooldown_ends(p, self.starving())
+    }
+
+    /// When `p`'s cooldown ends, `capped` at the base period after its last removal.
+    fn cooldown_ends(&self, p: &P, capped: bool) -> Option<Instant> {
         self.cooldown.get(p).map(|c| {
-            if self.starving() {
+            if capped {
                 c.until.min(c.last + self.cfg.removal_cooldown_base)
             } else {
                 c.until
@@ -457,12 +462,8 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
     /// stream), and no node but the producer moved for 50 s. The peer's own cooldown and the
     /// setup bounds still limit how often it asks.
     fn inbound_cooling(&self, p: &P, now: Instant) -> bool {
-        if self.streams.len() >= self.cfg.soft_low {
-            return self.cooling(p, now);
-        }
-        self.cooldown
-            .get(p)
-            .is_some_and(|c| c.until.min(c.last + self.cfg.removal_cooldown_base) > now)
+        let capped = self.starving() || self.streams.len() < self.cfg.soft_low;
+        self.cooldown_ends(p, capped).is_some_and(|u| u > now)
     }
 
     /// Whether the stream `opener` opened wins a tie against the other one (the lower id's wins).

@@ -199,17 +199,9 @@ pub fn sign_test(blocks: &[Vec<Point>]) -> Option<f64> {
     if n < 6 {
         return None;
     }
-    // P(X >= k) for X ~ Bin(n, 1/2), summed in logs (n is a few hundred windows at most).
+    // P(X >= k) = P(X > k - 1) for X ~ Bin(n, 1/2); k >= n/2 >= 3.
     let k = up.max(down);
-    let ln_half_n = -(n as f64) * std::f64::consts::LN_2;
-    let mut ln_c = 0.0; // ln C(n, 0)
-    let mut tail = 0.0;
-    for i in 0..=n {
-        if i >= k {
-            tail += (ln_c + ln_half_n).exp();
-        }
-        ln_c += ((n - i) as f64).ln() - ((i + 1) as f64).ln();
-    }
+    let tail = Binomial::new(0.5, n).ok()?.sf(k - 1);
     Some((2.0 * tail).min(1.0))
 }
 
@@ -282,7 +274,7 @@ fn finish_mk(s: f64, var_s: f64, correction: f64) -> MannKendall {
     }
 }
 
-use statrs::distribution::{ContinuousCDF, StudentsT};
+use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, StudentsT};
 
 /// Result of the Mann–Kendall test.
 #[derive(Clone, Copy, Debug, PartialEq)]
