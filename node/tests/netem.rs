@@ -48,9 +48,7 @@ async fn round_trip_and_upload_rate_match_the_matrix_and_bandwidth() {
     let net = Net::new("testnet");
     let upload = 2_000_000u64;
     // The server only accepts streams, so the client's direct requests never race a tie-break.
-    let mut server_cfg = in_region(cfg(vec![]), "eu", upload);
-    server_cfg.streams.soft_low = 0;
-    server_cfg.streams.hard_low = 0;
+    let server_cfg = accept_only(in_region(cfg(vec![]), "eu", upload));
     let server = start(&net, server_cfg, 400).await;
     let client = start(&net, in_region(cfg(vec![]), "us", 0), 0).await;
     client.h.dial(server.addr.clone()).await;

@@ -330,7 +330,7 @@ async fn peers_of_another_network_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_frame_resets_the_stream_and_penalises() {
     let net = Net::new("testnet");
-    let server = start(&net, accept_only(), 5).await;
+    let server = start(&net, accept_only(cfg(vec![])), 5).await;
     let mut swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -409,16 +409,6 @@ async fn oversize_frame_resets_the_stream_and_penalises() {
     );
 }
 
-/// A server that only accepts streams. Below soft_low it would also open its own stream to a new
-/// client; when both open at once the tie rule may replace the client's first stream a moment after
-/// the client started using it, which direct (unmanaged) requests in these tests cannot survive.
-fn accept_only() -> p2p::P2pConfig {
-    let mut c = cfg(vec![]);
-    c.streams.soft_low = 0;
-    c.streams.hard_low = 0;
-    c
-}
-
 fn injected(n: &Node, kind: &'static str) -> u64 {
     n.metrics
         .faults_injected
@@ -429,7 +419,7 @@ fn injected(n: &Node, kind: &'static str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_error_fault_answers_with_an_error_and_counts() {
     let net = Net::new("testnet");
-    let server = start(&net, accept_only(), 10).await;
+    let server = start(&net, accept_only(cfg(vec![])), 10).await;
     let client = start(&net, cfg(vec![]), 0).await;
     connect_pair(&client, &server).await;
     server.h.set_request_error_rate(1.0);
@@ -445,7 +435,7 @@ async fn request_error_fault_answers_with_an_error_and_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_reset_fault_resets_the_stream_and_counts() {
     let net = Net::new("testnet");
-    let server = start(&net, accept_only(), 10).await;
+    let server = start(&net, accept_only(cfg(vec![])), 10).await;
     let client = start(&net, cfg(vec![]), 0).await;
     connect_pair(&client, &server).await;
     server.h.set_stream_reset_rate(1.0);
@@ -517,7 +507,7 @@ async fn canaries_retain_memory_fds_and_threads_per_setup_and_burn_cpu_per_reque
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_failure_fault_fails_our_setups_and_counts() {
     let net = Net::new("testnet");
-    let server = start(&net, accept_only(), 0).await;
+    let server = start(&net, accept_only(cfg(vec![])), 0).await;
     let client = start(&net, cfg(vec![]), 0).await;
     client.h.set_setup_failure_rate(1.0);
     client.h.dial(server.addr.clone()).await;

@@ -541,7 +541,9 @@ struct Driver {
     next_stream_id: Arc<AtomicU64>,
     session_tx: mpsc::Sender<SessionEvent>,
     pending: HashMap<ReqId, ManagedReply>,
-    direct: HashMap<ReqId, (PeerId, DirectReply)>,
+    /// Unmanaged requests by id: the peer and the session they were written to, which is the
+    /// only session whose end can fail them.
+    direct: HashMap<ReqId, (PeerId, u64, DirectReply)>,
     next_direct: ReqId,
     conns: HashMap<PeerId, Vec<ConnInfo>>,
     reported: HashSet<PeerId>,
@@ -878,7 +880,7 @@ impl Driver {
             self.pending.remove(&id);
             self.rm.cancel(id, now);
         }
-        self.direct.retain(|_, (_, r)| !r.is_closed());
+        self.direct.retain(|_, (_, _, r)| !r.is_closed());
     }
 
     fn seed_bootnodes(&mut self, now: Instant) {
@@ -940,7 +942,11 @@ impl Driver {
                 }
             }
             Command::Direct { peer, req, reply } => {
-                let Some(s) = self.sessions.values().find(|s| s.peer == peer && s.in_use) else {
+                let Some((&sid, s)) = self
+                    .sessions
+                    .iter()
+                    .find(|(_, s)| s.peer == peer && s.in_use)
+                else {
                     let _ = reply.send(Err(RequestError::NoStream));
                     return;
                 };
@@ -953,7 +959,7 @@ impl Driver {
                 let frame = wire::encode(&Message::Request { id, req }, self.ctx.max_frame);
                 match frame.map(|f| s.tx.try_send(f)) {
                     Ok(Ok(())) => {
-                        self.direct.insert(id, (peer, reply));
+                        self.direct.insert(id, (peer, sid, reply));
                     }
                     _ => {
                         let _ = reply.send(Err(RequestError::NoStream));
@@ -1346,11 +1352,10 @@ impl Driver {
     /// request manager, direct callers and the stream manager learn once; a second report of the
     /// same session finds nothing to do.
     fn close_session(&mut self, peer: PeerId, id: u64, reason: RemovalReason, now: Instant) {
-        if let Some(s) = self.sessions.remove(&id) {
+        if let Some(s) = self.end_session(id) {
             if s.in_use {
                 self.stream_gone(peer, now);
             }
-            self.fail_direct(peer);
             self.sm.handle(SmEvent::StreamClosed(peer, id, reason), now);
         }
     }
@@ -1364,7 +1369,7 @@ impl Driver {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            if let Some(s) = self.sessions.remove(&id) {
+            if let Some(s) = self.end_session(id) {
                 if s.in_use {
                     self.stream_gone(peer, now);
                 }
@@ -1392,18 +1397,22 @@ impl Driver {
         }
     }
 
-    fn fail_direct(&mut self, peer: PeerId) {
+    /// Removes a session, however it ended (closed, reset by the stream manager, its peer
+    /// gone), and fails the unmanaged requests written to it: nothing else would answer them.
+    fn end_session(&mut self, id: u64) -> Option<Session> {
+        let s = self.sessions.remove(&id)?;
         let ids: Vec<ReqId> = self
             .direct
             .iter()
-            .filter(|(_, (p, _))| *p == peer)
-            .map(|(id, _)| *id)
+            .filter(|(_, (_, sid, _))| *sid == id)
+            .map(|(req, _)| *req)
             .collect();
-        for id in ids {
-            if let Some((_, r)) = self.direct.remove(&id) {
+        for req in ids {
+            if let Some((_, _, r)) = self.direct.remove(&req) {
                 let _ = r.send(Err(RequestError::NoStream));
             }
         }
+        Some(s)
     }
 
     fn on_response(&mut self, peer: PeerId, req_id: ReqId, resp: Response, now: Instant) {
@@ -1413,11 +1422,11 @@ impl Driver {
                 .get_or_create(&[("direction", "received")])
                 .inc();
         }
-        if let Some((p, reply)) = self.direct.remove(&req_id) {
+        if let Some((p, sid, reply)) = self.direct.remove(&req_id) {
             if p == peer {
                 let _ = reply.send(Ok(resp));
             } else {
-                self.direct.insert(req_id, (p, reply));
+                self.direct.insert(req_id, (p, sid, reply));
             }
             return;
         }
@@ -1568,7 +1577,7 @@ impl Driver {
                     .resets
                     .get_or_create(&[("reason", reset_label(reason))])
                     .inc();
-                if let Some(s) = self.sessions.remove(&id)
+                if let Some(s) = self.end_session(id)
                     && s.in_use
                 {
                     self.stream_gone(peer, now);

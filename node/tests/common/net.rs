@@ -216,6 +216,18 @@ pub fn streams_cfg() -> StreamConfig {
     }
 }
 
+/// A server that only accepts streams. Below soft_low it would also open its own stream to a new
+/// client; when both open at once the tie rule may replace the client's first stream a moment after
+/// the client started using it, which direct (unmanaged) requests cannot survive. A node whose head
+/// has not moved for `stale_after` wants `high` streams and opens them too, so it must not turn
+/// stale within a test (it did at 15 s under CI load).
+pub fn accept_only(mut c: P2pConfig) -> P2pConfig {
+    c.streams.soft_low = 0;
+    c.streams.hard_low = 0;
+    c.streams.stale_after = Duration::from_secs(3600);
+    c
+}
+
 pub fn cfg(bootnodes: Vec<Multiaddr>) -> P2pConfig {
     P2pConfig {
         bootnodes,
