@@ -145,9 +145,78 @@ pub struct NodeStorm {
     pub node: String,
     pub verdict: StormVerdict,
     pub discovery: StormVerdict,
+    /// Why streams ended and setups were refused in the worst minute of setups (largest first,
+    /// nonzero only): where a storm comes from, e.g. `removed: stream_error` after stream faults,
+    /// `refused: duplicate` when both ends open at once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<StormCause>,
     /// From the run's CPU profile: the node's top CPU sites (filled in by the report).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub top_sites: Vec<crate::attribution::Site>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StormCause {
+    pub what: &'static str,
+    pub count: f64,
+}
+
+/// The node's counters behind [`StormCause`], by what the report calls them.
+const STORM_CAUSES: [(&str, &str); 8] = [
+    (
+        "removed: stream_error",
+        "syncnet_p2p_stream_removals_total{reason=\"stream_error\"}",
+    ),
+    (
+        "removed: disconnected",
+        "syncnet_p2p_stream_removals_total{reason=\"disconnected\"}",
+    ),
+    (
+        "removed: conflict",
+        "syncnet_p2p_stream_removals_total{reason=\"conflict\"}",
+    ),
+    (
+        "removed: penalised",
+        "syncnet_p2p_stream_removals_total{reason=\"penalised\"}",
+    ),
+    (
+        "reset: full",
+        "syncnet_p2p_stream_resets_total{reason=\"full\"}",
+    ),
+    (
+        "reset: duplicate",
+        "syncnet_p2p_stream_resets_total{reason=\"duplicate\"}",
+    ),
+    (
+        "reset: cooldown",
+        "syncnet_p2p_stream_resets_total{reason=\"cooldown\"}",
+    ),
+    (
+        "reset: conflict",
+        "syncnet_p2p_stream_resets_total{reason=\"conflict\"}",
+    ),
+];
+
+/// [`StormCause`]s over the storm window that ends at `at`.
+fn storm_causes<'a>(
+    samples: impl IntoIterator<Item = &'a Sample> + Clone,
+    node: &str,
+    at: f64,
+) -> Vec<StormCause> {
+    let mut out: Vec<StormCause> = STORM_CAUSES
+        .iter()
+        .map(|(what, key)| StormCause {
+            what,
+            count: verdict::increase(
+                &series(samples.clone(), node, key),
+                at - verdict::STORM_WINDOW_SECS,
+                at,
+            ),
+        })
+        .filter(|c| c.count > 0.0)
+        .collect();
+    out.sort_by(|a, b| b.count.total_cmp(&a.count));
+    out
 }
 
 const DISCOVERY: [&str; 2] = [
@@ -469,10 +538,14 @@ pub fn judge<'a>(
         if verdict.storm || discovery.storm {
             failed.push(format!("storm:{node}"));
         }
+        let causes = verdict
+            .at
+            .map_or(vec![], |at| storm_causes(of(node), node, at));
         storms.push(NodeStorm {
             node: node.clone(),
             verdict,
             discovery,
+            causes,
             top_sites: vec![],
         });
     }
@@ -555,11 +628,23 @@ spec:
             }
             if n == 2 && t > 1800.0 {
                 *v.get_mut(SETUPS).unwrap() += 200.0 * (t - 1800.0) / 60.0;
+                // Each setup ends in a stream error; a few of the peer's are refused as duplicates.
+                v.insert(STORM_CAUSES[0].1.to_owned(), 200.0 * (t - 1800.0) / 60.0);
+                v.insert(STORM_CAUSES[5].1.to_owned(), (t - 1800.0) / 6.0);
             }
         });
         let s = judge(&spec, &names(), &bad, &[]);
         assert!(!s.pass);
         assert_eq!(s.failed, ["leak:us-1:rss", "storm:us-2"]);
+        // Where it comes from: the worst minute's removals and refusals, largest first.
+        let causes = &s.storms[2].causes;
+        assert_eq!(
+            causes.iter().map(|c| c.what).collect::<Vec<_>>(),
+            ["removed: stream_error", "reset: duplicate"]
+        );
+        assert!((causes[0].count - 200.0).abs() < 1e-9, "{causes:?}");
+        assert!((causes[1].count - 10.0).abs() < 1e-9, "{causes:?}");
+        assert!(s.storms[0].causes.is_empty());
 
         // A storm of discovery rounds whose setups all fail (peers refuse them) is one too.
         let refused = run(|n, t, v| {
@@ -574,6 +659,13 @@ spec:
         assert_eq!(s.failed, ["storm:us-0"]);
         assert!(s.storms[0].discovery.max_per_minute > 500.0);
         assert!(s.storms[1].discovery.max_per_minute < 10.0);
+    }
+
+    #[test]
+    fn every_storm_cause_is_a_kept_series() {
+        for (_, key) in STORM_CAUSES {
+            assert!(crate::scrape::KEPT.contains(&key), "{key}");
+        }
     }
 
     #[test]

@@ -657,16 +657,23 @@ soonest and latest.",
     let _ = write!(
         h,
         "<h2>Storms</h2><p>Stream setups (any outcome) and discovery rounds per minute after the warm-up; bound {} each.</p>\
-<table><tr><th>node</th><th>setups, worst minute</th><th>at</th><th>discovery rounds, worst minute</th><th>verdict</th></tr>",
+<table><tr><th>node</th><th>setups, worst minute</th><th>at</th><th>why streams ended or were refused in that minute</th><th>discovery rounds, worst minute</th><th>verdict</th></tr>",
         info.spec.verdicts.setups_per_minute
     );
     for st in &v.storms {
+        let causes = st
+            .causes
+            .iter()
+            .map(|c| format!("{} {:.0}", c.what, c.count))
+            .collect::<Vec<_>>()
+            .join(", ");
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{:.1}</td><td>{}</td><td>{:.1}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td></tr>",
             esc(&st.node),
             st.verdict.max_per_minute,
             st.verdict.at.map_or("–".into(), |t| format!("{t:.0} s")),
+            if causes.is_empty() { "–".into() } else { causes },
             st.discovery.max_per_minute,
             if st.verdict.storm || st.discovery.storm {
                 "<b class=\"fail\">STORM</b>"

@@ -24,6 +24,16 @@ pub const KEPT: &[&str] = &[
     "syncnet_p2p_discovery_rounds_total{outcome=\"productive\"}",
     "syncnet_p2p_discovery_rounds_total{outcome=\"unproductive\"}",
     "syncnet_broadcast_blocks_total{outcome=\"inserted\"}",
+    // Why streams ended and why setups were refused: what a storm verdict shows next to its rate
+    // (every label value of both families; closed enums in the node).
+    "syncnet_p2p_stream_removals_total{reason=\"stream_error\"}",
+    "syncnet_p2p_stream_removals_total{reason=\"disconnected\"}",
+    "syncnet_p2p_stream_removals_total{reason=\"conflict\"}",
+    "syncnet_p2p_stream_removals_total{reason=\"penalised\"}",
+    "syncnet_p2p_stream_resets_total{reason=\"full\"}",
+    "syncnet_p2p_stream_resets_total{reason=\"duplicate\"}",
+    "syncnet_p2p_stream_resets_total{reason=\"cooldown\"}",
+    "syncnet_p2p_stream_resets_total{reason=\"conflict\"}",
 ];
 
 /// Derived series: every stream setup that reached a conclusion (any `outcome`), summed at parse

@@ -571,6 +571,16 @@ pub const STORM_WINDOW_SECS: f64 = 60.0;
 /// first sample missed a storm that began late in a run or in a counter that first appeared
 /// after the run began (labelled families exist from their first event): the last, partial minute
 /// was never judged.
+/// How much a counter rose over the samples in `(from, to]`, across restarts (a drop counts
+/// from zero, as in [`storm`]).
+pub fn increase(counter: &[Point], from: f64, to: f64) -> f64 {
+    counter
+        .windows(2)
+        .filter(|w| w[1].0 > from && w[1].0 <= to)
+        .map(|w| if w[1].1 >= w[0].1 { w[1].1 - w[0].1 } else { w[1].1 })
+        .sum()
+}
+
 pub fn storm(counter: &[Point], bound_per_minute: f64, warmup_secs: f64) -> StormVerdict {
     // Cumulative count since the warm-up, across restarts (a drop counts from zero).
     let mut acc: Vec<Point> = Vec::with_capacity(counter.len());

@@ -244,6 +244,16 @@ fn too_little_data_is_undecided_not_passed_silently() {
 }
 
 #[test]
+fn a_counters_increase_counts_across_restarts() {
+    // 5 -> 9 (+4), restart to 2 (+2), 2 -> 7 (+5); only samples in (10, 40] count.
+    let c = [(0.0, 1.0), (10.0, 5.0), (20.0, 9.0), (30.0, 2.0), (40.0, 7.0), (50.0, 100.0)];
+    assert_eq!(increase(&c, 10.0, 40.0), 11.0);
+    assert_eq!(increase(&c, 0.0, 10.0), 4.0);
+    assert_eq!(increase(&c, 50.0, 60.0), 0.0);
+    assert_eq!(increase(&[], 0.0, 60.0), 0.0);
+}
+
+#[test]
 fn storms_are_rates_over_the_bound_after_the_warm_up() {
     // A setup counter: 5 per minute, 300 per minute from minute 20 to 25; restarted at minute 40.
     let counter: Vec<Point> = (0..3600 / 10)
