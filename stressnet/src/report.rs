@@ -540,6 +540,9 @@ per scrape).</p><table><tr><th>node</th><th>metric</th><th>lives</th><th>points<
             (true, _, _) => "<b class=\"fail\">LEAK</b>".to_owned(),
             (false, _, Some(judge::NOT_SERVING)) => "n/a (served too little)".to_owned(),
             (false, _, Some(why)) => format!("<b>undecided</b> ({})", esc(why)),
+            (false, true, None) if lv.jumps > 0 => {
+                format!("ok (high-water mark, {} jumps)", lv.jumps)
+            }
             (false, true, None) => "ok (high-water mark)".to_owned(),
             (false, false, None) => "ok".to_owned(),
         } + if lv.basis == verdict::BETWEEN_LIVES && lv.undecided.is_none() {
@@ -673,7 +676,11 @@ soonest and latest.",
             esc(&st.node),
             st.verdict.max_per_minute,
             st.verdict.at.map_or("–".into(), |t| format!("{t:.0} s")),
-            if causes.is_empty() { "–".into() } else { causes },
+            if causes.is_empty() {
+                "–".into()
+            } else {
+                causes
+            },
             st.discovery.max_per_minute,
             if st.verdict.storm || st.discovery.storm {
                 "<b class=\"fail\">STORM</b>"

@@ -63,6 +63,15 @@ pub const MIN_POINTS: usize = 8;
 /// minutes of a 15-minute run has six restarted lives that reach the same age.
 pub const MIN_LIVES: usize = 6;
 
+/// A rise this many robust standard deviations over the typical change is a jump
+/// ([`stats::jumps`]): for Gaussian changes one in 30,000, so a smooth leak under noise rarely
+/// has one, and keeps its verdict unless its trend goes with it. Five missed a third of 3 MiB
+/// steps under 0.5 MiB of noise: a step inside a window is split over two changes.
+pub const JUMP_Z: f64 = 4.0;
+/// Growth carried by at most this many jumps per life, with no trend left without them, is a
+/// high-water mark ([`leak`]).
+pub const MAX_JUMPS: usize = 3;
+
 /// The last part of a node's judged life in which a leak must still be growing.
 pub const LATE_FRACTION: f64 = 1.0 / 3.0;
 /// How much of the budget the growth in that last part must keep (see [`leak`]).
@@ -89,6 +98,8 @@ pub struct LeakVerdict {
     /// Significant growth over the budget that stopped or stayed off the floor: a high-water
     /// mark (buffers and caches growing to what the load needs), reported, not failed.
     pub high_water: bool,
+    /// The isolated jumps that carried that growth, when it was a few jumps (0 otherwise).
+    pub jumps: usize,
     /// (limit - last value) / slope, when rising toward a configured limit.
     pub time_to_limit_hours: Option<f64>,
     /// Why there is no verdict (too little data), if so.
@@ -117,7 +128,10 @@ pub const BETWEEN_LIVES: &str = "between lives";
 ///   start; without restarts, the last third of the run) the medians' slope keeps at least half
 ///   the budget. A high-water mark steps up and stops; a leak keeps going.
 ///
-/// Significant growth over the budget that fails the last two is reported as `high_water`.
+/// - more than a few jumps: growth that at most [`MAX_JUMPS`] isolated jumps per life carry, with
+///   no trend over the budget left without them, is a staircase (see [`jump_growth`]).
+///
+/// Significant growth over the budget that fails the last three is reported as `high_water`.
 ///
 /// A node restarted so often that its lives give too little of the above (no two windows after a
 /// restart's warm-up, or no life old enough to show whether its growth stops) is judged between
@@ -174,6 +188,7 @@ pub fn leak_with_work(
         p: 1.0,
         leak: false,
         high_water: false,
+        jumps: 0,
         time_to_limit_hours: None,
         undecided: Some(why),
         basis: WITHIN_LIVES,
@@ -247,7 +262,12 @@ pub fn leak_with_work(
     // The floor is a level's (memory, fds): a bursty rate's window minima are often zero.
     let floor_rises = cfg.mean_windows || floor > budget;
     let persists = floor_rises && late_slope.is_none_or(|l| l >= LATE_SHARE * budget);
-    let leak = grows && persists;
+    let jumps = if grows && !cfg.mean_windows {
+        jump_growth(&medians, cfg)
+    } else {
+        None
+    };
+    let leak = grows && persists && jumps.is_none();
     let last_value = medians.last().and_then(|m| m.last()).expect("non-empty").1;
     let time_to_limit_hours = cfg
         .limit
@@ -263,11 +283,40 @@ pub fn leak_with_work(
         late_slope_per_hour: late_slope,
         p,
         leak,
-        high_water: grows && !persists,
+        high_water: grows && !leak,
+        jumps: jumps.unwrap_or(0),
         time_to_limit_hours,
         undecided: None,
         basis: WITHIN_LIVES,
     }
+}
+
+/// When growth over the budget is carried by a few isolated jumps: how many, if there are at
+/// most [`MAX_JUMPS`] in every life and the series without them (each jump replaced by the
+/// typical change) has no trend over the budget left. A high-water mark steps: a catch-up needs
+/// more buffers than any before and the allocator keeps them (one thread started and kept; 3 MiB
+/// after a long catch-up). A leak grows with time or work, in every window, and keeps its trend
+/// without its largest changes. What this gives up: a leak that grows only by a few large jumps
+/// per life reads as a high-water mark until it makes more of them (a longer run, or the
+/// between-lives judgement of a node restarted often).
+fn jump_growth(medians: &[Vec<Point>], cfg: &LeakConfig) -> Option<usize> {
+    let (smooth, found) = stats::without_jumps(medians, JUMP_Z);
+    let total: usize = found.iter().sum();
+    if total == 0 || found.iter().any(|k| *k > MAX_JUMPS) {
+        return None;
+    }
+    let still_grows = stats::mann_kendall_pooled(&smooth)
+        .zip(stats::theil_sen_pooled(&smooth))
+        .is_some_and(|(mk, slope)| {
+            let mut tests = vec![mk.p];
+            tests.extend(stats::slope_z_test(&smooth, slope));
+            if smooth.len() == 1 {
+                tests.extend(stats::sign_test(&smooth));
+            }
+            let p = (tests.iter().copied().fold(1.0, f64::min) * tests.len() as f64).min(1.0);
+            p < cfg.p_threshold && slope * 3600.0 > cfg.slope_budget_per_hour
+        });
+    (!still_grows).then_some(total)
 }
 
 /// The ages (seconds since a restart) at which restarted lives are compared: the last
@@ -352,6 +401,7 @@ pub fn between_lives(incarnations: &[Vec<Point>], cfg: &LeakConfig) -> Option<Le
         p,
         leak: grows && floor_rises,
         high_water: grows && !floor_rises,
+        jumps: 0,
         time_to_limit_hours: cfg
             .limit
             .filter(|_| per_hour > 0.0)
@@ -577,7 +627,13 @@ pub fn increase(counter: &[Point], from: f64, to: f64) -> f64 {
     counter
         .windows(2)
         .filter(|w| w[1].0 > from && w[1].0 <= to)
-        .map(|w| if w[1].1 >= w[0].1 { w[1].1 - w[0].1 } else { w[1].1 })
+        .map(|w| {
+            if w[1].1 >= w[0].1 {
+                w[1].1 - w[0].1
+            } else {
+                w[1].1
+            }
+        })
         .sum()
 }
 

@@ -205,6 +205,150 @@ pub fn sign_test(blocks: &[Vec<Point>]) -> Option<f64> {
     Some((2.0 * tail).min(1.0))
 }
 
+/// Window-to-window changes fewer than this give no robust scale: no jumps are found.
+pub const MIN_CHANGES_FOR_JUMPS: usize = 6;
+
+/// Changes this many robust standard deviations over the typical one may be part of a jump whose
+/// parts together clear the jump threshold: a step that lands inside a window is split over two
+/// changes.
+pub const JUMP_PART_Z: f64 = 2.0;
+
+/// Changes further than this many standard deviations from the typical one, either way, are left
+/// out when the scale is estimated again ([`change_scale`]).
+const TRIM_Z: f64 = 2.5;
+/// The median absolute deviation of a standard normal trimmed at ±[`TRIM_Z`], over the untrimmed
+/// one (0.6651 / 0.6745): undoes the trimming's shrinking of the scale.
+const TRIMMED_MAD: f64 = 0.986;
+/// The lower-quartile absolute deviation of a standard normal: scales a quartile to a standard
+/// deviation.
+const NORMAL_Q25_ABS: f64 = 0.318_639;
+
+/// One isolated jump: the changes `first..=last` (change `i` is `b[i+1] - b[i]`) of one block and
+/// how far they rose together beyond the typical change.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Jump {
+    pub first: usize,
+    pub last: usize,
+    pub excess: f64,
+}
+
+/// The typical window-to-window change (the median) and its scale (a robust standard deviation),
+/// over the changes within every block. First from the lower-quartile absolute deviation: a short
+/// span with three steps, each split over two windows, has nearly half its changes in jumps, which
+/// inflates even the median absolute deviation. Then again from the changes within ±[`TRIM_Z`]
+/// of it (median, median absolute deviation corrected for the trimming) until that set settles:
+/// trimming both sides keeps both unbiased for symmetric noise (trimming only rises made the scale
+/// too small, and a noise change of 3.7 standard deviations read as a jump in a steady leak). For
+/// a series that mostly does not change (fds, threads) the scale is 0. `None` with fewer than
+/// [`MIN_CHANGES_FOR_JUMPS`] changes.
+pub fn change_scale(blocks: &[Vec<Point>]) -> Option<(f64, f64)> {
+    let changes: Vec<f64> = blocks
+        .iter()
+        .flat_map(|b| b.windows(2).map(|w| w[1].1 - w[0].1))
+        .collect();
+    if changes.len() < MIN_CHANGES_FOR_JUMPS {
+        return None;
+    }
+    let mut typical = median(&mut changes.clone());
+    let mut dev: Vec<f64> = changes.iter().map(|c| (c - typical).abs()).collect();
+    dev.sort_by(f64::total_cmp);
+    let mut scale = dev[(dev.len() - 1) / 4] / NORMAL_Q25_ABS;
+    let mut kept: Vec<bool> = vec![];
+    for _ in 0..5 {
+        let now: Vec<bool> = changes
+            .iter()
+            .map(|c| (c - typical).abs() <= TRIM_Z * scale)
+            .collect();
+        if now == kept {
+            break;
+        }
+        kept = now;
+        let mut rest: Vec<f64> = changes
+            .iter()
+            .zip(&kept)
+            .filter(|(_, k)| **k)
+            .map(|(c, _)| *c)
+            .collect();
+        // Never fewer than half: with few changes each pass's smaller scale trims more, and the
+        // scale collapsed to a tenth of the noise (every change a jump).
+        if rest.len() < MIN_CHANGES_FOR_JUMPS || 2 * rest.len() < changes.len() {
+            break;
+        }
+        typical = median(&mut rest);
+        let mut dev: Vec<f64> = rest.iter().map(|c| (c - typical).abs()).collect();
+        let mad = 1.4826 * median(&mut dev) / TRIMMED_MAD;
+        // A scale of 0 only comes from a series that mostly does not change, as the first pass
+        // finds; a few distinct values left over do not make one.
+        if mad > 0.0 {
+            scale = mad;
+        }
+    }
+    Some((typical, scale))
+}
+
+/// The isolated jumps of one block, given the typical change and its scale ([`change_scale`]):
+/// runs of consecutive changes, each more than [`JUMP_PART_Z`] scales over the typical change,
+/// that with the change after them rise more than `z` scales over it. That change counts so that
+/// a step split over two windows is whole and a one-window spike, which comes straight back down,
+/// is no jump (taking out only its rise would bend the rest of the series down). With a scale of
+/// 0 every rise that stays is one.
+pub fn jumps(block: &[Point], (typical, scale): (f64, f64), z: f64) -> Vec<Jump> {
+    let changes: Vec<f64> = block.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    let mut out = vec![];
+    let mut i = 0;
+    while i < changes.len() {
+        if changes[i] - typical <= JUMP_PART_Z * scale {
+            i += 1;
+            continue;
+        }
+        let first = i;
+        while i + 1 < changes.len() && changes[i + 1] - typical > JUMP_PART_Z * scale {
+            i += 1;
+        }
+        // The change after the run belongs to it: the rest of a step that landed inside a
+        // window, or the fall of a spike that came straight back down (which leaves no jump).
+        // A run at the very end has none, and cannot be told from a spike.
+        if i + 1 >= changes.len() {
+            break;
+        }
+        let last = i + 1;
+        i += 1;
+        let excess: f64 = changes[first..=last].iter().map(|c| c - typical).sum();
+        if excess > z * scale {
+            out.push(Jump {
+                first,
+                last,
+                excess,
+            });
+        }
+    }
+    out
+}
+
+/// `blocks` with the changes of each of their [`jumps`] replaced by the typical change, and how
+/// many each block had.
+pub fn without_jumps(blocks: &[Vec<Point>], z: f64) -> (Vec<Vec<Point>>, Vec<usize>) {
+    let Some(typical_scale) = change_scale(blocks) else {
+        return (blocks.to_vec(), vec![0; blocks.len()]);
+    };
+    blocks
+        .iter()
+        .map(|b| {
+            let found = jumps(b, typical_scale, z);
+            let mut out = b.clone();
+            for j in &found {
+                for k in j.first..=j.last {
+                    let excess = (b[k + 1].1 - b[k].1) - typical_scale.0;
+                    for p in &mut out[k + 1..] {
+                        p.1 -= excess;
+                    }
+                }
+            }
+            (out, found.len())
+        })
+        .unzip()
+}
+
 /// Mann–Kendall over independent blocks: S and Var(S) are summed over the blocks (each block's
 /// variance with its own autocorrelation correction), as in the seasonal Kendall test. Valid
 /// because under "no trend" every block's S has mean 0 and distinct processes are independent, so
@@ -398,6 +542,71 @@ mod tests {
         assert!((slope - 2.0).abs() < 1e-9, "{slope}");
         assert!((intercept - 3.0).abs() < 1e-9, "{intercept}");
         assert!(theil_sen(&[(1.0, 1.0), (1.0, 2.0)]).is_none());
+    }
+
+    fn pts(v: &[f64]) -> Vec<Point> {
+        v.iter().enumerate().map(|(i, v)| (i as f64, *v)).collect()
+    }
+
+    #[test]
+    fn jumps_are_rises_far_over_the_typical_change_that_stay() {
+        // Changes .1 -.2 .15 -.05 3.0 -.1 .05 -.15 .2 -.1. First pass: typical (-.05 + .05) / 2
+        // = 0; absolute deviations sorted .05 .05 .1 ..., lower quartile (3rd of 10) 0.1, scale
+        // 0.1 / 0.318639 = 0.3138, so only 3.0 is outside ±2.5 scales. Second pass, without it:
+        // typical -0.05 (5th of 9), deviations 0 .05 .05 .1 .1 .15 .15 .2 .25, median 0.1, scale
+        // 0.1 x 1.4826 / 0.986 = 0.1504; the same change is out, so it settles. Jump threshold
+        // 4 x 0.1504 = 0.60: the 3.0 and the change after it (-0.1) rise 3.05 - 0.05 = 3.0 over
+        // typical.
+        let stair = pts(&[0.0, 0.1, -0.1, 0.05, 0.0, 3.0, 2.9, 2.95, 2.8, 3.0, 2.9]);
+        let ts = change_scale(std::slice::from_ref(&stair)).unwrap();
+        assert!((ts.0 + 0.05).abs() < 1e-9 && (ts.1 - 0.1 * 1.4826 / 0.986).abs() < 1e-9);
+        let j = jumps(&stair, ts, 4.0);
+        assert_eq!((j.len(), j[0].first, j[0].last), (1, 4, 5), "{j:?}");
+        assert!((j[0].excess - 3.0).abs() < 1e-9, "{j:?}");
+        let (flat, k) = without_jumps(std::slice::from_ref(&stair), 4.0);
+        assert_eq!(k, [1]);
+        let flat = &flat[0];
+        // The jump's two changes become the typical one; the rest keep theirs.
+        let want = [
+            0.0, 0.1, -0.1, 0.05, 0.0, -0.05, -0.1, -0.05, -0.2, 0.0, -0.1,
+        ];
+        for (p, w) in flat.iter().zip(want) {
+            assert!((p.1 - w).abs() < 1e-9, "{flat:?}");
+        }
+        // A one-window spike that comes straight back is not a jump.
+        let spike = pts(&[0.0, 0.1, -0.1, 0.05, 0.0, 3.0, -0.1, -0.05, -0.2, 0.0, -0.1]);
+        let ts = change_scale(std::slice::from_ref(&spike)).unwrap();
+        assert!(jumps(&spike, ts, 4.0).is_empty());
+        // A step inside a window is split over two changes (+2, +1): one jump with the change
+        // after it (-0.1), 2.05 + 1.05 - 0.05 = 3.05 over the typical change.
+        let split = pts(&[
+            0.0, 0.1, -0.1, 0.05, 0.0, 2.0, 3.0, 2.9, 2.95, 2.8, 3.0, 2.9,
+        ]);
+        let ts = change_scale(std::slice::from_ref(&split)).unwrap();
+        let j = jumps(&split, ts, 4.0);
+        assert_eq!((j.len(), j[0].first, j[0].last), (1, 4, 6), "{j:?}");
+        assert!((j[0].excess - 3.05).abs() < 1e-9, "{j:?}");
+        // A series that mostly does not change: every rise that stays is a jump (scale 0).
+        let threads = pts(&[12.0, 12.0, 12.0, 13.0, 13.0, 13.0, 13.0, 14.0, 14.0, 14.0]);
+        let ts = change_scale(std::slice::from_ref(&threads)).unwrap();
+        assert_eq!(ts, (0.0, 0.0));
+        let found: Vec<(usize, f64)> = jumps(&threads, ts, 4.0)
+            .iter()
+            .map(|j| (j.first, j.excess))
+            .collect();
+        assert_eq!(found, [(2, 1.0), (6, 1.0)]);
+        // A steady climb has a typical change equal to its slope, and no jumps.
+        let climb = pts(&[0.0, 1.0, 2.1, 2.9, 4.0, 5.0, 6.1, 7.0, 7.9, 9.0]);
+        let ts = change_scale(std::slice::from_ref(&climb)).unwrap();
+        assert!((ts.0 - 1.0).abs() < 1e-9, "{ts:?}");
+        assert!(jumps(&climb, ts, 4.0).is_empty());
+        // Too few changes for a scale: nothing is taken out.
+        let short = pts(&[0.0, 0.0, 9.0, 9.0, 9.0, 9.0]);
+        assert_eq!(change_scale(std::slice::from_ref(&short)), None);
+        assert_eq!(
+            without_jumps(std::slice::from_ref(&short), 4.0),
+            (vec![short], vec![0])
+        );
     }
 
     #[test]

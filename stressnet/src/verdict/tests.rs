@@ -236,6 +236,64 @@ fn a_single_step_is_a_high_water_mark_not_a_leak() {
     assert!(v.leak, "{v:?}");
 }
 
+/// 10 minutes scraped every 5 s with 0.5 MiB of white noise, judged from 3 minutes on in 30 s
+/// windows at 48 MiB/h (the canary specs' RSS budget).
+fn staircase(seed: u64, f: impl Fn(f64) -> f64) -> (Vec<Point>, LeakConfig) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let s = (0..120)
+        .map(|i| {
+            let t = i as f64 * 5.0;
+            (t, 100.0 * MIB + f(t) + 0.5 * MIB * gauss(&mut rng))
+        })
+        .collect();
+    let c = LeakConfig {
+        warmup_secs: 180.0,
+        bucket_secs: 30.0,
+        slope_budget_per_hour: 48.0 * MIB,
+        ..cfg()
+    };
+    (s, c)
+}
+
+#[test]
+fn growth_in_a_few_jumps_is_a_high_water_mark_and_a_ramp_is_a_leak() {
+    // +3 MiB at 250, 370 and 520 s: 9 MiB in the 7 judged minutes, 77 MiB/h on a line, and a
+    // step in the last third, so the persistence gate alone would call it a leak.
+    let steps =
+        |t: f64| 3.0 * MIB * [250.0, 370.0, 520.0].iter().filter(|&&s| t >= s).count() as f64;
+    let mut excused = 0;
+    for seed in 0..50 {
+        let (s, c) = staircase(seed, steps);
+        let v = leak(std::slice::from_ref(&s), &c);
+        assert!(
+            v.slope_per_hour > c.slope_budget_per_hour,
+            "seed {seed}: {v:?}"
+        );
+        if !v.leak {
+            // Under this noise a step split over two windows is not always found; the growth
+            // left without the ones found is what is judged.
+            assert!(
+                v.high_water && (1..=3).contains(&v.jumps),
+                "seed {seed}: {v:?}"
+            );
+            excused += 1;
+        }
+        // The same 9 MiB as a ramp over the judged minutes: growth in every window, a leak.
+        let (s, c) = staircase(seed, |t| 9.0 * MIB * ((t - 180.0) / 420.0).max(0.0));
+        let v = leak(&[s], &c);
+        assert!(v.leak && v.jumps == 0, "seed {seed}: {v:?}");
+        // Eight jumps of 1.5 MiB in seven minutes keep coming: more than a high-water mark makes.
+        let (s, c) = staircase(seed, |t| {
+            1.5 * MIB * ((t - 160.0) / 50.0).floor().clamp(0.0, 8.0)
+        });
+        let v = leak(&[s], &c);
+        assert!(v.leak && v.jumps == 0, "seed {seed}: {v:?}");
+    }
+    // The two left: a scale estimated from 13 changes, 6 of them parts of steps, came out too
+    // large (no jump found) or too small (a fourth "jump").
+    assert!(excused >= 48, "{excused} of 50");
+}
+
 #[test]
 fn too_little_data_is_undecided_not_passed_silently() {
     let s = series(1, 1.0, |t| 10.0 * MIB * t);
@@ -246,7 +304,14 @@ fn too_little_data_is_undecided_not_passed_silently() {
 #[test]
 fn a_counters_increase_counts_across_restarts() {
     // 5 -> 9 (+4), restart to 2 (+2), 2 -> 7 (+5); only samples in (10, 40] count.
-    let c = [(0.0, 1.0), (10.0, 5.0), (20.0, 9.0), (30.0, 2.0), (40.0, 7.0), (50.0, 100.0)];
+    let c = [
+        (0.0, 1.0),
+        (10.0, 5.0),
+        (20.0, 9.0),
+        (30.0, 2.0),
+        (40.0, 7.0),
+        (50.0, 100.0),
+    ];
     assert_eq!(increase(&c, 10.0, 40.0), 11.0);
     assert_eq!(increase(&c, 0.0, 10.0), 4.0);
     assert_eq!(increase(&c, 50.0, 60.0), 0.0);
