@@ -7,8 +7,9 @@
 //!   over the last seconds of the run.
 //!
 //! A *site* is the first frame of a stack, from the leaf, past the allocator and outside the
-//! standard library: for `Vec::push` growing a buffer in `Session::on_frame`, the site is
-//! `Session::on_frame (node/src/p2p/session.rs:123)`, which is where a reader would look. Names
+//! standard library, preferring the program's own code to its dependencies: for `Vec::push`
+//! growing a buffer in `Session::on_frame`, the site is `Session::on_frame
+//! (node/src/p2p/session.rs:123)`, which is where a reader would look. Names
 //! need their module path for that (release builds carry function-level debug info for it; with
 //! line tables alone, inlined functions have short names and source paths decide). Pure: bytes
 //! in, tables out.
@@ -111,7 +112,8 @@ pub struct Site {
     pub site: String,
     /// Heap: bytes grown (end minus warm-up). CPU: share of samples, 0–1.
     pub value: f64,
-    /// The heaviest stack through the site, from the site towards the root.
+    /// The heaviest stack through the site, from its first frame outside the standard library
+    /// (the site, or the dependency it called) towards the root.
     pub stack: Vec<String>,
 }
 
@@ -470,19 +472,44 @@ pub fn split_profiler(stacks: &[Stack]) -> (Vec<Stack>, f64) {
     )
 }
 
-/// The site of a stack (leaf first) and its index: past the allocator (up to its last entry
+/// Where a stack's own story starts (leaf first): past the allocator (up to its last entry
 /// point), the first frame that is not standard-library code; the leaf when there is none.
-fn site_of(frames: &[Frame]) -> Option<(usize, &Frame)> {
+fn inner_of(frames: &[Frame]) -> Option<usize> {
     let past = frames
         .iter()
         .rposition(is_allocator_entry)
         .map_or(0, |i| i + 1);
-    let i = frames
+    frames
         .iter()
         .skip(past)
         .position(|f| !is_library(f))
         .map(|i| i + past)
-        .or((!frames.is_empty()).then_some(0))?;
+        .or((!frames.is_empty()).then_some(0))
+}
+
+/// Whether a frame is the profiled program's own code: a source file that is neither the
+/// standard library nor a dependency (cargo's registry and git checkouts, vendored `deps/`, a
+/// build script's output such as jemalloc's C sources). A frame without a file (a debug build's
+/// symbol) is not known to be.
+fn is_own(f: &Frame) -> bool {
+    !f.file.is_empty()
+        && !is_library(f)
+        && !["/registry/src/", "/git/checkouts/", "/rust/deps/"]
+            .iter()
+            .any(|d| f.file.contains(d))
+        && !(f.file.contains("/build/") && f.file.contains("/out/"))
+}
+
+/// The site of a stack and its index: from [`inner_of`] towards the root, the first frame of the
+/// program's own code ([`is_own`]), else that inner frame. A busy loop hashing peer ids spends
+/// its samples in the hash function of a dependency; the site is the node's function that keeps
+/// calling it (`StreamManager::cooldown_until`), and the stack shown starts at the inner frame.
+fn site_of(frames: &[Frame]) -> Option<(usize, &Frame)> {
+    let inner = inner_of(frames)?;
+    let i = frames[inner..]
+        .iter()
+        .position(is_own)
+        .map_or(inner, |j| inner + j);
     Some((i, &frames[i]))
 }
 
@@ -491,7 +518,7 @@ fn site_of(frames: &[Frame]) -> Option<(usize, &Frame)> {
 fn by_site(stacks: &[Stack]) -> HashMap<String, (f64, i64, String, Vec<String>)> {
     let mut m: HashMap<String, (f64, i64, String, Vec<String>)> = HashMap::new();
     for s in stacks {
-        let Some((i, site)) = site_of(&s.frames) else {
+        let (Some(inner), Some((i, site))) = (inner_of(&s.frames), site_of(&s.frames)) else {
             continue;
         };
         let key = format!("{}\0{}", site.name, site.file);
@@ -502,9 +529,10 @@ fn by_site(stacks: &[Stack]) -> HashMap<String, (f64, i64, String, Vec<String>)>
         if s.value > e.1 {
             e.1 = s.value;
             e.2 = site.label();
-            e.3 = s.frames[i..]
+            // From the inner frame, through the site, and a few of its callers.
+            e.3 = s.frames[inner..]
                 .iter()
-                .take(STACK_FRAMES)
+                .take(STACK_FRAMES.max(i - inner + 3))
                 .map(Frame::label)
                 .collect();
         }
@@ -747,6 +775,41 @@ mod tests {
             at("cpu_canary_burn", CANARY, 195),
         ];
         assert_eq!(site_of(&cpu).unwrap().1.name, "cpu_canary_burn");
+        // A dependency's function called in a loop by the node's own: the node's is the site, and
+        // the stack starts at the dependency's.
+        let hashing = vec![
+            at("hash<u64>", "/rustc/x/library/core/src/hash/mod.rs", 1),
+            at(
+                "hash<H>",
+                "/root/.cargo/registry/src/index.crates.io-1/multihash-0.19.3/src/multihash.rs",
+                296,
+            ),
+            at("cooldown_until", "/work/main/node/src/streams.rs", 437),
+            at("drive", "/work/main/node/src/streams.rs", 846),
+        ];
+        assert_eq!(inner_of(&hashing), Some(1));
+        assert_eq!(
+            site_of(&hashing).unwrap().1.label(),
+            "cooldown_until (node/src/streams.rs:437)"
+        );
+        let sites = hot(
+            &[Stack {
+                frames: hashing,
+                value: 10,
+            }],
+            5,
+        );
+        assert_eq!(
+            sites[0].stack[0],
+            "hash<H> (multihash-0.19.3/src/multihash.rs:296)"
+        );
+        assert_eq!(
+            sites[0].stack[1],
+            "cooldown_until (node/src/streams.rs:437)"
+        );
+        // Debug builds name frames without files: nothing is known to be own code, and the first
+        // frame outside std stays the site.
+        assert!(!is_own(&fr("syncnet_node::streams::StreamManager::drive")));
         // Only library frames: the leaf stands for them.
         assert_eq!(
             site_of(&[fr("std::thread::park"), fr("core::ops::f")])
