@@ -71,6 +71,8 @@ pub const JUMP_Z: f64 = 4.0;
 /// Growth carried by at most this many jumps per life, with no trend left without them, is a
 /// high-water mark ([`leak`]).
 pub const MAX_JUMPS: usize = 3;
+/// ... when the jumps carry at least this share of the trend line's rise.
+pub const JUMP_SHARE: f64 = 0.5;
 
 /// The last part of a node's judged life in which a leak must still be growing.
 pub const LATE_FRACTION: f64 = 1.0 / 3.0;
@@ -128,8 +130,9 @@ pub const BETWEEN_LIVES: &str = "between lives";
 ///   start; without restarts, the last third of the run) the medians' slope keeps at least half
 ///   the budget. A high-water mark steps up and stops; a leak keeps going.
 ///
-/// - more than a few jumps: growth that at most [`MAX_JUMPS`] isolated jumps per life carry, with
-///   no trend over the budget left without them, is a staircase (see [`jump_growth`]).
+/// - more than a few jumps: growth that at most [`MAX_JUMPS`] isolated jumps per life carry (half
+///   of it at least), with no trend over the budget left without them, is a staircase (see
+///   [`jump_growth`]).
 ///
 /// Significant growth over the budget that fails the last three is reported as `high_water`.
 ///
@@ -263,7 +266,7 @@ pub fn leak_with_work(
     let floor_rises = cfg.mean_windows || floor > budget;
     let persists = floor_rises && late_slope.is_none_or(|l| l >= LATE_SHARE * budget);
     let jumps = if grows && !cfg.mean_windows {
-        jump_growth(&medians, cfg)
+        jump_growth(&medians, slope, cfg)
     } else {
         None
     };
@@ -292,17 +295,34 @@ pub fn leak_with_work(
 }
 
 /// When growth over the budget is carried by a few isolated jumps: how many, if there are at
-/// most [`MAX_JUMPS`] in every life and the series without them (each jump replaced by the
-/// typical change) has no trend over the budget left. A high-water mark steps: a catch-up needs
+/// most [`MAX_JUMPS`] in every life, they carry at least [`JUMP_SHARE`] of the rise, and the
+/// series without them (each jump replaced by the typical change) has no trend over the budget
+/// left. A high-water mark steps: a catch-up needs
 /// more buffers than any before and the allocator keeps them (one thread started and kept; 3 MiB
 /// after a long catch-up). A leak grows with time or work, in every window, and keeps its trend
 /// without its largest changes. What this gives up: a leak that grows only by a few large jumps
 /// per life reads as a high-water mark until it makes more of them (a longer run, or the
 /// between-lives judgement of a node restarted often).
-fn jump_growth(medians: &[Vec<Point>], cfg: &LeakConfig) -> Option<usize> {
+fn jump_growth(medians: &[Vec<Point>], slope: f64, cfg: &LeakConfig) -> Option<usize> {
     let (smooth, found) = stats::without_jumps(medians, JUMP_Z);
     let total: usize = found.iter().sum();
     if total == 0 || found.iter().any(|k| *k > MAX_JUMPS) {
+        return None;
+    }
+    // The jumps must carry most of the growth (the trend line's rise over the judged spans): a
+    // smooth leak just over its budget lost its verdict to one change of 0.33 MiB in a rise of
+    // 1.9 MiB (a real 16 KiB-per-setup canary), its trend then just under the budget.
+    let carried: f64 = medians
+        .iter()
+        .zip(&smooth)
+        .filter_map(|(m, s)| Some(m.last()?.1 - s.last()?.1))
+        .sum();
+    let rise: f64 = slope
+        * medians
+            .iter()
+            .filter_map(|m| Some(m.last()?.0 - m.first()?.0))
+            .sum::<f64>();
+    if carried < JUMP_SHARE * rise {
         return None;
     }
     let still_grows = stats::mann_kendall_pooled(&smooth)
