@@ -492,12 +492,11 @@ fn inner_of(frames: &[Frame]) -> Option<usize> {
 /// build script's output such as jemalloc's C sources). A frame without a file (a debug build's
 /// symbol) is not known to be.
 fn is_own(f: &Frame) -> bool {
-    !f.file.is_empty()
-        && !is_library(f)
-        && !["/registry/src/", "/git/checkouts/", "/rust/deps/"]
-            .iter()
-            .any(|d| f.file.contains(d))
-        && !(f.file.contains("/build/") && f.file.contains("/out/"))
+    let dependency = ["/registry/src/", "/git/checkouts/", "/rust/deps/"]
+        .iter()
+        .any(|d| f.file.contains(d))
+        || (f.file.contains("/build/") && f.file.contains("/out/"));
+    !(f.file.is_empty() || is_library(f) || dependency)
 }
 
 /// The site of a stack and its index: from [`inner_of`] towards the root, the first frame of the
