@@ -274,7 +274,7 @@ mod tests {
             assert!(q.contains(name), "{name} missing from {q}");
         }
         assert!(q.contains(scrape::SERVED_ALL), "{q}");
-        assert_eq!(node_labels(), BTreeSet::from(["kind", "outcome"]));
+        assert_eq!(node_labels(), BTreeSet::from(["kind", "outcome", "reason"]));
         let (req, body) = prom().request(&q, 1_764_000_000.5);
         assert_eq!(req.method(), hyper::Method::POST);
         assert_eq!(
