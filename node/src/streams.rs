@@ -10,7 +10,9 @@
 //! - discovery runs on a timer only, never as a reaction to a removal; an unproductive round doubles
 //!   the interval (with jitter) up to a cap;
 //! - a peer whose setup failed is not tried again for `failed_peer_ttl`;
-//! - a removed peer gets a cooldown that doubles with repeated removals, up to a cap;
+//! - a removed peer gets a cooldown that doubles with repeated removals, up to a cap; a lost
+//!   connection (the peer restarted, or the link was cut) forgives all but penalties, down to
+//!   the base period;
 //! - setups in flight are bounded.
 //!
 //! What makes a network cut off from new blocks impossible (found by stressnet: with 5% of served
@@ -243,6 +245,8 @@ struct Cooldown {
     until: Instant,
     removals: u32,
     last: Instant,
+    /// A penalty is among the remembered removals: a lost connection does not forgive it.
+    penalised: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -555,6 +559,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
 
     fn on_disconnected(&mut self, p: P, now: Instant) {
         self.connected.remove(&p);
+        self.forgive(&p);
         if self.streams.contains_key(&p) {
             self.remove(p.clone(), RemovalReason::Disconnected, now);
         }
@@ -568,7 +573,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
         if self.doomed.remove(&p) {
             // Storm canary: the inbound one collided with this; both die, like the original bug.
             self.refuse(p.clone(), id, ResetReason::Conflict);
-            self.removal_side_effects(p, now);
+            self.removal_side_effects(p, false, now);
             return;
         }
         if let Some(existing) = self.streams.get(&p).copied() {
@@ -671,17 +676,32 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
         self.refuse(p.clone(), new, ResetReason::Conflict);
         self.actions
             .push_back(Action::Report(Report::Removed(RemovalReason::Conflict)));
-        self.removal_side_effects(p, now);
+        self.removal_side_effects(p, false, now);
     }
 
     fn remove(&mut self, p: P, reason: RemovalReason, now: Instant) {
         self.streams.remove(&p);
         self.actions
             .push_back(Action::Report(Report::Removed(reason)));
-        self.removal_side_effects(p, now);
+        self.removal_side_effects(p, reason == RemovalReason::Penalised, now);
     }
 
-    fn removal_side_effects(&mut self, p: P, now: Instant) {
+    /// The connection to `p` is gone (it restarted, or the link was cut): what its streams did
+    /// on that connection no longer compounds. Found by the soak-s3 hour: a node killed as a
+    /// partition began came back to peers that held a cooldown compounded over the whole run
+    /// (5% of served requests reset the stream) plus the kill's own removal; those with the lower
+    /// id refused it for up to 40 s while the partition left it few others. A forgiven peer
+    /// still waits out the base period after its last removal, and every reconnect costs a
+    /// dial and a handshake; penalties are kept, so dropping the connection does not escape one.
+    fn forgive(&mut self, p: &P) {
+        let base = self.cfg.removal_cooldown_base;
+        if let Some(c) = self.cooldown.get_mut(p).filter(|c| !c.penalised) {
+            c.removals = 0;
+            c.until = c.until.min(c.last + base);
+        }
+    }
+
+    fn removal_side_effects(&mut self, p: P, penalty: bool, now: Instant) {
         if self.cfg.storm_canary {
             // The original bug: discovery right after every removal, and the peer retried.
             self.discovery.next_at = now + STORM_REDISCOVERY;
@@ -695,11 +715,11 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             self.cfg.removal_cooldown_max,
             self.cfg.removal_memory,
         );
-        let removals = match self.cooldown.get(&p) {
+        let (removals, penalised) = match self.cooldown.get(&p) {
             Some(c) if now.saturating_duration_since(c.last) < memory => {
-                c.removals.saturating_add(1)
+                (c.removals.saturating_add(1), c.penalised || penalty)
             }
-            _ => 1,
+            _ => (1, penalty),
         };
         let cooldown = base.saturating_mul(1u32 << (removals - 1).min(20)).min(max);
         if !self.cooldown.contains_key(&p) && self.cooldown.len() >= self.cfg.max_tracked_peers {
@@ -711,6 +731,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
                 until: now + cooldown,
                 removals,
                 last: now,
+                penalised,
             },
         );
         // Eligible again after the cooldown, if still wanted.

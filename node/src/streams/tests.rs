@@ -265,6 +265,52 @@ fn removal_cooldown_grows_and_caps() {
     );
 }
 
+/// soak-s3: a peer killed and restarted (its connection drops) comes back as a new life. The
+/// cooldown its old streams' errors compounded no longer keeps it out past the base period; a
+/// penalty is not forgiven by dropping the connection.
+#[test]
+fn a_lost_connection_forgives_stream_errors_but_not_penalties() {
+    for (reason, forgiven) in [
+        (RemovalReason::StreamError, true),
+        (RemovalReason::Penalised, false),
+    ] {
+        let t0 = Instant::now();
+        // Local 1, peer 5 (higher: its streams do not win ties). Peers 6 and 7 give us soft_low,
+        // so neither starving nor short caps the inbound cooldown.
+        let mut m = M::new(cfg(), 1, 1, t0);
+        for p in [6, 7] {
+            m.handle(Event::InboundReady(p, u64::from(p)), t0);
+        }
+        m.handle(Event::Connected(5), t0);
+        let mut now = t0;
+        for id in 1..=4 {
+            m.handle(Event::InboundReady(5, id), now);
+            m.handle(Event::StreamClosed(5, id, reason), now);
+            now += m.cooldown_remaining(&5, now).unwrap();
+        }
+        // Its last stream is up when it is killed.
+        m.handle(Event::InboundReady(5, 10), now);
+        assert_eq!(m.stream_count(), 3, "{reason:?}");
+        m.handle(Event::Disconnected(5), now);
+        assert!(drain(&mut m).contains(&Action::Report(Report::Removed(
+            RemovalReason::Disconnected
+        ))));
+        let expect = if forgiven { 2 } else { 16 };
+        assert_eq!(
+            m.cooldown_remaining(&5, now),
+            Some(Duration::from_secs(expect)),
+            "{reason:?}"
+        );
+        // Back after 3 s (more than the base period): a new life is let in, a penalised one not.
+        let back = now + Duration::from_secs(3);
+        m.handle(Event::Connected(5), back);
+        m.handle(Event::InboundReady(5, 11), back);
+        let refused = drain(&mut m).contains(&Action::Reset(5, 11, ResetReason::Cooldown));
+        assert_eq!(refused, !forgiven, "{reason:?}");
+        assert_eq!(m.stream_count(), if forgiven { 3 } else { 2 }, "{reason:?}");
+    }
+}
+
 /// The stuck network stressnet found: a peer that reset streams often sits in a compounded
 /// cooldown; a node with enough streams to others waits it out, a stale or starving one may
 /// set up with it again after the base period, and only then.
