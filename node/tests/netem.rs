@@ -185,3 +185,60 @@ async fn a_partition_stops_block_flow_between_regions_and_healing_restores_it() 
     eprintln!("caught up {:?} after healing", healed.elapsed());
     live.abort();
 }
+
+/// A partition holds a connection's traffic, so closing it waits until the partition heals; the
+/// streams on it must not: once ping finds the connection dead they end (the soak-s3 hour found
+/// nodes asking peers over such streams for 20 s after each partition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_when_ping_finds_the_connection_dead_not_when_the_partition_heals() {
+    let fast_ping = |mut c: P2pConfig| {
+        c.ping_interval = Duration::from_millis(300);
+        c.ping_timeout = Duration::from_millis(700);
+        c
+    };
+    let net = Net::new("testnet");
+    let producer = start_full(&net, fast_ping(in_region(cfg(vec![]), "eu", 0)), scfg(), 20).await;
+    let boot = vec![producer.node.addr.clone()];
+    let follower = start_full(&net, fast_ping(in_region(cfg(boot), "us", 0)), scfg(), 0).await;
+    let pid = producer.node.id();
+    follower
+        .node
+        .h
+        .wait_for(Duration::from_secs(30), |s| s.stream_peers.contains(&pid))
+        .await
+        .expect("stream to the producer");
+    let dead = || {
+        follower
+            .node
+            .metrics
+            .removals
+            .get_or_create(&[("reason", "disconnected")])
+            .get()
+    };
+    let (before, pings_failed) = (dead(), follower.node.metrics.ping_failures.get());
+
+    Faults::from_json(br#"{"partition": {"regions": ["eu"]}}"#)
+        .unwrap()
+        .apply(&follower.node.h)
+        .await;
+    // The stream goes while the partition still holds (it holds until healed below).
+    let s = follower
+        .node
+        .h
+        .wait_for(Duration::from_secs(20), |s| !s.stream_peers.contains(&pid))
+        .await
+        .expect("the stream to the cut-off producer ends during the partition");
+    assert!(
+        follower.node.metrics.ping_failures.get() > pings_failed,
+        "{s:?}"
+    );
+    assert!(dead() > before, "counted as a disconnection");
+
+    Faults::default().apply(&follower.node.h).await;
+    follower
+        .node
+        .h
+        .wait_for(Duration::from_secs(30), |s| s.stream_peers.contains(&pid))
+        .await
+        .expect("a new stream after healing");
+}

@@ -70,6 +70,12 @@ pub struct P2pConfig {
     pub max_blocks_per_request: u32,
     pub max_bytes_per_response: u32,
     pub max_connections: usize,
+    /// libp2p ping period per connection; a ping unanswered within `ping_timeout` marks the
+    /// connection dead (its streams end at once, see `Driver::connection_dead`).
+    #[serde(with = "crate::util::millis")]
+    pub ping_interval: Duration,
+    #[serde(with = "crate::util::millis")]
+    pub ping_timeout: Duration,
     /// This node's region (a label; `/status` shows it; network emulation keys on it).
     pub region: Option<String>,
     /// In-process emulation of region latency, upload bandwidth and partitions; off when absent.
@@ -93,6 +99,8 @@ impl Default for P2pConfig {
             max_blocks_per_request: 1024,
             max_bytes_per_response: 8 * 1024 * 1024,
             max_connections: 128,
+            ping_interval: Duration::from_secs(15),
+            ping_timeout: Duration::from_secs(20),
             region: None,
             netem: None,
             gossipsub: None,
@@ -131,6 +139,9 @@ impl P2pConfig {
         }
         if self.max_blocks_per_request == 0 || self.max_connections < 2 {
             return Err("p2p.max_blocks_per_request must be > 0 and max_connections >= 2".into());
+        }
+        if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
+            return Err("p2p.ping_interval, p2p.ping_timeout: must be > 0".into());
         }
         if let Some(r) = &self.region {
             validate_region(r).map_err(|e| format!("p2p.region: {e}"))?;
@@ -517,6 +528,8 @@ struct Session {
 struct ConnInfo {
     id: ConnectionId,
     dialer: PeerId,
+    /// Ping found it dead; it stays listed until libp2p reports it closed.
+    dead: bool,
 }
 
 type ManagedReply = oneshot::Sender<Result<(PeerId, Response), RequestError>>;
@@ -607,7 +620,11 @@ pub async fn spawn(
                 identify::Config::new(network_version(&network), key.public())
                     .with_agent_version(format!("syncnode/{}", env!("CARGO_PKG_VERSION"))),
             ),
-            ping: ping::Behaviour::new(ping::Config::new()),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(cfg.ping_interval)
+                    .with_timeout(cfg.ping_timeout),
+            ),
             kad: gate::DialGate { inner: kad },
             stream: gate::DialGate { inner: stream },
             gossipsub: Toggle::from(gossip_cfg.clone().map(|c| {
@@ -1099,15 +1116,21 @@ impl Driver {
                 list.push(ConnInfo {
                     id: connection_id,
                     dialer,
+                    dead: false,
                 });
-                if list.len() > 1 {
-                    // Keep the (first) connection dialled by the lower peer id; close the rest.
+                if list.iter().filter(|c| !c.dead).count() > 1 {
+                    // Keep the (first) live connection dialled by the lower peer id; close the
+                    // other live ones (dead ones are closing already).
                     let lower = self.local.min(peer_id);
-                    let keep = list.iter().position(|c| c.dialer == lower).unwrap_or(0);
+                    let keep = list
+                        .iter()
+                        .position(|c| !c.dead && c.dialer == lower)
+                        .or_else(|| list.iter().position(|c| !c.dead))
+                        .unwrap_or(0);
                     let close: Vec<ConnectionId> = list
                         .iter()
                         .enumerate()
-                        .filter(|(i, _)| *i != keep)
+                        .filter(|(i, c)| *i != keep && !c.dead)
                         .map(|(_, c)| c.id)
                         .collect();
                     for id in close {
@@ -1158,10 +1181,14 @@ impl Driver {
         }
     }
 
-    /// Tells the stream manager about a peer once its connection set is settled.
+    /// Tells the stream manager about a peer once its connection set is settled: one live
+    /// connection (libp2p-stream opens on any of a peer's connections, a closing one included).
     fn maybe_report_connected(&mut self, peer: PeerId, now: Instant) {
-        let settled =
-            self.conns.get(&peer).is_some_and(|l| l.len() == 1) && !self.dials.is_dialing(&peer);
+        let settled = self
+            .conns
+            .get(&peer)
+            .is_some_and(|l| l.len() == 1 && !l[0].dead)
+            && !self.dials.is_dialing(&peer);
         if settled && self.reported.insert(peer) {
             self.sm.handle(SmEvent::Connected(peer), now);
         }
@@ -1207,6 +1234,7 @@ impl Driver {
                     debug!(%peer, "ping failed, closing the connection: {e}");
                     self.metrics.ping_failures.inc();
                     self.swarm.close_connection(connection);
+                    self.connection_dead(peer, connection, now);
                 }
             },
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
@@ -1357,6 +1385,32 @@ impl Driver {
                 self.stream_gone(peer, now);
             }
             self.sm.handle(SmEvent::StreamClosed(peer, id, reason), now);
+        }
+    }
+
+    /// Ping found `conn` dead. Closing it waits for the dead path to take its last frames (a
+    /// partition holds them for as long as it lasts, like TCP over a cut link), and libp2p reports
+    /// it closed only then; until then its streams looked alive and requests sent on them waited
+    /// out their timeouts. Found by the soak-s3 hour: after each 60 s partition of a region, its
+    /// nodes spent their first 20 s asking peers over such connections (two 10 s stalls), and
+    /// caught up 30 s after the partition instead of ~2. Sessions live on a peer's one settled
+    /// connection, so they end now and the peer counts as disconnected until the connection is
+    /// gone (no new stream may land on it).
+    fn connection_dead(&mut self, peer: PeerId, conn: ConnectionId, now: Instant) {
+        let Some(c) = self
+            .conns
+            .get_mut(&peer)
+            .and_then(|l| l.iter_mut().find(|c| c.id == conn))
+        else {
+            return;
+        };
+        if c.dead {
+            return;
+        }
+        c.dead = true;
+        if self.reported.remove(&peer) {
+            self.drop_peer_streams(peer, RemovalReason::Disconnected, now);
+            self.sm.handle(SmEvent::Disconnected(peer), now);
         }
     }
 
