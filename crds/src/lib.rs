@@ -8,7 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -21,11 +26,23 @@ pub const API_VERSION: &str = "syncnet.dev/v1alpha1";
 
 /// Nodes in one network at most (S5 renders 1,000).
 pub const MAX_NODES: u32 = 5_000;
-/// Bounds the apiserver needs to cost the CEL rules (and that keep a spec reviewable).
-pub const MAX_REGIONS: usize = 64;
-pub const MAX_FAULTS: usize = 256;
-/// `metadata.name` becomes the network id, which is part of every protocol id.
+/// Bounds the apiserver needs to cost the CEL rules (and that keep a spec reviewable). The
+/// `faults[].regions` rule costs about F·G·R·(7 + e) (e: a name comparison): with 64 / 16 / 32
+/// its static estimate is ~1.1M of the 10M per-rule limit and a maximal spec's runtime cost
+/// ~0.47M of the 1M per-call limit (crds/tests/cel_cost.rs; docs/kubernetes.md).
+pub const MAX_REGIONS: usize = 32;
+pub const MAX_FAULTS: usize = 64;
+/// Regions one partition fault cuts its targets off from.
+pub const MAX_FAULT_REGIONS: usize = 16;
+/// `metadata.name` becomes the network id, which is part of every protocol id, and the prefix of
+/// every object the operator makes (`<name>-<region>`: StatefulSet and Service).
 pub const MAX_NAME: usize = 32;
+/// Region names: `<network>-<region>` names a StatefulSet, whose pods carry a
+/// `controller-revision-hash` label `<set>-<10 chars>` that must fit in 63, so the set name must
+/// fit in 52: 32 + 1 + 19.
+pub const MAX_REGION_NAME: usize = 19;
+/// Longest StatefulSet name whose pods' revision-hash label still fits in 63 characters.
+pub const MAX_SET_NAME: usize = 52;
 
 // Cross-field checks the apiserver can make itself are CEL rules (`x-kubernetes-validations`), so
 // `kubectl apply` refuses a bad spec before the operator sees it; `SyncNetworkSpec::validate` is
@@ -45,7 +62,9 @@ pub const MAX_NAME: usize = 32;
     printcolumn = r#"{"name":"Verdict","type":"string","jsonPath":".status.verdict"}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("self.metadata.name.size() <= 32")
-        .message("metadata.name: at most 32 characters (it is the network id)")
+        .message("metadata.name: at most 32 characters (it is the network id)"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name: a-z, 0-9 and '-', starting with a letter (it prefixes Service names)")
 )]
 #[x_kube(
     validation = Rule::new("self.regions.exists(r, r.name == self.producer.region)")
@@ -72,7 +91,7 @@ pub const MAX_NAME: usize = 32;
 pub struct SyncNetworkSpec {
     #[serde(default)]
     pub node: NodeSpec,
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 32))]
     pub regions: Vec<RegionSpec>,
     #[serde(default)]
     pub latency: LatencySpec,
@@ -84,7 +103,7 @@ pub struct SyncNetworkSpec {
     #[serde(default)]
     pub broadcast: BroadcastSpec,
     #[serde(default)]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 64))]
     pub faults: Vec<FaultSpec>,
     pub soak: SoakSpec,
     #[serde(default)]
@@ -131,6 +150,25 @@ pub struct KubernetesSpec {
     /// The syncnode container's resources (default: requests 100m / 128Mi, memory limit 1Gi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Node pods: secrets for pulling a private node image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Node pods: schedule only on nodes with these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 32))]
+    pub node_selector: BTreeMap<String, String>,
+    /// Node pods: tolerated taints (e.g. a dedicated soak node pool).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<Toleration>,
+    /// Node pods: affinity and anti-affinity (e.g. spread a region over zones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Node pods: priority class (a soak that must not be preempted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub priority_class_name: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -147,9 +185,9 @@ pub struct NodeSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegionSpec {
-    /// 1-63 of a-z, 0-9, '-' (a label value).
+    /// 1-19 of a-z, 0-9, '-' (a label value, and part of object names).
     #[schemars(
-        length(min = 1, max = 63),
+        length(min = 1, max = 19),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
@@ -182,7 +220,7 @@ pub struct BandwidthSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProducerSpec {
-    #[schemars(length(max = 63))]
+    #[schemars(length(max = 19))]
     pub region: String,
     pub block_interval_ms: u64,
     pub payload_bytes: u32,
@@ -288,7 +326,7 @@ impl FaultAction {
 pub struct TargetSpec {
     /// Only nodes of this region (default: all regions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 63))]
+    #[schemars(length(max = 19))]
     pub region: Option<String>,
     /// This many of them...
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -330,7 +368,7 @@ pub struct FaultSpec {
     pub action: FaultAction,
     /// partition: the regions cut off from the targets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(max = 63)))]
+    #[schemars(length(max = 16), inner(length(max = 19)))]
     pub regions: Vec<String>,
     /// error-rate, stream-reset: probability 0..1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -520,13 +558,152 @@ pub const CRD_FILES: &[&str] = &[
     "charts/syncnet-operator/crds/syncnetwork.yaml",
 ];
 
-/// The CustomResourceDefinition as committed: a header, then the YAML `crdgen` writes.
+/// The CustomResourceDefinition: kube's derived one, with every integer bounded by its Rust
+/// type. schemars writes `format: uint32`, which the apiserver does not enforce: without a
+/// `maximum` it stores `jitterMs: 4294967296`, and then every typed LIST of the resource fails to
+/// decode, stopping the operator for every network.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = <SyncNetwork as kube::CustomResourceExt>::crd();
+    for v in &mut crd.spec.versions {
+        if let Some(s) = v
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            bound_integers(s);
+        }
+    }
+    crd
+}
+
+/// The bounds of an integer `format`, where the apiserver's int64 does not already give them
+/// (a 64-bit value is refused there).
+pub fn integer_bounds(format: &str) -> Option<(f64, f64)> {
+    Some(match format {
+        "uint8" => (0.0, f64::from(u8::MAX)),
+        "uint16" => (0.0, f64::from(u16::MAX)),
+        "uint32" => (0.0, f64::from(u32::MAX)),
+        "int8" => (f64::from(i8::MIN), f64::from(i8::MAX)),
+        "int16" => (f64::from(i16::MIN), f64::from(i16::MAX)),
+        "int32" => (f64::from(i32::MIN), f64::from(i32::MAX)),
+        _ => return None,
+    })
+}
+
+fn bound_integers(s: &mut JSONSchemaProps) {
+    if s.type_.as_deref() == Some("integer")
+        && let Some((lo, hi)) = s.format.as_deref().and_then(integer_bounds)
+    {
+        s.minimum = Some(s.minimum.map_or(lo, |m| m.max(lo)));
+        s.maximum = Some(s.maximum.map_or(hi, |m| m.min(hi)));
+    }
+    if s.type_.as_deref() == Some("integer")
+        && matches!(s.format.as_deref(), Some("uint64" | "uint"))
+        && s.minimum.is_none()
+    {
+        s.minimum = Some(0.0);
+    }
+    for p in s.properties.iter_mut().flat_map(|m| m.values_mut()) {
+        bound_integers(p);
+    }
+    match s.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(i)) => bound_integers(i),
+        Some(JSONSchemaPropsOrArray::Schemas(v)) => v.iter_mut().for_each(bound_integers),
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(a)) = s.additional_properties.as_mut() {
+        bound_integers(a);
+    }
+    for v in [&mut s.all_of, &mut s.any_of, &mut s.one_of] {
+        v.iter_mut().flatten().for_each(bound_integers);
+    }
+}
+
+/// The CustomResourceDefinition as committed: a header, then the YAML `crdgen` writes, safe for
+/// YAML 1.1 readers.
 pub fn crd_yaml() -> String {
-    use kube::CustomResourceExt;
-    let body = serde_yaml::to_string(&SyncNetwork::crd()).expect("a CRD serialises");
+    let body = serde_yaml::to_string(&crd()).expect("a CRD serialises");
     format!(
-        "# Generated by `cargo run -p syncnet-crds --bin crdgen` from crds/src/lib.rs; do not edit.\n{body}"
+        "# Generated by `cargo run -p syncnet-crds --bin crdgen` from crds/src/lib.rs; do not edit.\n{}",
+        yaml11_safe(&body)
     )
+}
+
+/// Plain scalars a YAML 1.1 reader (kubectl, Helm) takes for something other than the string
+/// serde_yaml (YAML 1.2) meant: the 1.1-only booleans (`off`, `yes`, `n`, ...), base-60 numbers
+/// (`1:20`) and numbers with `_`. serde_yaml writes them bare, so `mode: off` in the CRD's enum
+/// reached the apiserver as `false`.
+pub fn yaml11_misread(s: &str) -> bool {
+    const BOOLS: &[&str] = &[
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
+    ];
+    let numeric = |t: &str| {
+        let t = t.strip_prefix(['-', '+']).unwrap_or(t);
+        !t.is_empty()
+            && t.bytes().next().is_some_and(|b| b.is_ascii_digit())
+            && t.bytes()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'_' | b':' | b'.'))
+    };
+    BOOLS.contains(&s) || (numeric(s) && (s.contains('_') || s.contains(':')))
+}
+
+/// Quotes every plain scalar (mapping key or value, sequence item) of serde_yaml's block output
+/// that [`yaml11_misread`] flags. Hand-rolled: no maintained Rust crate writes YAML 1.1.
+pub fn yaml11_safe(text: &str) -> String {
+    let quote = |t: &str| {
+        if yaml11_misread(t) {
+            format!("'{t}'")
+        } else {
+            t.to_owned()
+        }
+    };
+    let mut out = String::with_capacity(text.len() + 64);
+    // Inside a block scalar (`key: |-`), lines indented deeper than its key are content.
+    let mut block: Option<usize> = None;
+    for line in text.lines() {
+        let spaces = line.len() - line.trim_start_matches(' ').len();
+        if let Some(key_indent) = block {
+            if line.trim().is_empty() || spaces > key_indent {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+            block = None;
+        }
+        let mut rest = &line[spaces..];
+        while let Some(r) = rest.strip_prefix("- ") {
+            rest = r.trim_start_matches(' ');
+        }
+        let (head, rest) = line.split_at(line.len() - rest.len());
+        out.push_str(head);
+        // A plain key or value holds no ": " (serde_yaml quotes those), so the first one splits.
+        match rest.split_once(": ") {
+            Some((k, v)) => {
+                out.push_str(&quote(k));
+                out.push_str(": ");
+                if v.starts_with(['|', '>']) {
+                    block = Some(spaces);
+                    out.push_str(v);
+                } else {
+                    out.push_str(&quote(v));
+                }
+            }
+            None => match rest.strip_suffix(':') {
+                Some(k) => {
+                    out.push_str(&quote(k));
+                    out.push(':');
+                }
+                None if rest.starts_with(['|', '>']) => {
+                    block = Some(spaces);
+                    out.push_str(rest);
+                }
+                None => out.push_str(&quote(rest)),
+            },
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// A rejected spec: which field (a dotted path), and why.
@@ -559,6 +736,35 @@ pub fn validate_name(r: &str) -> Result<(), String> {
             "{r:?} is not a valid name (1-63 of a-z, 0-9, '-', not starting or ending in '-')"
         ))
     }
+}
+
+/// Region names: a label value that, after `<network>-`, still names a StatefulSet.
+pub fn validate_region_name(r: &str) -> Result<(), String> {
+    validate_name(r)?;
+    if r.len() > MAX_REGION_NAME {
+        return Err(format!(
+            "{r:?} is too long: at most {MAX_REGION_NAME} characters (`<network>-<region>` names a StatefulSet)"
+        ));
+    }
+    Ok(())
+}
+
+/// Network names (`metadata.name`): the network id, and the prefix of every object the operator
+/// makes, so a DNS-1035 label (Service names must start with a letter; no dots) of at most
+/// [`MAX_NAME`] characters.
+pub fn validate_network_name(n: &str) -> Result<(), String> {
+    let ok = n.bytes().next().is_some_and(|b| b.is_ascii_lowercase()) && validate_name(n).is_ok();
+    if !ok {
+        return Err(format!(
+            "{n:?} is not a valid network name (a-z, 0-9 and '-', starting with a letter, not ending in '-')"
+        ));
+    }
+    if n.len() > MAX_NAME {
+        return Err(format!(
+            "{n:?} is too long: at most {MAX_NAME} characters (it is the network id)"
+        ));
+    }
+    Ok(())
 }
 
 impl SyncNetwork {
@@ -595,13 +801,7 @@ impl SyncNetwork {
             ));
         }
         let name = doc.metadata.name.as_deref().unwrap_or("");
-        validate_name(name).map_err(|e| err("metadata.name", e))?;
-        if name.len() > MAX_NAME {
-            return Err(err(
-                "metadata.name",
-                format!("at most {MAX_NAME} characters (it is the network id)"),
-            ));
-        }
+        validate_network_name(name).map_err(|e| err("metadata.name", e))?;
         doc.spec.validate()?;
         Ok(SyncNetwork {
             metadata: doc.metadata,
@@ -613,7 +813,10 @@ impl SyncNetwork {
 
 impl SyncNetworkSpec {
     pub fn total_nodes(&self) -> u32 {
-        self.regions.iter().map(|r| r.replicas).sum()
+        // Saturating: an invalid spec (a stored object the schema let through) must not panic.
+        self.regions
+            .iter()
+            .fold(0u32, |a, r| a.saturating_add(r.replicas))
     }
 
     fn region(&self, name: &str) -> Option<&RegionSpec> {
@@ -636,7 +839,7 @@ impl SyncNetworkSpec {
         }
         let mut seen = BTreeSet::new();
         for (i, r) in self.regions.iter().enumerate() {
-            validate_name(&r.name).map_err(|e| err(format!("spec.regions[{i}].name"), e))?;
+            validate_region_name(&r.name).map_err(|e| err(format!("spec.regions[{i}].name"), e))?;
             if !seen.insert(r.name.as_str()) {
                 return Err(err(
                     format!("spec.regions[{i}].name"),
@@ -845,8 +1048,11 @@ impl SyncNetworkSpec {
                 )?;
             }
             FaultAction::Partition => {
-                if f.regions.len() > MAX_REGIONS {
-                    return Err(err("regions", format!("at most {MAX_REGIONS} regions")));
+                if f.regions.len() > MAX_FAULT_REGIONS {
+                    return Err(err(
+                        "regions",
+                        format!("at most {MAX_FAULT_REGIONS} regions"),
+                    ));
                 }
                 for (i, r) in f.regions.iter().enumerate() {
                     if self.region(r).is_none() {

@@ -143,8 +143,7 @@ fn bad_specs_name_the_field() {
 
 #[test]
 fn the_crd_has_the_status_subresource_short_name_and_columns() {
-    use kube::CustomResourceExt;
-    let crd = SyncNetwork::crd();
+    let crd = crate::crd();
     let yaml = serde_yaml::to_string(&crd).unwrap();
     assert_eq!(crd.spec.group, GROUP);
     assert_eq!(crd.spec.names.short_names, Some(vec!["sn".to_owned()]));
@@ -166,4 +165,127 @@ fn the_crd_has_the_status_subresource_short_name_and_columns() {
         yaml.contains("kill-restart") && !yaml.contains("oneOf"),
         "{yaml}"
     );
+}
+
+#[test]
+fn yaml11_misreadings_are_flagged_and_quoted() {
+    for s in ["off", "On", "YES", "n", "y", "NO", "1:20", "1_000", "-1_0"] {
+        assert!(yaml11_misread(s), "{s}");
+    }
+    for s in [
+        "ida", "offline", "none", "true", "10", "1.5", "a:b", "12D3", "-", "",
+    ] {
+        assert!(!yaml11_misread(s), "{s}");
+    }
+    let text = "\
+enum:
+- ida
+- off
+mode: off
+y: 1
+description: |-
+  a: off
+  - no
+list:
+- |-
+  no
+- n
+";
+    let want = "\
+enum:
+- ida
+- 'off'
+mode: 'off'
+'y': 1
+description: |-
+  a: off
+  - no
+list:
+- |-
+  no
+- 'n'
+";
+    assert_eq!(yaml11_safe(text), want);
+    // Quoting changes nothing for a YAML 1.2 reader, and a second pass changes nothing.
+    let a: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+    let b: serde_yaml::Value = serde_yaml::from_str(want).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(yaml11_safe(want), want);
+}
+
+#[test]
+fn the_committed_crd_quotes_the_off_mode_and_bounds_every_integer() {
+    let yaml = crd_yaml();
+    assert!(yaml.contains("- 'off'\n"), "the enum value must be quoted");
+    assert!(!yaml.contains("- off\n"));
+    let back: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(back, crd());
+    // Every integer whose Rust type is narrower than the apiserver's int64 has that type's
+    // bounds, so nothing the apiserver stores fails to decode in the operator.
+    fn walk(s: &JSONSchemaProps, path: &str, seen: &mut usize) {
+        if s.type_.as_deref() == Some("integer") {
+            let f = s.format.as_deref().unwrap_or("");
+            if let Some((lo, hi)) = integer_bounds(f) {
+                *seen += 1;
+                assert!(s.minimum.is_some_and(|m| m >= lo), "{path}: {f} minimum");
+                assert!(s.maximum.is_some_and(|m| m <= hi), "{path}: {f} maximum");
+            } else {
+                assert!(
+                    matches!(f, "int64" | "uint64" | "uint" | "int" | ""),
+                    "{path}: unknown format {f}"
+                );
+                if f.starts_with('u') {
+                    assert!(s.minimum.is_some_and(|m| m >= 0.0), "{path}");
+                }
+            }
+        }
+        for (k, p) in s.properties.iter().flatten() {
+            walk(p, &format!("{path}.{k}"), seen);
+        }
+        if let Some(JSONSchemaPropsOrArray::Schema(i)) = &s.items {
+            walk(i, &format!("{path}[]"), seen);
+        }
+        if let Some(JSONSchemaPropsOrBool::Schema(a)) = &s.additional_properties {
+            walk(a, &format!("{path}{{}}"), seen);
+        }
+    }
+    let crd = crd();
+    let root = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .unwrap()
+        .open_api_v3_schema
+        .as_ref()
+        .unwrap();
+    let mut seen = 0;
+    walk(root, "", &mut seen);
+    assert!(seen >= 10, "{seen} bounded integers");
+    let jitter = &root.properties.as_ref().unwrap()["spec"]
+        .properties
+        .as_ref()
+        .unwrap()["latency"]
+        .properties
+        .as_ref()
+        .unwrap()["jitterMs"];
+    assert_eq!(jitter.maximum, Some(f64::from(u32::MAX)));
+}
+
+#[test]
+fn network_and_region_names_fit_every_derived_object_name() {
+    assert!(validate_network_name("quickstart").is_ok());
+    assert!(validate_network_name(&"n".repeat(MAX_NAME)).is_ok());
+    for bad in [
+        "quick.start",
+        "5g",
+        "-a",
+        "a-",
+        "A",
+        "",
+        &"n".repeat(MAX_NAME + 1),
+    ] {
+        assert!(validate_network_name(bad).is_err(), "{bad:?}");
+    }
+    assert!(validate_region_name(&"r".repeat(MAX_REGION_NAME)).is_ok());
+    assert!(validate_region_name(&"r".repeat(MAX_REGION_NAME + 1)).is_err());
+    assert_eq!(MAX_NAME + 1 + MAX_REGION_NAME, MAX_SET_NAME);
 }

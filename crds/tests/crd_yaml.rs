@@ -17,8 +17,7 @@ fn committed_crd_yaml_matches_the_types() {
 
 #[test]
 fn the_crd_has_columns_short_name_status_and_cel_rules() {
-    use kube::CustomResourceExt;
-    let crd = syncnet_crds::SyncNetwork::crd();
+    let crd = syncnet_crds::crd();
     assert_eq!(
         crd.spec.names.short_names.as_deref(),
         Some(&["sn".to_owned()][..])
@@ -129,6 +128,14 @@ fn cel_rules_pass_good_specs_and_refuse_what_validate_refuses() {
             "metadata.name",
             Box::new(|v| v["metadata"]["name"] = "n".repeat(33).into()),
         ),
+        (
+            "starting with a letter",
+            Box::new(|v| v["metadata"]["name"] = "quick.start".into()),
+        ),
+        (
+            "starting with a letter",
+            Box::new(|v| v["metadata"]["name"] = "5g".into()),
+        ),
     ];
     for (want, edit) in cases {
         let err = cel(edit).expect_err(want);
@@ -160,6 +167,8 @@ fn every_cel_refusal_is_also_a_validate_refusal() {
         ("warmupSecs: 60", "warmupSecs: 300"),
         ("{name: us, replicas: 2}", "{name: us, replicas: 4999}"),
         ("name: cel}", "name: ccccccccccccccccccccccccccccccccc}"),
+        ("name: cel}", "name: quick.start}"),
+        ("name: cel}", "name: 5g}"),
     ];
     for (from, to) in edits {
         assert!(GOOD.contains(from), "{from}");

@@ -289,14 +289,12 @@ async fn apply(sn: &SyncNetwork, ctx: &Context) -> Result<Action, Error> {
     let generation = sn.metadata.generation.unwrap_or(0);
     let previous = sn.status.as_ref();
     let spec = &sn.spec;
-    let invalid = spec.validate().err().map(|e| e.to_string()).or_else(|| {
-        (net.len() > syncnet_crds::MAX_NAME).then(|| {
-            format!(
-                "metadata.name: at most {} characters",
-                syncnet_crds::MAX_NAME
-            )
-        })
-    });
+    // Checked before anything is made for it: a name that cannot prefix a Service would fail
+    // only after the keys Secret exists, with no status written.
+    let invalid = syncnet_crds::validate_network_name(&net)
+        .map_err(|e| format!("metadata.name: {e}"))
+        .and_then(|()| spec.validate().map_err(|e| e.to_string()))
+        .err();
     if let Some(why) = invalid {
         if previous.map(|p| p.phase) != Some(Phase::Failed) {
             publish(ctx, sn, EventType::Warning, "InvalidSpec", why.clone()).await;
@@ -309,7 +307,7 @@ async fn apply(sn: &SyncNetwork, ctx: &Context) -> Result<Action, Error> {
                 phase: Phase::Failed,
                 start_time: None,
                 t: 0.0,
-                pods: &vec![None; spec.total_nodes() as usize],
+                pods: &vec![None; spec.total_nodes().min(syncnet_crds::MAX_NODES) as usize],
                 summary: None,
                 message: Some(why),
                 previous,

@@ -520,6 +520,14 @@ fn stateful_set(
                     }),
                     init_containers,
                     containers: vec![container],
+                    image_pull_secrets: Some(spec.kubernetes.image_pull_secrets.clone())
+                        .filter(|v| !v.is_empty()),
+                    node_selector: Some(spec.kubernetes.node_selector.clone())
+                        .filter(|m| !m.is_empty()),
+                    tolerations: Some(spec.kubernetes.tolerations.clone())
+                        .filter(|v| !v.is_empty()),
+                    affinity: spec.kubernetes.affinity.clone(),
+                    priority_class_name: spec.kubernetes.priority_class_name.clone(),
                     volumes: Some(vec![
                         Volume {
                             name: "config".into(),
