@@ -11,7 +11,7 @@
 //!    window and run the shared verdicts;
 //! 7. patch the status subresource; publish events for phase changes and faults.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -428,6 +428,17 @@ async fn apply(sn: &SyncNetwork, ctx: &Context) -> Result<Action, Error> {
         }
     }
     run_steps(sn, ctx, &steps, &names, &addrs, &token).await?;
+    if spec.kubernetes.partitions == PartitionMode::NetworkPolicy {
+        let windows = ctx
+            .networks
+            .lock()
+            .expect("not poisoned")
+            .get(&uid)
+            .map(|s| s.exec.windows().to_vec())
+            .unwrap_or_default();
+        let open_at = (phase == Phase::Running).then_some(t);
+        sync_policies(sn, ctx, &windows, open_at, &names).await?;
+    }
 
     if start.is_some() && phase_before != Phase::Completed {
         let scraped = gather(ctx, &ns, &names, &addrs, t, now).await;
@@ -584,7 +595,6 @@ async fn run_steps(
     if steps.is_empty() {
         return Ok(());
     }
-    let net = sn.name_any();
     let ns = sn.namespace().unwrap_or_else(|| "default".into());
     let uid = sn.uid().unwrap_or_default();
     let policy_mode = sn.spec.kubernetes.partitions == PartitionMode::NetworkPolicy;
@@ -596,7 +606,6 @@ async fn run_steps(
         .map(|s| s.exec.windows().to_vec())
         .unwrap_or_default();
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let mut puts = vec![];
     for step in steps {
         match step {
@@ -604,19 +613,8 @@ async fn run_steps(
                 let w = &windows[*i];
                 let began = matches!(step, Step::Began(_));
                 let targets: Vec<String> = w.targets.iter().map(|&n| names[n].clone()).collect();
-                if policy_mode && w.action == FaultAction::Partition {
-                    if began {
-                        let cut = &sn.spec.faults[w.fault].regions;
-                        ssa(&policies, &render::network_policy(sn, *i, &targets, cut)).await?;
-                    } else {
-                        let name = render::network_policy_name(&net, *i);
-                        if let Err(e) = policies.delete(&name, &DeleteParams::default()).await
-                            && !is_not_found(&e)
-                        {
-                            return Err(e.into());
-                        }
-                    }
-                }
+                // NetworkPolicies follow from the windows open now (`sync_policies`), not from
+                // these steps; the events say what began and ended.
                 let verb = if began { "FaultBegan" } else { "FaultEnded" };
                 let note = format!(
                     "{} ({}) on {} pod(s): {}",
@@ -670,6 +668,54 @@ async fn run_steps(
             if !ok {
                 st.exec.apply_failed(n);
             }
+        }
+    }
+    Ok(())
+}
+
+/// Partitions in networkPolicy mode are level-triggered: every reconcile makes the network's
+/// NetworkPolicies exactly those of the partition windows open at `open_at` (applied again, which
+/// changes nothing when they are there) and deletes the others it finds. Schedule steps are
+/// consumed once, so driving the policies from them left a region cut off for good when one call
+/// failed, or when the operator restarted as a window ended (the resumed schedule replays no
+/// step). `None`: no window is open (pending, completed).
+async fn sync_policies(
+    sn: &SyncNetwork,
+    ctx: &Context,
+    windows: &[stressnet::plan::FaultWindow],
+    open_at: Option<f64>,
+    names: &[String],
+) -> Result<(), Error> {
+    let net = sn.name_any();
+    let ns = sn.namespace().unwrap_or_else(|| "default".into());
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let open = |w: &stressnet::plan::FaultWindow| {
+        open_at.is_some_and(|t| t >= w.start as f64 && t < w.end as f64)
+    };
+    let mut want = BTreeSet::new();
+    for (i, w) in windows.iter().enumerate() {
+        if w.action != FaultAction::Partition || !open(w) {
+            continue;
+        }
+        let targets: Vec<String> = w
+            .targets
+            .iter()
+            .filter_map(|&n| names.get(n).cloned())
+            .collect();
+        let cut = &sn.spec.faults[w.fault].regions;
+        ssa(&policies, &render::network_policy(sn, i, &targets, cut)).await?;
+        want.insert(render::network_policy_name(&net, i));
+    }
+    let lp = ListParams::default().labels(&format!("{}={net}", render::LABEL_NETWORK));
+    for p in policies.list(&lp).await?.items {
+        let name = p.name_any();
+        if want.contains(&name) {
+            continue;
+        }
+        match policies.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

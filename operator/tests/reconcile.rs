@@ -30,6 +30,8 @@ struct World {
     pods: Vec<Value>,
     policies: Vec<Value>,
     calls: Vec<Call>,
+    /// The next request with this method to this resource fails with a 500.
+    fail_next: Option<(Method, &'static str)>,
 }
 
 fn not_found() -> (u16, Value) {
@@ -67,6 +69,17 @@ impl World {
             .iter()
             .position(|s| *s == "namespaces")
             .and_then(|i| seg.get(i + 3));
+        if self
+            .fail_next
+            .as_ref()
+            .is_some_and(|(m, r)| *m == c.method && *r == resource)
+        {
+            self.fail_next = None;
+            return (
+                500,
+                json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"InternalError","code":500,"message":"injected","metadata":{}}),
+            );
+        }
         match (&c.method, resource, name) {
             (&Method::GET, "secrets", Some(_)) => {
                 self.secret.clone().map_or_else(not_found, |s| (200, s))
@@ -90,10 +103,28 @@ impl World {
                 200,
                 json!({"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicyList","metadata":{},"items": self.policies}),
             ),
-            (&Method::DELETE, "networkpolicies", Some(_)) => (
-                200,
-                json!({"kind":"Status","apiVersion":"v1","status":"Success","metadata":{}}),
-            ),
+            (&Method::DELETE, "networkpolicies", Some(n)) => {
+                let i = self
+                    .policies
+                    .iter()
+                    .position(|p| p["metadata"]["name"] == **n);
+                match i {
+                    Some(i) => {
+                        self.policies.remove(i);
+                        (
+                            200,
+                            json!({"kind":"Status","apiVersion":"v1","status":"Success","metadata":{}}),
+                        )
+                    }
+                    None => not_found(),
+                }
+            }
+            // Server-side apply of a policy: stored, replacing one of the same name.
+            (&Method::PATCH, "networkpolicies", Some(n)) => {
+                self.policies.retain(|p| p["metadata"]["name"] != **n);
+                self.policies.push(c.body.clone());
+                (200, c.body.clone())
+            }
             (&Method::PATCH, "syncnetworks", Some(_)) => {
                 if c.path.ends_with("/status") {
                     merge(&mut self.sn, &c.body);
@@ -243,6 +274,42 @@ fn harness_with(sn: Value, edit: impl FnOnce(&mut Context)) -> Harness {
 }
 
 impl Harness {
+    /// A new operator process on the same API server: nothing of the old one's memory survives.
+    fn restart(&self) -> Harness {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = serve(handle, self.world.clone());
+        let c2 = self.clock.clone();
+        let ctx = Context::new(
+            Client::new(service, "default"),
+            self.pods.clone(),
+            Arc::new(move || *c2.lock().unwrap()),
+            Options::default(),
+        );
+        Harness {
+            world: self.world.clone(),
+            ctx: Arc::new(ctx),
+            pods: self.pods.clone(),
+            clock: self.clock.clone(),
+            _server: server,
+        }
+    }
+    async fn try_reconcile(&self) -> Result<(), String> {
+        let sn: SyncNetwork =
+            serde_json::from_value(self.world.lock().unwrap().sn.clone()).unwrap();
+        controller::reconcile(Arc::new(sn), self.ctx.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+    fn policy_names(&self) -> Vec<String> {
+        self.world
+            .lock()
+            .unwrap()
+            .policies
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
     async fn reconcile(&self) -> kube::runtime::controller::Action {
         let sn: SyncNetwork =
             serde_json::from_value(self.world.lock().unwrap().sn.clone()).unwrap();
@@ -563,6 +630,78 @@ async fn a_partition_in_network_policy_mode_is_a_network_policy_for_its_window()
             && c.path
                 .ends_with(&format!("/networkpolicies/t-partition-{window}"))
     }));
+}
+
+/// Policies follow the windows open now, not consumed steps: a failed delete is retried by the
+/// next reconcile.
+#[tokio::test]
+async fn a_failed_api_call_at_a_windows_end_still_ends_with_the_policy_removed() {
+    let h = harness(network(|v| {
+        v["spec"]["kubernetes"] = json!({"partitions": "networkPolicy"})
+    }));
+    h.all_pods_ready();
+    h.reconcile().await;
+    h.advance(31);
+    h.reconcile().await;
+    assert_eq!(h.policy_names().len(), 1, "the window's policy is in place");
+    h.advance(20); // 51 s: the window is over, and the delete fails
+    h.world.lock().unwrap().fail_next = Some((Method::DELETE, "networkpolicies"));
+    let first = h.try_reconcile().await;
+    assert!(first.is_err(), "the failure is reported: {first:?}");
+    assert_eq!(h.policy_names().len(), 1);
+    h.advance(5);
+    h.reconcile().await;
+    assert!(h.policy_names().is_empty(), "{:?}", h.policy_names());
+    // A failed apply at a window's start is retried the same way.
+    let h = harness(network(|v| {
+        v["spec"]["kubernetes"] = json!({"partitions": "networkPolicy"})
+    }));
+    h.all_pods_ready();
+    h.reconcile().await;
+    h.advance(31);
+    h.world.lock().unwrap().fail_next = Some((Method::PATCH, "networkpolicies"));
+    assert!(h.try_reconcile().await.is_err());
+    assert!(h.policy_names().is_empty());
+    h.advance(5);
+    h.reconcile().await;
+    assert_eq!(h.policy_names().len(), 1, "applied on the next reconcile");
+}
+
+/// An operator restarted as a window ends resumes the schedule without replaying its steps; the
+/// policy of the window that ended meanwhile is still removed, and one that began meanwhile is
+/// still made.
+#[tokio::test]
+async fn an_operator_restarted_mid_partition_removes_the_policy_at_the_windows_end() {
+    let h = harness(network(|v| {
+        v["spec"]["kubernetes"] = json!({"partitions": "networkPolicy"})
+    }));
+    h.all_pods_ready();
+    h.reconcile().await;
+    h.advance(31);
+    h.reconcile().await;
+    assert_eq!(h.policy_names().len(), 1);
+    // The operator dies at 40 s and its successor first reconciles at 55 s.
+    h.advance(24);
+    let h2 = h.restart();
+    h2.reconcile().await;
+    assert!(h2.policy_names().is_empty(), "{:?}", h2.policy_names());
+
+    // Restarted while the window is open: the policy stays (applied again), then goes.
+    let h = harness(network(|v| {
+        v["spec"]["kubernetes"] = json!({"partitions": "networkPolicy"})
+    }));
+    h.all_pods_ready();
+    h.reconcile().await;
+    h.advance(25);
+    h.reconcile().await;
+    assert!(h.policy_names().is_empty(), "not yet");
+    h.advance(10); // 35 s: the window began while no operator ran
+    let h2 = h.restart();
+    h2.reconcile().await;
+    assert_eq!(h2.policy_names().len(), 1);
+    h2.advance(20);
+    h2.reconcile().await;
+    assert!(h2.policy_names().is_empty());
 }
 
 #[tokio::test]
