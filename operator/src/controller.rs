@@ -516,7 +516,10 @@ async fn apply(sn: &SyncNetwork, ctx: &Context) -> Result<Action, Error> {
     if phase == Phase::Completed && phase_before != Phase::Completed {
         ctx.networks.lock().expect("not poisoned").remove(&uid);
     }
-    patch_status(sn, ctx, &status).await?;
+    // Written only when it changed: every write is a watch event for every watcher.
+    if previous != Some(&status) {
+        patch_status(sn, ctx, &status).await?;
+    }
     Ok(match phase {
         Phase::Completed | Phase::Failed => Action::await_change(),
         Phase::Pending => Action::requeue(Duration::from_secs(5)),

@@ -128,6 +128,11 @@ impl NetState {
     pub fn head_idle(&self, t: f64) -> f64 {
         t - self.head_rose_at
     }
+
+    /// When the head last rose, in seconds into the soak.
+    pub fn head_rose_at(&self) -> f64 {
+        self.head_rose_at
+    }
 }
 
 /// One pod as the reconciler saw it in the pod list.
@@ -268,7 +273,12 @@ pub fn status(state: Option<&NetState>, i: &StatusInput) -> SyncNetworkStatus {
             } else {
                 "HeadIdle"
             },
-            format!("head {head}; last rose {idle:.0} s ago"),
+            // Times in messages are when something happened, never "N s ago": a status that
+            // changes with the clock is written, and watched, on every reconcile.
+            format!(
+                "head {head}, last rose at {:.0} s into the soak",
+                state.map_or(0.0, |s| s.head_rose_at())
+            ),
         ),
         cond(
             "SyncStalled",
@@ -310,9 +320,9 @@ pub fn status(state: Option<&NetState>, i: &StatusInput) -> SyncNetworkStatus {
             "Completed",
             completed,
             if completed { "SoakOver" } else { "SoakRunning" },
-            verdict
-                .clone()
-                .unwrap_or_else(|| format!("{:.0}/{} s", i.t, spec.soak.duration_secs)),
+            verdict.clone().unwrap_or_else(|| {
+                format!("the soak runs {} s from startTime", spec.soak.duration_secs)
+            }),
         ),
     ]
     .into_iter()
