@@ -56,6 +56,58 @@ pub enum Error {
     Judge(String),
 }
 
+impl Error {
+    /// A closed label for `syncnet_operator_reconcile_failures_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        fn kube(e: &kube::Error) -> &'static str {
+            match e {
+                kube::Error::Api(s) if s.code == 409 => "conflict",
+                kube::Error::Api(s) if s.code == 404 => "not_found",
+                kube::Error::Api(s) if s.code == 403 || s.code == 401 => "forbidden",
+                kube::Error::Api(s) if s.code == 422 || s.code == 400 => "invalid",
+                kube::Error::Api(_) => "api_error",
+                kube::Error::SerdeError(_) => "decode",
+                _ => "transport",
+            }
+        }
+        match self {
+            Error::Kube(e) => kube(e),
+            Error::Finalizer(f) => match &**f {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
+                finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => kube(e),
+                _ => "finalizer",
+            },
+            Error::Secret(..) => "secret",
+            Error::Judge(_) => "judge",
+        }
+    }
+}
+
+/// Retry delay after `failures` reconcile failures in a row of one object: 5 s doubling to 5 min,
+/// spread by ±10% per object so networks that failed together do not retry together.
+pub fn retry_delay(failures: u32, uid: &str) -> Duration {
+    const BASE: f64 = 5.0;
+    const MAX: f64 = 300.0;
+    let exp = BASE * 2f64.powi(failures.saturating_sub(1).min(16) as i32);
+    let h = blake3::hash(format!("{uid}/{failures}").as_bytes());
+    let unit = f64::from(u16::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1]])) / 65535.0;
+    Duration::from_secs_f64(exp.min(MAX) * (0.9 + 0.2 * unit))
+}
+
+/// An error message cut to 400 characters: an API error can quote a whole response.
+pub fn short(msg: &str) -> String {
+    match msg.char_indices().nth(400) {
+        Some((i, _)) => format!("{}...", &msg[..i]),
+        None => msg.to_owned(),
+    }
+}
+
+/// Reconciles running at once (each scrapes up to 64 pods at a time).
+pub const MAX_CONCURRENT_RECONCILES: u16 = 8;
+
+/// Objects with failures in a row remembered at most (the rest start over at the base delay).
+const MAX_TRACKED_FAILURES: usize = 4096;
+
 /// A pod's HTTP endpoints (`/metrics`, `PUT /faults`); a trait so tests answer without sockets.
 pub trait PodIo: Send + Sync {
     fn scrape(&self, addr: SocketAddr) -> BoxFuture<'_, Result<String, String>>;
@@ -117,6 +169,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Per network (uid): its schedule and samples.
     pub networks: Mutex<HashMap<String, NetState>>,
+    /// Per object (uid): reconcile failures in a row, for the retry backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -135,12 +189,14 @@ impl Context {
             max_samples: state::DEFAULT_MAX_SAMPLES,
             metrics: Metrics::default(),
             networks: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 }
 
 pub async fn reconcile(sn: Arc<SyncNetwork>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    let uid = sn.uid().unwrap_or_default();
     let ns = sn.namespace().unwrap_or_else(|| "default".into());
     let api: Api<SyncNetwork> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer::finalizer(&api, FINALIZER, sn, |event| async {
@@ -153,12 +209,36 @@ pub async fn reconcile(sn: Arc<SyncNetwork>, ctx: Arc<Context>) -> Result<Action
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics
         .reconciled(result.is_ok(), started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.failures.lock().expect("not poisoned").remove(&uid);
+    }
     result
 }
 
-pub fn error_policy(_sn: Arc<SyncNetwork>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(error = %err, "reconcile failed");
-    Action::requeue(Duration::from_secs(15))
+/// A failed reconcile: counted by reason, logged once (its message cut short: an API error can
+/// carry a whole response), and retried with a per-object exponential backoff.
+pub fn error_policy(sn: Arc<SyncNetwork>, err: &Error, ctx: Arc<Context>) -> Action {
+    let uid = sn.uid().unwrap_or_default();
+    let n = {
+        let mut f = ctx.failures.lock().expect("not poisoned");
+        if !f.contains_key(&uid) && f.len() >= MAX_TRACKED_FAILURES {
+            f.clear();
+        }
+        let n = f.entry(uid.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    ctx.metrics.reconcile_failed(err.reason());
+    let delay = retry_delay(n, &uid);
+    let msg = short(&err.to_string());
+    warn!(
+        network = %sn.name_any(),
+        reason = err.reason(),
+        failures = n,
+        retry_in = ?delay,
+        "reconcile failed: {msg}"
+    );
+    Action::requeue(delay)
 }
 
 async fn publish(ctx: &Context, sn: &SyncNetwork, type_: EventType, reason: &str, note: String) {
@@ -773,4 +853,44 @@ async fn cleanup(sn: &SyncNetwork, ctx: &Context) -> Result<Action, Error> {
     )
     .await;
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_from_5_s_to_5_min_with_a_spread_per_object() {
+        for uid in ["a", "b", "c"] {
+            let d: Vec<f64> = (1..=10)
+                .map(|n| retry_delay(n, uid).as_secs_f64())
+                .collect();
+            for (n, (got, want)) in d
+                .iter()
+                .zip([
+                    5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, 300.0, 300.0,
+                ])
+                .enumerate()
+            {
+                assert!(
+                    (got / want - 1.0).abs() <= 0.1 + 1e-9,
+                    "{uid} #{}: {got} vs {want}",
+                    n + 1
+                );
+            }
+            assert_eq!(retry_delay(3, uid), retry_delay(3, uid), "deterministic");
+        }
+        assert_ne!(retry_delay(1, "a"), retry_delay(1, "b"), "spread by object");
+        let huge = retry_delay(u32::MAX, "a").as_secs_f64();
+        assert!((270.0..=330.0).contains(&huge), "{huge}");
+    }
+
+    #[test]
+    fn messages_are_cut_at_a_character_boundary() {
+        assert_eq!(short("abc"), "abc");
+        let long = "é".repeat(500);
+        let s = short(&long);
+        assert_eq!(s.chars().count(), 403);
+        assert!(s.ends_with("..."));
+    }
 }

@@ -212,13 +212,30 @@ async fn run(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(%listen, "serving /metrics and /healthz");
     tokio::spawn(async move { axum::serve(listener, app).await });
+    // Bounded concurrency (each reconcile fans out to up to 64 pods) and a short debounce, which
+    // folds a burst of StatefulSet status updates into one reconcile. Only the operator's own
+    // StatefulSets are watched (they carry the network label), not every one in the cluster.
+    let config = kube::runtime::controller::Config::default()
+        .concurrency(controller::MAX_CONCURRENT_RECONCILES)
+        .debounce(std::time::Duration::from_millis(500));
     Controller::new(networks, watcher::Config::default())
-        .owns(sets, watcher::Config::default())
+        .owns(
+            sets,
+            watcher::Config::default().labels(syncnet_operator::render::LABEL_NETWORK),
+        )
+        .with_config(config)
         .shutdown_on_signal()
         .run(controller::reconcile, controller::error_policy, ctx)
         .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "reconcile");
+            match r {
+                Ok(_) => {}
+                // A failing watch or list (the apiserver unreachable, an object that does not
+                // decode): the controller retries with backoff; say so once per retry.
+                Err(kube::runtime::controller::Error::QueueError(e)) => {
+                    tracing::warn!(error = %controller::short(&e.to_string()), "watching SyncNetworks failed");
+                }
+                // Reconcile failures are logged by the error policy.
+                Err(e) => tracing::debug!(error = %e, "reconcile"),
             }
         })
         .await;

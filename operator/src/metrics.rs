@@ -37,6 +37,8 @@ pub struct OutcomeLabel {
 pub struct Metrics {
     pub registry: Arc<Registry>,
     reconciles: Family<OutcomeLabel, Counter>,
+    /// By `controller::Error::reason` (a closed set).
+    failures: Family<[(&'static str, &'static str); 1], Counter>,
     duration: Histogram,
     scrapes: Family<OutcomeLabel, Counter>,
     prometheus_queries: Family<OutcomeLabel, Counter>,
@@ -60,6 +62,7 @@ impl Default for Metrics {
         let m = Metrics {
             registry: Arc::default(),
             reconciles: Family::default(),
+            failures: Family::default(),
             duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             scrapes: Family::default(),
             prometheus_queries: Family::default(),
@@ -70,6 +73,11 @@ impl Default for Metrics {
             held: Arc::default(),
         };
         r.register("reconciles", "Reconciles by outcome", m.reconciles.clone());
+        r.register(
+            "reconcile_failures",
+            "Failed reconciles by reason (conflict, not_found, forbidden, invalid, api_error, decode, transport, finalizer, secret, judge)",
+            m.failures.clone(),
+        );
         r.register_with_unit(
             "reconcile_duration",
             "Time per reconcile",
@@ -117,6 +125,9 @@ impl Metrics {
     pub fn reconciled(&self, ok: bool, secs: f64) {
         self.reconciles.get_or_create(&outcome(ok)).inc();
         self.duration.observe(secs);
+    }
+    pub fn reconcile_failed(&self, reason: &'static str) {
+        self.failures.get_or_create(&[("reason", reason)]).inc();
     }
     pub fn scraped(&self, ok: bool) {
         self.scrapes.get_or_create(&outcome(ok)).inc();

@@ -1051,3 +1051,43 @@ async fn with_a_prometheus_url_the_series_come_from_prometheus_and_no_pod_is_scr
         "{m}"
     );
 }
+
+/// A failing object is retried with its own exponential backoff, counted by reason; a success
+/// starts it over.
+#[tokio::test]
+async fn failures_back_off_per_object_and_are_counted_by_reason() {
+    let h = harness(network(|_| {}));
+    let sn = Arc::new(h.sn());
+    let uid = sn.metadata.uid.clone().unwrap();
+    let mut delays = vec![];
+    for _ in 0..8 {
+        h.world.lock().unwrap().fail_next = Some((Method::GET, "secrets"));
+        let err = controller::reconcile(sn.clone(), h.ctx.clone())
+            .await
+            .expect_err("the secret read fails");
+        assert_eq!(err.reason(), "api_error", "{err}");
+        let a = controller::error_policy(sn.clone(), &err, h.ctx.clone());
+        delays.push(a);
+    }
+    let want: Vec<_> = (1..=8)
+        .map(|n| kube::runtime::controller::Action::requeue(controller::retry_delay(n, &uid)))
+        .collect();
+    assert_eq!(delays, want);
+    assert!(controller::retry_delay(2, &uid) > controller::retry_delay(1, &uid));
+    assert!(controller::retry_delay(8, &uid) <= std::time::Duration::from_secs(330));
+    let m = h.ctx.metrics.render();
+    assert!(
+        m.contains("syncnet_operator_reconcile_failures_total{reason=\"api_error\"} 8"),
+        "{m}"
+    );
+    // Success clears the count: the next failure waits the base delay again.
+    h.reconcile().await;
+    h.world.lock().unwrap().fail_next = Some((Method::GET, "secrets"));
+    let err = controller::reconcile(sn.clone(), h.ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        controller::error_policy(sn, &err, h.ctx.clone()),
+        kube::runtime::controller::Action::requeue(controller::retry_delay(1, &uid))
+    );
+}
