@@ -166,6 +166,8 @@ pub struct Context {
     pub clock: Clock,
     pub options: Options,
     pub max_samples: usize,
+    /// All networks' samples together at most (shared evenly by the running ones).
+    pub max_samples_total: usize,
     pub metrics: Metrics,
     /// Per network (uid): its schedule and samples.
     pub networks: Mutex<HashMap<String, NetState>>,
@@ -187,6 +189,7 @@ impl Context {
             clock,
             options,
             max_samples: state::DEFAULT_MAX_SAMPLES,
+            max_samples_total: state::DEFAULT_MAX_SAMPLES_TOTAL,
             metrics: Metrics::default(),
             networks: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
@@ -495,6 +498,14 @@ async fn apply(sn: &SyncNetwork, ctx: &Context) -> Result<Action, Error> {
                 .lock()
                 .expect("not poisoned")
                 .insert(uid.clone(), st);
+        }
+        // Memory: this network's share of the operator-wide cap, as many as run now.
+        {
+            let mut nets = ctx.networks.lock().expect("not poisoned");
+            let budget = state::sample_budget(ctx.max_samples, ctx.max_samples_total, nets.len());
+            if let Some(st) = nets.get_mut(&uid) {
+                st.set_budget(budget);
+            }
         }
         if phase == Phase::Running {
             steps = ctx

@@ -61,6 +61,10 @@ enum Cmd {
         /// Scrape samples kept per network (split over its nodes).
         #[arg(long, env = "SYNCNET_MAX_SAMPLES", default_value_t = syncnet_operator::state::DEFAULT_MAX_SAMPLES)]
         max_samples: usize,
+        /// Scrape samples kept for all networks together (about 1 KiB each; shared evenly by the
+        /// networks running at once): size the operator's memory limit for it.
+        #[arg(long, env = "SYNCNET_MAX_SAMPLES_TOTAL", default_value_t = syncnet_operator::state::DEFAULT_MAX_SAMPLES_TOTAL)]
+        max_samples_total: usize,
         /// Read node metrics from this Prometheus (`http://host:port[/prefix]`) instead of
         /// scraping every pod; it must scrape the node pods itself.
         #[arg(long, env = "SYNCNET_PROMETHEUS_URL")]
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
             listen,
             namespace,
             max_samples,
+            max_samples_total,
             prometheus_url,
             prometheus_pod_label,
             prometheus_namespace_label,
@@ -130,7 +135,13 @@ fn main() -> ExitCode {
                 }
             };
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match rt.block_on(run(opts.options(), listen, namespace, max_samples, prom)) {
+            match rt.block_on(run(
+                opts.options(),
+                listen,
+                namespace,
+                (max_samples, max_samples_total),
+                prom,
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -168,7 +179,7 @@ async fn run(
     options: Options,
     listen: SocketAddr,
     namespace: Option<String>,
-    max_samples: usize,
+    (max_samples, max_samples_total): (usize, usize),
     prom: Option<Prometheus>,
 ) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
@@ -176,6 +187,8 @@ async fn run(
     let clock: controller::Clock = Arc::new(jiff::Timestamp::now);
     let mut ctx = Context::new(client.clone(), pods, clock, options);
     ctx.max_samples = max_samples;
+    ctx.max_samples_total = max_samples_total;
+    ctx.metrics.samples_limit(max_samples_total);
     if let Some(prom) = prom {
         tracing::info!(url = %prom.url, "reading node metrics from Prometheus");
         ctx.source = Source::Prometheus {

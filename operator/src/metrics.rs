@@ -46,6 +46,7 @@ pub struct Metrics {
     pod_kills: Counter,
     networks: Gauge,
     samples: Gauge,
+    samples_limit: Gauge,
     /// Samples held per network (uid), summed into `samples`; at most one entry per network.
     held: Arc<Mutex<HashMap<String, usize>>>,
 }
@@ -70,6 +71,7 @@ impl Default for Metrics {
             pod_kills: Counter::default(),
             networks: Gauge::default(),
             samples: Gauge::default(),
+            samples_limit: Gauge::default(),
             held: Arc::default(),
         };
         r.register("reconciles", "Reconciles by outcome", m.reconciles.clone());
@@ -114,6 +116,13 @@ impl Default for Metrics {
             "Scrape samples held in the rolling windows (bounded per network)",
             m.samples.clone(),
         );
+        r.register(
+            "samples_limit",
+            "The operator-wide cap of held samples (shared evenly by the networks running at once)",
+            m.samples_limit.clone(),
+        );
+        m.samples_limit
+            .set(crate::state::DEFAULT_MAX_SAMPLES_TOTAL as i64);
         Metrics {
             registry: Arc::new(r),
             ..m
@@ -128,6 +137,9 @@ impl Metrics {
     }
     pub fn reconcile_failed(&self, reason: &'static str) {
         self.failures.get_or_create(&[("reason", reason)]).inc();
+    }
+    pub fn samples_limit(&self, n: usize) {
+        self.samples_limit.set(n as i64);
     }
     pub fn scraped(&self, ok: bool) {
         self.scrapes.get_or_create(&outcome(ok)).inc();

@@ -17,6 +17,14 @@ use syncnet_crds::{Phase, RegionStatus, SyncNetworkSpec, SyncNetworkStatus};
 
 /// Per network at most this many samples by default (≈ 1 KiB each).
 pub const DEFAULT_MAX_SAMPLES: usize = 200_000;
+/// For all networks together at most this many by default: ~400 MiB within the chart's 512Mi
+/// memory limit. Networks running at once share it evenly.
+pub const DEFAULT_MAX_SAMPLES_TOTAL: usize = 400_000;
+
+/// One network's share: its own cap, or an even part of the operator-wide one.
+pub fn sample_budget(per_network: usize, total: usize, networks: usize) -> usize {
+    per_network.min(total / networks.max(1))
+}
 /// Names listed per region in status (leaks, storms): status stays small.
 const MAX_LISTED: usize = 16;
 
@@ -63,6 +71,18 @@ impl NetState {
 
     pub fn sample_count(&self) -> usize {
         self.samples.values().map(VecDeque::len).sum()
+    }
+
+    /// Holds at most `max_samples` from now on (split over the nodes), dropping each node's
+    /// oldest beyond its share at once: another network started and the operator-wide cap is
+    /// shared by more.
+    pub fn set_budget(&mut self, max_samples: usize) {
+        self.per_node = (max_samples / self.nodes.len().max(1)).max(2);
+        for q in self.samples.values_mut() {
+            while q.len() > self.per_node {
+                q.pop_front();
+            }
+        }
     }
 
     /// Adds one scrape of node `i` at `t` seconds. A sample no newer than the node's last is
@@ -408,5 +428,25 @@ spec:
         assert_eq!(st.sample_count(), 2);
         assert_eq!(st.latest(judge::HEIGHT)[2], Some(6.0));
         assert_eq!(st.head_idle(20.0), 8.0, "the head last rose at 12 s");
+    }
+
+    #[test]
+    fn a_smaller_budget_drops_each_nodes_oldest_samples_at_once() {
+        assert_eq!(sample_budget(200_000, 400_000, 1), 200_000);
+        assert_eq!(sample_budget(200_000, 400_000, 4), 100_000);
+        assert_eq!(sample_budget(200_000, 400_000, 0), 200_000);
+        let mut st = NetState::new(&spec(), 1, vec![], 0.0, 400);
+        for k in 0..50 {
+            for i in 0..4 {
+                st.record(i, f64::from(k), BTreeMap::new());
+            }
+        }
+        assert_eq!(st.sample_count(), 200);
+        st.set_budget(40);
+        assert_eq!(st.sample_count(), 40);
+        // The newest ten of each node are what is left.
+        assert!(st.samples.values().all(|q| q.front().unwrap().t == 40.0));
+        st.record(0, 50.0, BTreeMap::new());
+        assert_eq!(st.samples["us-0"].len(), 10);
     }
 }

@@ -1091,3 +1091,57 @@ async fn failures_back_off_per_object_and_are_counted_by_reason() {
         kube::runtime::controller::Action::requeue(controller::retry_delay(1, &uid))
     );
 }
+
+/// The operator's memory is capped for all networks together: a network's windows shrink to its
+/// share when another one runs.
+#[tokio::test]
+async fn samples_stay_within_the_operator_wide_cap_shared_by_running_networks() {
+    let h = harness_with(network(|_| {}), |c| {
+        c.max_samples = 1000;
+        c.max_samples_total = 40;
+    });
+    h.all_pods_ready();
+    for _ in 0..20 {
+        h.reconcile().await;
+        h.advance(5);
+    }
+    let held = |h: &Harness| -> usize {
+        h.ctx
+            .networks
+            .lock()
+            .unwrap()
+            .values()
+            .map(|s| s.sample_count())
+            .sum()
+    };
+    // 5 nodes, 20 scrapes each: 100 offered, 40 kept (8 per node).
+    assert_eq!(held(&h), 40);
+    // A second network starts: each now gets 20.
+    let other = {
+        let sn = h.sn();
+        syncnet_operator::state::NetState::new(&sn.spec, 1, vec![], 0.0, 1000)
+    };
+    h.ctx
+        .networks
+        .lock()
+        .unwrap()
+        .insert("another-network".into(), other);
+    h.reconcile().await;
+    let ours = h
+        .ctx
+        .networks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "another-network")
+        .map(|(_, s)| s.sample_count())
+        .sum::<usize>();
+    assert_eq!(ours, 20);
+    assert!(
+        h.ctx
+            .metrics
+            .render()
+            .contains("syncnet_operator_samples_limit 400000"),
+        "the default cap is exported until main sets its own"
+    );
+}
