@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::runtime::Controller;
 use kube::runtime::watcher;
@@ -135,13 +137,16 @@ fn main() -> ExitCode {
                 }
             };
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match rt.block_on(run(
+            let result = rt.block_on(run(
                 opts.options(),
                 listen,
                 namespace,
                 (max_samples, max_samples_total),
                 prom,
-            )) {
+            ));
+            // Dropping the runtime would wait for a judge on the blocking pool to finish.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -182,6 +187,11 @@ async fn run(
     (max_samples, max_samples_total): (usize, usize),
     prom: Option<Prometheus>,
 ) -> anyhow::Result<()> {
+    // One signal future for everything: the controller's graceful shutdown, the start-up wait and
+    // the deadline below. kube's own `shutdown_on_signal` stops feeding the controller but never
+    // finishes while its first LIST keeps failing (it waits for a ready store), so SIGTERM went
+    // unheard until a second signal or the kubelet's SIGKILL.
+    let shutdown = shutdown_signal().shared();
     let client = Client::try_default().await?;
     let pods = Arc::new(HttpPods(stressnet::node_http::client()));
     let clock: controller::Clock = Arc::new(jiff::Timestamp::now);
@@ -197,6 +207,16 @@ async fn run(
         };
     }
     let ctx = Arc::new(ctx);
+    let health = Arc::new(Health::default());
+    serve_http(listen, ctx.metrics.clone(), health.clone()).await?;
+
+    // The CRD first: without it every watch fails, and the log said only "serving /metrics".
+    tokio::select! {
+        r = crd_installed(&client) => r?,
+        _ = shutdown.clone() => return Ok(()),
+    }
+    health.crd.store(true, Ordering::Relaxed);
+
     let (networks, sets): (Api<SyncNetwork>, Api<StatefulSet>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -204,9 +224,166 @@ async fn run(
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let metrics = ctx.metrics.clone();
+    // Bounded concurrency (each reconcile fans out to up to 64 pods) and a short debounce, which
+    // folds a burst of StatefulSet status updates into one reconcile. Only the operator's own
+    // StatefulSets are watched (they carry the network label), not every one in the cluster.
+    let config = kube::runtime::controller::Config::default()
+        .concurrency(controller::MAX_CONCURRENT_RECONCILES)
+        .debounce(Duration::from_millis(500));
+    let controller = Controller::new(networks, watcher::Config::default())
+        .owns(
+            sets,
+            watcher::Config::default().labels(syncnet_operator::render::LABEL_NETWORK),
+        )
+        .with_config(config);
+    let store = controller.store();
+    let h = health.clone();
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            h.listed.store(true, Ordering::Relaxed);
+        }
+    });
+    let h = health.clone();
+    let work = controller
+        .graceful_shutdown_on(shutdown.clone())
+        .run(controller::reconcile, controller::error_policy, ctx)
+        .for_each(move |r| {
+            let h = h.clone();
+            async move {
+                match r {
+                    Ok(_) => h.watch_ok(),
+                    // A failing watch or list (the apiserver unreachable, an object that does not
+                    // decode): the controller retries with backoff; say so once per retry.
+                    Err(kube::runtime::controller::Error::QueueError(e)) => {
+                        h.watch_failed();
+                        tracing::warn!(
+                            error = %controller::short(&e.to_string()),
+                            "watching SyncNetworks failed"
+                        );
+                    }
+                    // Reconcile failures are logged by the error policy.
+                    Err(e) => tracing::debug!(error = %e, "reconcile"),
+                }
+            }
+        });
+    tokio::select! {
+        () = work => {}
+        () = async {
+            shutdown.clone().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running at shutdown; leaving them"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// How long in-flight reconciles may finish after SIGTERM (the pod's grace period is 30 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// SIGTERM (the kubelet) or SIGINT (a terminal).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => futures::future::pending::<()>().await,
+    }
+    tracing::info!("shutting down");
+}
+
+/// Waits until the API server serves `syncnet.dev/v1alpha1`; a missing CRD is an error that says
+/// how to install it, an unreachable API server is retried.
+async fn crd_installed(client: &Client) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match client
+            .list_api_group_resources(syncnet_crds::API_VERSION)
+            .await
+        {
+            Ok(list) if list.resources.iter().any(|r| r.name == "syncnetworks") => {
+                tracing::info!("CRD syncnetworks.syncnet.dev found");
+                return Ok(());
+            }
+            Ok(_) => anyhow::bail!(missing_crd()),
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                anyhow::bail!(missing_crd());
+            }
+            Err(e) => {
+                tracing::warn!(error = %controller::short(&e.to_string()), retry_in = ?delay, "cannot reach the API server");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+fn missing_crd() -> String {
+    format!(
+        "the SyncNetwork CRD (syncnetworks.syncnet.dev, {}) is not installed: \
+         kubectl apply --server-side -f charts/syncnet-operator/crds/syncnetwork.yaml",
+        syncnet_crds::API_VERSION
+    )
+}
+
+/// What `/readyz` reports: the CRD is there, the first LIST completed, and the watch has not
+/// failed since it last worked.
+#[derive(Default)]
+struct Health {
+    crd: AtomicBool,
+    listed: AtomicBool,
+    failing: AtomicBool,
+}
+
+impl Health {
+    fn watch_ok(&self) {
+        self.failing.store(false, Ordering::Relaxed);
+    }
+    fn watch_failed(&self) {
+        self.failing.store(true, Ordering::Relaxed);
+    }
+    fn ready(&self) -> Result<(), &'static str> {
+        if !self.crd.load(Ordering::Relaxed) {
+            Err("the SyncNetwork CRD is not confirmed yet")
+        } else if self.failing.load(Ordering::Relaxed) {
+            Err("watching SyncNetworks is failing")
+        } else if !self.listed.load(Ordering::Relaxed) {
+            Err("the first list of SyncNetworks has not completed")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// `/metrics`, `/healthz` (the process serves: liveness) and `/readyz` (it can do its work).
+async fn serve_http(
+    listen: SocketAddr,
+    metrics: syncnet_operator::metrics::Metrics,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let h = health.clone();
+                async move {
+                    match h.ready() {
+                        Ok(()) => (axum::http::StatusCode::OK, "ready\n".to_owned()),
+                        Err(why) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("{why}\n"),
+                        ),
+                    }
+                }
+            }),
+        )
         .route(
             "/metrics",
             axum::routing::get(move || {
@@ -223,34 +400,7 @@ async fn run(
             }),
         );
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "serving /metrics and /healthz");
+    tracing::info!(%listen, "serving /metrics, /healthz and /readyz");
     tokio::spawn(async move { axum::serve(listener, app).await });
-    // Bounded concurrency (each reconcile fans out to up to 64 pods) and a short debounce, which
-    // folds a burst of StatefulSet status updates into one reconcile. Only the operator's own
-    // StatefulSets are watched (they carry the network label), not every one in the cluster.
-    let config = kube::runtime::controller::Config::default()
-        .concurrency(controller::MAX_CONCURRENT_RECONCILES)
-        .debounce(std::time::Duration::from_millis(500));
-    Controller::new(networks, watcher::Config::default())
-        .owns(
-            sets,
-            watcher::Config::default().labels(syncnet_operator::render::LABEL_NETWORK),
-        )
-        .with_config(config)
-        .shutdown_on_signal()
-        .run(controller::reconcile, controller::error_policy, ctx)
-        .for_each(|r| async move {
-            match r {
-                Ok(_) => {}
-                // A failing watch or list (the apiserver unreachable, an object that does not
-                // decode): the controller retries with backoff; say so once per retry.
-                Err(kube::runtime::controller::Error::QueueError(e)) => {
-                    tracing::warn!(error = %controller::short(&e.to_string()), "watching SyncNetworks failed");
-                }
-                // Reconcile failures are logged by the error policy.
-                Err(e) => tracing::debug!(error = %e, "reconcile"),
-            }
-        })
-        .await;
     Ok(())
 }
