@@ -23,6 +23,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as Finalizer};
@@ -221,7 +223,90 @@ pub async fn reconcile(sn: Arc<SyncNetwork>, ctx: Arc<Context>) -> Result<Action
 /// A failed reconcile: counted by reason, logged once (its message cut short: an API error can
 /// carry a whole response), and retried with a per-object exponential backoff.
 pub fn error_policy(sn: Arc<SyncNetwork>, err: &Error, ctx: Arc<Context>) -> Action {
-    let uid = sn.uid().unwrap_or_default();
+    retry(&sn.uid().unwrap_or_default(), &sn.name_any(), err, &ctx)
+}
+
+/// The objects the controller watches: a stored SyncNetwork the types cannot hold (an integer
+/// beyond its Rust type, stored before the CRD bounded it) decodes to its metadata and the error
+/// instead of failing the whole LIST, which stopped every network.
+pub type Guarded = DeserializeGuard<SyncNetwork>;
+
+/// The controller's entry point: an object that decodes is reconciled; one that does not is
+/// reported on itself (a warning event and a `Failed` status naming the error) and otherwise left
+/// alone, and no other network notices.
+pub async fn reconcile_guarded(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match &obj.0 {
+        Ok(sn) => reconcile(Arc::new(sn.clone()), ctx).await,
+        Err(bad) => {
+            let started = std::time::Instant::now();
+            let result = invalid_object(&obj, bad, &ctx).await;
+            ctx.metrics
+                .reconciled(result.is_ok(), started.elapsed().as_secs_f64());
+            result
+        }
+    }
+}
+
+pub fn error_policy_guarded(obj: Arc<Guarded>, err: &Error, ctx: Arc<Context>) -> Action {
+    let meta = obj.meta();
+    retry(
+        meta.uid.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+        err,
+        &ctx,
+    )
+}
+
+async fn invalid_object(
+    obj: &Guarded,
+    bad: &InvalidObject,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let meta = &bad.metadata;
+    let name = meta.name.clone().unwrap_or_default();
+    let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let api: Api<Guarded> = Api::namespaced(ctx.client.clone(), &ns);
+    if meta.deletion_timestamp.is_some() {
+        // Deleting it must not hang on our finalizer: lift its partitions, then let it go.
+        lift_partitions(&name, &ns, ctx).await?;
+        let finalizers = meta.finalizers.clone().unwrap_or_default();
+        if finalizers.iter().any(|f| f == FINALIZER) {
+            let keep: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+            let patch =
+                json!({"metadata": {"resourceVersion": meta.resource_version, "finalizers": keep}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        return Ok(Action::await_change());
+    }
+    let why = format!("the stored object does not decode: {}", short(&bad.error));
+    let generation = meta.generation.unwrap_or(0);
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: "InvalidObject".into(),
+        note: Some(why.clone()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+        warn!(error = %e, "publishing an event failed");
+    }
+    warn!(network = %name, namespace = %ns, "{why}");
+    let status = json!({"status": {
+        "phase": "Failed",
+        "observedGeneration": generation,
+        "conditions": [{
+            "type": "Ready", "status": "False", "reason": "InvalidObject", "message": why,
+            "observedGeneration": generation, "lastTransitionTime": now_time(ctx),
+        }],
+    }});
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(Action::await_change())
+}
+
+fn retry(uid: &str, name: &str, err: &Error, ctx: &Context) -> Action {
+    let uid = uid.to_owned();
     let n = {
         let mut f = ctx.failures.lock().expect("not poisoned");
         if !f.contains_key(&uid) && f.len() >= MAX_TRACKED_FAILURES {
@@ -235,7 +320,7 @@ pub fn error_policy(sn: Arc<SyncNetwork>, err: &Error, ctx: Arc<Context>) -> Act
     let delay = retry_delay(n, &uid);
     let msg = short(&err.to_string());
     warn!(
-        network = %sn.name_any(),
+        network = %name,
         reason = err.reason(),
         failures = n,
         retry_in = ?delay,
@@ -815,6 +900,23 @@ async fn sync_policies(
     Ok(())
 }
 
+/// Deletes every NetworkPolicy of network `net`.
+async fn lift_partitions(net: &str, ns: &str, ctx: &Context) -> Result<(), Error> {
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("{}={net}", render::LABEL_NETWORK));
+    for p in policies.list(&lp).await?.items {
+        match policies
+            .delete(&p.name_any(), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 fn summarise(names: &[String]) -> String {
     const SHOWN: usize = 5;
     let mut s = names
@@ -836,20 +938,8 @@ fn is_not_found(e: &kube::Error) -> bool {
 /// Deletion: lift partitions (NetworkPolicies) first, so nothing of the network outlives it in a
 /// form garbage collection would leave for later; owner references take the rest.
 async fn cleanup(sn: &SyncNetwork, ctx: &Context) -> Result<Action, Error> {
-    let net = sn.name_any();
     let ns = sn.namespace().unwrap_or_else(|| "default".into());
-    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let lp = ListParams::default().labels(&format!("{}={net}", render::LABEL_NETWORK));
-    for p in policies.list(&lp).await?.items {
-        match policies
-            .delete(&p.name_any(), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    lift_partitions(&sn.name_any(), &ns, ctx).await?;
     ctx.networks
         .lock()
         .expect("not poisoned")

@@ -11,8 +11,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use kube::runtime::Controller;
-use kube::runtime::watcher;
+use kube::runtime::{Controller, Predicate, PredicateConfig, WatchStreamExt};
+use kube::runtime::{predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use syncnet_crds::SyncNetwork;
 use syncnet_operator::controller::{self, Context, HttpPods, Source};
@@ -217,7 +217,7 @@ async fn run(
     }
     health.crd.store(true, Ordering::Relaxed);
 
-    let (networks, sets): (Api<SyncNetwork>, Api<StatefulSet>) = match &namespace {
+    let (networks, sets): (Api<controller::Guarded>, Api<StatefulSet>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -230,13 +230,25 @@ async fn run(
     let config = kube::runtime::controller::Config::default()
         .concurrency(controller::MAX_CONCURRENT_RECONCILES)
         .debounce(Duration::from_millis(500));
-    let controller = Controller::new(networks, watcher::Config::default())
+    // The primary watch triggers a reconcile only when the spec (generation) or the finalizers
+    // change: the operator's own status writes were watch events that woke a reconcile each,
+    // back to back. Time-driven work comes from requeues at the scrape interval; the store still
+    // sees every update.
+    let (store, writer) = reflector::store();
+    let trigger = watcher(networks, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers),
+            PredicateConfig::default(),
+        );
+    let controller = Controller::for_stream(trigger, store.clone())
         .owns(
             sets,
             watcher::Config::default().labels(syncnet_operator::render::LABEL_NETWORK),
         )
         .with_config(config);
-    let store = controller.store();
     let h = health.clone();
     tokio::spawn(async move {
         if store.wait_until_ready().await.is_ok() {
@@ -246,7 +258,11 @@ async fn run(
     let h = health.clone();
     let work = controller
         .graceful_shutdown_on(shutdown.clone())
-        .run(controller::reconcile, controller::error_policy, ctx)
+        .run(
+            controller::reconcile_guarded,
+            controller::error_policy_guarded,
+            ctx,
+        )
         .for_each(move |r| {
             let h = h.clone();
             async move {
