@@ -3,6 +3,7 @@
 //! into status. `render`, `state` and `prom` are sans-IO; `controller` is the kube driver.
 
 pub mod controller;
+pub mod lease;
 pub mod metrics;
 pub mod prom;
 pub mod rbac;

@@ -16,6 +16,7 @@ use kube::runtime::{predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use syncnet_crds::SyncNetwork;
 use syncnet_operator::controller::{self, Context, HttpPods, Source};
+use syncnet_operator::lease::{Elector, LeaseConfig};
 use syncnet_operator::prom::Prometheus;
 use syncnet_operator::render::{self, Options};
 
@@ -45,6 +46,52 @@ impl Opts {
             netem_image: self.netem_image.clone(),
             cluster_domain: self.cluster_domain.clone(),
         }
+    }
+}
+
+/// Leader election: only the replica holding the Lease reconciles.
+#[derive(clap::Args)]
+struct Election {
+    /// Namespace of the Lease (the operator's own, from the downward API). Unset (a run outside
+    /// a cluster): no election, so run a single replica.
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    #[arg(long, env = "SYNCNET_LEASE_NAME", default_value = "syncnet-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: POD_NAME, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    #[arg(long, env = "SYNCNET_LEASE_DURATION_MS", default_value_t = 15_000)]
+    lease_duration_ms: u64,
+    #[arg(
+        long,
+        env = "SYNCNET_LEASE_RENEW_DEADLINE_MS",
+        default_value_t = 10_000
+    )]
+    lease_renew_deadline_ms: u64,
+    #[arg(long, env = "SYNCNET_LEASE_RETRY_MS", default_value_t = 2_000)]
+    lease_retry_ms: u64,
+}
+
+impl Election {
+    fn config(&self) -> Option<LeaseConfig> {
+        let namespace = self.lease_namespace.clone().filter(|n| !n.is_empty())?;
+        let identity = self
+            .identity
+            .clone()
+            .filter(|i| !i.is_empty())
+            .unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            });
+        Some(LeaseConfig {
+            name: self.lease_name.clone(),
+            namespace,
+            identity,
+            lease_duration: Duration::from_millis(self.lease_duration_ms),
+            renew_deadline: Duration::from_millis(self.lease_renew_deadline_ms),
+            retry_period: Duration::from_millis(self.lease_retry_ms),
+        })
     }
 }
 
@@ -81,6 +128,8 @@ enum Cmd {
             default_value = "namespace"
         )]
         prometheus_namespace_label: String,
+        #[command(flatten)]
+        election: Election,
     },
     /// Print the objects a spec becomes (placeholder keys; the operator makes real ones).
     Render {
@@ -124,7 +173,13 @@ fn main() -> ExitCode {
             prometheus_url,
             prometheus_pod_label,
             prometheus_namespace_label,
+            election,
         } => {
+            let lease = election.config();
+            if let Some(Err(e)) = lease.as_ref().map(LeaseConfig::validate) {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
             let prom = match prometheus_url
                 .filter(|u| !u.is_empty())
                 .map(|u| Prometheus::new(&u, &prometheus_pod_label, &prometheus_namespace_label))
@@ -143,6 +198,7 @@ fn main() -> ExitCode {
                 namespace,
                 (max_samples, max_samples_total),
                 prom,
+                lease,
             ));
             // Dropping the runtime would wait for a judge on the blocking pool to finish.
             rt.shutdown_timeout(Duration::from_secs(1));
@@ -186,6 +242,7 @@ async fn run(
     namespace: Option<String>,
     (max_samples, max_samples_total): (usize, usize),
     prom: Option<Prometheus>,
+    lease: Option<LeaseConfig>,
 ) -> anyhow::Result<()> {
     // One signal future for everything: the controller's graceful shutdown, the start-up wait and
     // the deadline below. kube's own `shutdown_on_signal` stops feeding the controller but never
@@ -216,6 +273,48 @@ async fn run(
         _ = shutdown.clone() => return Ok(()),
     }
     health.crd.store(true, Ordering::Relaxed);
+
+    // Only the leader works: campaign until elected (or told to stop); losing the lease later
+    // stops the controller and the process exits non-zero, so its pod restarts as a candidate.
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut elector = None;
+    match lease {
+        Some(cfg) => {
+            let (tx, mut rx) = tokio::sync::watch::channel(false);
+            health.standby.store(true, Ordering::Relaxed);
+            tracing::info!(lease = %cfg.name, namespace = %cfg.namespace, identity = %cfg.identity, "campaigning for the leader lease");
+            elector = Some(tokio::spawn(
+                Elector::new(client.clone(), cfg).run(tx, shutdown.clone()),
+            ));
+            tokio::select! {
+                r = rx.wait_for(|l| *l) => {
+                    if r.is_err() {
+                        return Ok(()); // the elector stopped: shutting down
+                    }
+                }
+                _ = shutdown.clone() => return Ok(()),
+            }
+            health.standby.store(false, Ordering::Relaxed);
+            let stopping = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    biased;
+                    _ = stopping => {}
+                    r = rx.wait_for(|l| !*l) => {
+                        if r.is_ok() {
+                            let _ = lost_tx.send(());
+                        }
+                    }
+                }
+            });
+        }
+        None => tracing::info!("no POD_NAMESPACE: no leader election (run a single replica)"),
+    }
+    let lost = lost_rx.map(|r| r.is_ok()).shared();
+    let stop = futures::future::select(shutdown.clone(), lost.clone().map(|_| ()).boxed())
+        .map(|_| ())
+        .boxed()
+        .shared();
 
     let (networks, sets): (Api<controller::Guarded>, Api<StatefulSet>) = match &namespace {
         Some(ns) => (
@@ -257,7 +356,7 @@ async fn run(
     });
     let h = health.clone();
     let work = controller
-        .graceful_shutdown_on(shutdown.clone())
+        .graceful_shutdown_on(stop.clone())
         .run(
             controller::reconcile_guarded,
             controller::error_policy_guarded,
@@ -285,9 +384,16 @@ async fn run(
     tokio::select! {
         () = work => {}
         () = async {
-            shutdown.clone().await;
+            stop.clone().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => tracing::warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running at shutdown; leaving them"),
+    }
+    if lost.now_or_never() == Some(true) {
+        anyhow::bail!("lost the leader lease");
+    }
+    // Let the elector release the lease, so a successor need not wait out its duration.
+    if let Some(e) = elector {
+        let _ = tokio::time::timeout(Duration::from_secs(1), e).await;
     }
     tracing::info!("stopped");
     Ok(())
@@ -353,6 +459,8 @@ fn missing_crd() -> String {
 #[derive(Default)]
 struct Health {
     crd: AtomicBool,
+    /// Waiting for the leader lease: healthy and ready (a rollout must not wait on a standby).
+    standby: AtomicBool,
     listed: AtomicBool,
     failing: AtomicBool,
 }
@@ -367,6 +475,8 @@ impl Health {
     fn ready(&self) -> Result<(), &'static str> {
         if !self.crd.load(Ordering::Relaxed) {
             Err("the SyncNetwork CRD is not confirmed yet")
+        } else if self.standby.load(Ordering::Relaxed) {
+            Ok(())
         } else if self.failing.load(Ordering::Relaxed) {
             Err("watching SyncNetworks is failing")
         } else if !self.listed.load(Ordering::Relaxed) {

@@ -22,8 +22,9 @@ struct Store {
     rv: u64,
     /// SyncNetworks by (namespace, name), stored as raw JSON: an invalid one stays invalid.
     networks: BTreeMap<(String, String), Value>,
-    /// Every request: method, path.
-    calls: Vec<(String, String, Value)>,
+    leases: BTreeMap<(String, String), Value>,
+    /// Every request: which listener (operator) sent it, method, path, body.
+    calls: Vec<(&'static str, String, String, Value)>,
 }
 
 #[derive(Clone)]
@@ -105,10 +106,17 @@ impl Api {
         obj
     }
 
-    fn answer(&self, method: Method, path: &str, query: &str, body: Value) -> Response {
+    fn answer(
+        &self,
+        tag: &'static str,
+        method: Method,
+        path: &str,
+        query: &str,
+        body: Value,
+    ) -> Response {
         let mut s = self.store.lock().unwrap();
         s.calls
-            .push((method.to_string(), path.to_owned(), body.clone()));
+            .push((tag, method.to_string(), path.to_owned(), body.clone()));
         let watch = query.contains("watch=true") || query.contains("watch=1");
         let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
         if path == "/apis/syncnet.dev/v1alpha1" {
@@ -146,6 +154,45 @@ impl Api {
         let name = seg.get(i + 3).map(|x| x.to_string());
         let status = seg.get(i + 4) == Some(&"status");
         match (method, resource, name) {
+            // Leases: writes conditioned on the resourceVersion, as the apiserver does.
+            (Method::GET, "leases", Some(n)) => match s.leases.get(&(ns, n)) {
+                Some(l) => json_response(StatusCode::OK, l),
+                None => not_found(),
+            },
+            (Method::POST, "leases", None) => {
+                let n = body["metadata"]["name"].as_str().unwrap_or("").to_owned();
+                if s.leases.contains_key(&(ns.clone(), n.clone())) {
+                    return json_response(
+                        StatusCode::CONFLICT,
+                        &json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"AlreadyExists","code":409,"metadata":{}}),
+                    );
+                }
+                s.rv += 1;
+                let mut l = body;
+                l["metadata"]["resourceVersion"] = s.rv.to_string().into();
+                s.leases.insert((ns, n), l.clone());
+                json_response(StatusCode::CREATED, &l)
+            }
+            (Method::PUT, "leases", Some(n)) => {
+                let key = (ns, n);
+                let current = s
+                    .leases
+                    .get(&key)
+                    .map(|l| l["metadata"]["resourceVersion"].clone());
+                if current.is_none()
+                    || current.as_ref() != Some(&body["metadata"]["resourceVersion"])
+                {
+                    return json_response(
+                        StatusCode::CONFLICT,
+                        &json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Conflict","code":409,"metadata":{}}),
+                    );
+                }
+                s.rv += 1;
+                let mut l = body;
+                l["metadata"]["resourceVersion"] = s.rv.to_string().into();
+                s.leases.insert(key, l.clone());
+                json_response(StatusCode::OK, &l)
+            }
             (Method::PATCH, "syncnetworks", Some(n)) => {
                 let key = (ns, n);
                 if !s.networks.contains_key(&key) {
@@ -246,25 +293,38 @@ async fn api_server(networks: Vec<Value>, ready_pods: bool) -> (SocketAddr, Api)
         events,
         ready_pods,
     };
+    let addr = listen(&api, "a").await;
+    (addr, api)
+}
+
+/// Another address for the same API server, whose calls are recorded under `tag`: one per
+/// operator, to tell which one acted.
+async fn listen(api: &Api, tag: &'static str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = axum::Router::new()
         .route(
             "/{*path}",
             any(
-                |State(api): State<Api>,
-                 method: Method,
-                 Path(path): Path<String>,
-                 RawQuery(q): RawQuery,
-                 body: axum::body::Bytes| async move {
+                move |State(api): State<Api>,
+                      method: Method,
+                      Path(path): Path<String>,
+                      RawQuery(q): RawQuery,
+                      body: axum::body::Bytes| async move {
                     let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    api.answer(method, &format!("/{path}"), &q.unwrap_or_default(), body)
+                    api.answer(
+                        tag,
+                        method,
+                        &format!("/{path}"),
+                        &q.unwrap_or_default(),
+                        body,
+                    )
                 },
             ),
         )
         .with_state(api.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, api)
+    addr
 }
 
 fn network(name: &str, scrape_secs: u64, edit: impl FnOnce(&mut Value)) -> Value {
@@ -297,6 +357,10 @@ struct Operator {
 
 impl Operator {
     fn start(api: SocketAddr) -> Operator {
+        Self::start_with(api, &[])
+    }
+
+    fn start_with(api: SocketAddr, env: &[(&str, &str)]) -> Operator {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(
@@ -315,6 +379,8 @@ impl Operator {
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("POD_NAMESPACE")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -369,7 +435,15 @@ async fn an_object_the_types_cannot_hold_does_not_stop_another_network() {
     });
     let (addr, api) = api_server(vec![good, bad], false).await;
     let op = Operator::start(addr);
-    let calls = |api: &Api| api.store.lock().unwrap().calls.clone();
+    let calls = |api: &Api| -> Vec<(String, String, Value)> {
+        api.store
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .map(|(_, m, p, b)| (m.clone(), p.clone(), b.clone()))
+            .collect()
+    };
     // The good network is reconciled: its StatefulSet applied.
     eventually(
         "alpha's StatefulSet applied",
@@ -452,4 +526,64 @@ async fn status_writes_do_not_wake_reconciles_which_follow_the_scrape_interval()
         "{n} reconciles in {elapsed:.1} s: status writes wake reconciles"
     );
     drop(op);
+}
+
+/// Two operator replicas with leader election: only the lease holder writes anything; when it
+/// dies, the other takes over after the lease duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_never_both_act_and_the_standby_takes_over() {
+    let (a_addr, api) = api_server(vec![network("delta", 1, |_| {})], true).await;
+    let b_addr = listen(&api, "b").await;
+    let lease = |id: &'static str| -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("POD_NAME", id),
+            ("POD_NAMESPACE", "default"),
+            ("SYNCNET_LEASE_DURATION_MS", "3000"),
+            ("SYNCNET_LEASE_RENEW_DEADLINE_MS", "2000"),
+            ("SYNCNET_LEASE_RETRY_MS", "300"),
+        ]
+    };
+    let a = Operator::start_with(a_addr, &lease("a"));
+    let b = Operator::start_with(b_addr, &lease("b"));
+    // Writes to anything but the lease, per operator.
+    let writes = |api: &Api, tag: &str| -> usize {
+        api.store
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|(t, m, p, _)| *t == tag && m != "GET" && !p.contains("/leases"))
+            .count()
+    };
+    eventually("one of them reconciles", Duration::from_secs(30), || {
+        writes(&api, "a") + writes(&api, "b") >= 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (wa, wb) = (writes(&api, "a"), writes(&api, "b"));
+    assert!(
+        (wa == 0) != (wb == 0),
+        "exactly one replica acts: a wrote {wa}, b wrote {wb}"
+    );
+    let holder = api.store.lock().unwrap().leases
+        [&("default".to_owned(), "syncnet-operator".to_owned())]["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(holder, if wa > 0 { "a" } else { "b" });
+    // The leader dies without releasing the lease; the standby takes over after its duration.
+    let (mut leader, _standby, standby_tag) = if wa > 0 { (a, b, "b") } else { (b, a, "a") };
+    let _ = leader.child.kill();
+    let _ = leader.child.wait();
+    let before = writes(&api, standby_tag);
+    let killed = Instant::now();
+    eventually("the standby takes over", Duration::from_secs(20), || {
+        writes(&api, standby_tag) > before
+    })
+    .await;
+    eprintln!("standby acted {:?} after the leader died", killed.elapsed());
+    assert!(
+        killed.elapsed() >= Duration::from_secs(2),
+        "not before the lease expired"
+    );
 }
