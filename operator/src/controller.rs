@@ -451,6 +451,35 @@ fn now_time(ctx: &Context) -> Time {
     Time((ctx.clock)())
 }
 
+/// A spec that cannot run: `Failed` with the reason in status and a warning event (once), and
+/// nothing more is made for it.
+async fn failed(sn: &SyncNetwork, ctx: &Context, why: String) -> Result<Action, Error> {
+    let spec = &sn.spec;
+    let previous = sn.status.as_ref();
+    if previous.map(|p| p.phase) != Some(Phase::Failed) {
+        publish(ctx, sn, EventType::Warning, "InvalidSpec", why.clone()).await;
+    }
+    let status = state::status(
+        None,
+        &StatusInput {
+            spec,
+            generation: sn.metadata.generation.unwrap_or(0),
+            phase: Phase::Failed,
+            start_time: None,
+            t: 0.0,
+            pods: &vec![None; spec.total_nodes().min(syncnet_crds::MAX_NODES) as usize],
+            summary: None,
+            message: Some(why),
+            previous,
+            now: now_time(ctx),
+        },
+    );
+    if previous != Some(&status) {
+        patch_status(sn, ctx, &status).await?;
+    }
+    Ok(Action::await_change())
+}
+
 async fn apply(sn: &SyncNetwork, ctx: &Context) -> Result<Action, Error> {
     let net = sn.name_any();
     let ns = sn.namespace().unwrap_or_else(|| "default".into());
@@ -464,35 +493,14 @@ async fn apply(sn: &SyncNetwork, ctx: &Context) -> Result<Action, Error> {
         .and_then(|()| spec.validate().map_err(|e| e.to_string()))
         .err();
     if let Some(why) = invalid {
-        if previous.map(|p| p.phase) != Some(Phase::Failed) {
-            publish(ctx, sn, EventType::Warning, "InvalidSpec", why.clone()).await;
-        }
-        let status = state::status(
-            None,
-            &StatusInput {
-                spec,
-                generation,
-                phase: Phase::Failed,
-                start_time: None,
-                t: 0.0,
-                pods: &vec![None; spec.total_nodes().min(syncnet_crds::MAX_NODES) as usize],
-                summary: None,
-                message: Some(why),
-                previous,
-                now: now_time(ctx),
-            },
-        );
-        patch_status(sn, ctx, &status).await?;
-        return Ok(Action::await_change());
+        return failed(sn, ctx, why).await;
     }
 
     let (keys, token) = ensure_keys(sn, ctx).await?;
     let rendered = match render::render(sn, &keys, &ctx.options) {
         Ok(r) => r,
-        Err(why) => {
-            publish(ctx, sn, EventType::Warning, "InvalidSpec", why).await;
-            return Ok(Action::await_change());
-        }
+        // A spec the checks let through but that cannot be rendered still gets a status.
+        Err(why) => return failed(sn, ctx, why).await,
     };
     ssa(
         &Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
