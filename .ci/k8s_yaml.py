@@ -119,25 +119,22 @@ def check_monitoring(doc, where, failures):
             failures.append(f"{where}: promtool not found (apt-get install prometheus)")
             return
         with tempfile.TemporaryDirectory() as d:
-            rules = os.path.join(d, "rules.yaml")
-            with open(rules, "w") as f:
-                yaml.safe_dump(spec, f)
-            r = subprocess.run([promtool, "check", "rules", rules], capture_output=True, text=True)
-            if r.returncode != 0:
-                failures.append(f"{where}: promtool check rules: {r.stdout}{r.stderr}")
-                return
+            def promtool_on(name, data, *cmd):
+                path = os.path.join(d, name)
+                with open(path, "w") as f:
+                    yaml.safe_dump(data, f)
+                r = subprocess.run([promtool, *cmd, path], capture_output=True, text=True)
+                if r.returncode != 0:
+                    failures.append(f"{where}: promtool {' '.join(cmd)}: {r.stdout}{r.stderr}")
+                return path, r.returncode == 0
+
+            rules, ok = promtool_on("rules.yaml", spec, "check", "rules")
             ns = doc["metadata"].get("namespace")
-            if ns != "syncnet" or not doc["metadata"]["name"].startswith("t-"):
+            if not ok or ns != "syncnet" or not doc["metadata"]["name"].startswith("t-"):
                 return  # the unit tests are written for release t in namespace syncnet
             tests = yaml.safe_load(open(os.path.join(ROOT, ".ci", "alerts_test.yaml")))
             tests["rule_files"] = [rules]
-            test = os.path.join(d, "test.yaml")
-            with open(test, "w") as f:
-                yaml.safe_dump(tests, f)
-            r = subprocess.run([promtool, "test", "rules", test], capture_output=True, text=True)
-            if r.returncode != 0:
-                failures.append(f"{where}: promtool test rules: {r.stdout}{r.stderr}")
-            else:
+            if promtool_on("test.yaml", tests, "test", "rules")[1]:
                 check_monitoring.tested = True
 
 

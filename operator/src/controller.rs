@@ -613,13 +613,7 @@ async fn apply(sn: &SyncNetwork, ctx: &Context) -> Result<Action, Error> {
     }
     run_steps(sn, ctx, &steps, &names, &addrs, &token).await?;
     if spec.kubernetes.partitions == PartitionMode::NetworkPolicy {
-        let windows = ctx
-            .networks
-            .lock()
-            .expect("not poisoned")
-            .get(&uid)
-            .map(|s| s.exec.windows().to_vec())
-            .unwrap_or_default();
+        let windows = windows_of(ctx, &uid);
         let open_at = (phase == Phase::Running).then_some(t);
         sync_policies(sn, ctx, &windows, open_at, &names).await?;
     }
@@ -785,13 +779,7 @@ async fn run_steps(
     let ns = sn.namespace().unwrap_or_else(|| "default".into());
     let uid = sn.uid().unwrap_or_default();
     let policy_mode = sn.spec.kubernetes.partitions == PartitionMode::NetworkPolicy;
-    let windows = ctx
-        .networks
-        .lock()
-        .expect("not poisoned")
-        .get(&uid)
-        .map(|s| s.exec.windows().to_vec())
-        .unwrap_or_default();
+    let windows = windows_of(ctx, &uid);
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let mut puts = vec![];
     for step in steps {
@@ -906,6 +894,16 @@ async fn sync_policies(
         }
     }
     Ok(())
+}
+
+/// The fault windows of network `uid`'s schedule (none before its soak starts).
+fn windows_of(ctx: &Context, uid: &str) -> Vec<stressnet::plan::FaultWindow> {
+    ctx.networks
+        .lock()
+        .expect("not poisoned")
+        .get(uid)
+        .map(|s| s.exec.windows().to_vec())
+        .unwrap_or_default()
 }
 
 /// Deletes every NetworkPolicy of network `net`.

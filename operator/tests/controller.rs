@@ -2,9 +2,11 @@
 //! serves LIST and WATCH: one object the types cannot hold does not stop another network, and
 //! the operator's own status writes do not wake reconciles (it reconciles at the scrape rate).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,21 +50,6 @@ fn not_found() -> Response {
         StatusCode::NOT_FOUND,
         &json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"metadata":{}}),
     )
-}
-
-fn merge(into: &mut Value, patch: &Value) {
-    match (into, patch) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                if v.is_null() {
-                    a.remove(k);
-                } else {
-                    merge(a.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (a, b) => *a = b.clone(),
-    }
 }
 
 fn empty_list(kind: &str, rv: u64) -> Value {
@@ -200,7 +187,7 @@ impl Api {
                 }
                 if status {
                     let st = body.get("status").cloned().unwrap_or(Value::Null);
-                    merge(&mut s.networks.get_mut(&key).unwrap()["status"], &st);
+                    common::merge(&mut s.networks.get_mut(&key).unwrap()["status"], &st);
                 } else if let Some(ops) = body.as_array() {
                     // The finalizer helper's JSON patch: apply its adds and removes.
                     for op in ops {
@@ -224,7 +211,7 @@ impl Api {
                     }
                 } else {
                     let obj = s.networks.get_mut(&key).unwrap();
-                    merge(obj, &body);
+                    common::merge(obj, &body);
                 }
                 let obj = self.changed(&mut s, &key);
                 json_response(StatusCode::OK, &obj)
@@ -342,13 +329,6 @@ fn network(name: &str, scrape_secs: u64, edit: impl FnOnce(&mut Value)) -> Value
     v
 }
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 struct Operator {
     child: Child,
     listen: SocketAddr,
@@ -362,18 +342,8 @@ impl Operator {
 
     fn start_with(api: SocketAddr, env: &[(&str, &str)]) -> Operator {
         let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
-                 users: [{{name: fake, user: {{}}}}]\n\
-                 contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: default}}}}]\n\
-                 current-context: fake\n"
-            ),
-        )
-        .unwrap();
-        let listen = free_port();
+        let kubeconfig = common::kubeconfig(&dir, api);
+        let listen = common::free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_syncnet-operator"))
             .args(["run", "--listen", &listen.to_string()])
             .env("KUBECONFIG", &kubeconfig)

@@ -2,8 +2,10 @@
 //! CRD and says how to install it, reports a failing watch on /readyz, and exits promptly on
 //! SIGTERM while its watch keeps failing (kube's own signal handling waited for a second signal).
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,25 +37,8 @@ async fn api_server(crd: bool) -> SocketAddr {
     addr
 }
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn operator(api: SocketAddr, listen: SocketAddr, dir: &tempfile::TempDir) -> Child {
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
-             users: [{{name: fake, user: {{}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: default}}}}]\n\
-             current-context: fake\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = common::kubeconfig(dir, api);
     Command::new(env!("CARGO_BIN_EXE_syncnet-operator"))
         .args(["run", "--listen", &listen.to_string()])
         .env("KUBECONFIG", &kubeconfig)
@@ -101,7 +86,7 @@ fn output(child: Child) -> String {
 async fn without_its_crd_the_operator_exits_and_says_how_to_install_it() {
     let api = api_server(false).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = operator(api, free_port(), &dir);
+    let mut child = operator(api, common::free_port(), &dir);
     let status = exits_within(&mut child, Duration::from_secs(20));
     let Some(status) = status else {
         let _ = child.kill();
@@ -120,7 +105,7 @@ async fn without_its_crd_the_operator_exits_and_says_how_to_install_it() {
 async fn a_failing_watch_shows_on_readyz_and_sigterm_still_exits_within_5_s() {
     let api = api_server(true).await;
     let dir = tempfile::tempdir().unwrap();
-    let listen = free_port();
+    let listen = common::free_port();
     let mut child = operator(api, listen, &dir);
     // Live, not ready: its watch fails.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -1,6 +1,8 @@
 //! Reconcile against a mocked API server (a tower-test pair): a small in-memory apiserver answers
 //! what the reconciler asks and records every request, and the tests assert on those requests.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -39,21 +41,6 @@ fn not_found() -> (u16, Value) {
         404,
         json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"not found","metadata":{}}),
     )
-}
-
-fn merge(into: &mut Value, patch: &Value) {
-    match (into, patch) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                if v.is_null() {
-                    a.remove(k);
-                } else {
-                    merge(a.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (a, b) => *a = b.clone(),
-    }
 }
 
 impl World {
@@ -127,7 +114,7 @@ impl World {
             }
             (&Method::PATCH, "syncnetworks", Some(_)) => {
                 if c.path.ends_with("/status") {
-                    merge(&mut self.sn, &c.body);
+                    common::merge(&mut self.sn, &c.body);
                 }
                 (200, self.sn.clone())
             }
@@ -345,6 +332,16 @@ impl Harness {
             })
             .collect();
     }
+}
+
+/// A network in networkPolicy partition mode whose pods are ready and whose soak has started.
+async fn policy_mode_started() -> Harness {
+    let h = harness(network(|v| {
+        v["spec"]["kubernetes"] = json!({"partitions": "networkPolicy"})
+    }));
+    h.all_pods_ready();
+    h.reconcile().await;
+    h
 }
 
 fn applied<'a>(calls: &'a [Call], resource: &str) -> Vec<&'a Call> {
@@ -573,11 +570,7 @@ async fn the_soak_starts_when_pods_are_ready_and_a_scheduled_kill_deletes_the_ri
 
 #[tokio::test]
 async fn a_partition_in_network_policy_mode_is_a_network_policy_for_its_window() {
-    let h = harness(network(|v| {
-        v["spec"]["kubernetes"] = json!({"partitions": "networkPolicy"})
-    }));
-    h.all_pods_ready();
-    h.reconcile().await;
+    let h = policy_mode_started().await;
     h.advance(31);
     h.reconcile().await;
     let calls = h.take_calls();
@@ -636,11 +629,7 @@ async fn a_partition_in_network_policy_mode_is_a_network_policy_for_its_window()
 /// next reconcile.
 #[tokio::test]
 async fn a_failed_api_call_at_a_windows_end_still_ends_with_the_policy_removed() {
-    let h = harness(network(|v| {
-        v["spec"]["kubernetes"] = json!({"partitions": "networkPolicy"})
-    }));
-    h.all_pods_ready();
-    h.reconcile().await;
+    let h = policy_mode_started().await;
     h.advance(31);
     h.reconcile().await;
     assert_eq!(h.policy_names().len(), 1, "the window's policy is in place");
@@ -653,11 +642,7 @@ async fn a_failed_api_call_at_a_windows_end_still_ends_with_the_policy_removed()
     h.reconcile().await;
     assert!(h.policy_names().is_empty(), "{:?}", h.policy_names());
     // A failed apply at a window's start is retried the same way.
-    let h = harness(network(|v| {
-        v["spec"]["kubernetes"] = json!({"partitions": "networkPolicy"})
-    }));
-    h.all_pods_ready();
-    h.reconcile().await;
+    let h = policy_mode_started().await;
     h.advance(31);
     h.world.lock().unwrap().fail_next = Some((Method::PATCH, "networkpolicies"));
     assert!(h.try_reconcile().await.is_err());
@@ -672,11 +657,7 @@ async fn a_failed_api_call_at_a_windows_end_still_ends_with_the_policy_removed()
 /// still made.
 #[tokio::test]
 async fn an_operator_restarted_mid_partition_removes_the_policy_at_the_windows_end() {
-    let h = harness(network(|v| {
-        v["spec"]["kubernetes"] = json!({"partitions": "networkPolicy"})
-    }));
-    h.all_pods_ready();
-    h.reconcile().await;
+    let h = policy_mode_started().await;
     h.advance(31);
     h.reconcile().await;
     assert_eq!(h.policy_names().len(), 1);
@@ -687,11 +668,7 @@ async fn an_operator_restarted_mid_partition_removes_the_policy_at_the_windows_e
     assert!(h2.policy_names().is_empty(), "{:?}", h2.policy_names());
 
     // Restarted while the window is open: the policy stays (applied again), then goes.
-    let h = harness(network(|v| {
-        v["spec"]["kubernetes"] = json!({"partitions": "networkPolicy"})
-    }));
-    h.all_pods_ready();
-    h.reconcile().await;
+    let h = policy_mode_started().await;
     h.advance(25);
     h.reconcile().await;
     assert!(h.policy_names().is_empty(), "not yet");
