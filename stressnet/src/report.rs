@@ -486,7 +486,12 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pas
             h,
             "<tr><td>{:.0} s</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             c.fault_end,
-            c.worst_secs.map_or("never".into(), |x| format!("{x:.1} s")),
+            match (c.worst_secs, c.worst_behind_secs) {
+                (None, _) => "never".into(),
+                // The samples bound it: behind at the first, caught up at the second.
+                (Some(x), Some(b)) => format!("{b:.1}–{x:.1} s"),
+                (Some(x), None) => format!("≤ {x:.1} s"),
+            },
             c.worst_node.map_or("–", node),
             if c.ok { "yes" } else { "<b>no</b>" }
         );

@@ -718,8 +718,13 @@ impl Default for ProgressConfig {
 pub struct CatchUp {
     /// When the fault ended.
     pub fault_end: f64,
-    /// Slowest node's catch-up time, seconds (None: some node never caught up in the run).
+    /// Slowest node's catch-up time, seconds: the first sample that shows it caught up (None:
+    /// some node never caught up in the run).
     pub worst_secs: Option<f64>,
+    /// The same node's last sample that showed it still behind, seconds after the fault: it
+    /// caught up somewhere between this and `worst_secs` (None: its first sample showed it caught
+    /// up).
+    pub worst_behind_secs: Option<f64>,
     pub worst_node: Option<usize>,
     pub ok: bool,
 }
@@ -782,45 +787,59 @@ pub fn progress(
     let mut catch_ups = vec![];
     for fault_end in faults.iter().map(|w| w.end) {
         let open = still_open(faults, fault_end);
-        let mut worst: Option<(usize, Option<f64>)> = None;
+        let mut worst: Option<(usize, Option<f64>, Option<f64>)> = None;
+        // Late is what the samples show: behind at a sample at or past the bound. A node first
+        // seen caught up 30.05 s after the fault, and behind at 20.05 s, caught up somewhere in
+        // between; with samples 10 s apart, failing it read the 30 s bound as 20 s.
+        let mut late = false;
         for (node, series) in heights.iter().enumerate() {
             let from = timed_from(&open, node, fault_end);
             let first = times.partition_point(|&t| t < from);
             let mut c = Cursor::new(series, times.get(first).copied());
-            let caught = (first..times.len())
-                .find(|&ti| c.at(times[ti]).is_some_and(|h| heads[ti] - h <= within))
-                .map(|ti| times[ti] - from);
+            let (mut caught, mut behind) = (None, None);
+            for ti in first..times.len() {
+                match c.at(times[ti]) {
+                    Some(h) if heads[ti] - h <= within => {
+                        caught = Some(times[ti] - from);
+                        break;
+                    }
+                    Some(_) => behind = Some(times[ti] - from),
+                    None => {}
+                }
+            }
             if caught.is_none() && end - from < cfg.catch_up_secs {
                 // Cut off until too near the end of the run to judge.
                 continue;
             }
+            late |= caught.is_some() && behind.is_some_and(|b| b >= cfg.catch_up_secs);
             let worse = match (&worst, caught) {
                 (None, _) => true,
-                (Some((_, None)), _) => false,
+                (Some((_, None, _)), _) => false,
                 (Some(_), None) => true,
-                (Some((_, Some(w))), Some(c)) => c > *w,
+                (Some((_, Some(w), _)), Some(c)) => c > *w,
             };
             if worse {
-                worst = Some((node, caught));
+                worst = Some((node, caught, behind));
             }
             // A node that never catches up is as bad as it gets; the first such one is named.
-            if matches!(worst, Some((_, None))) {
+            if matches!(worst, Some((_, None, _))) {
                 break;
             }
         }
-        let (worst_node, worst_secs) = match worst {
-            Some((n, s)) => (Some(n), s),
-            None => (None, Some(0.0)),
+        let (worst_node, worst_secs, worst_behind_secs) = match worst {
+            Some((n, s, b)) => (Some(n), s, b),
+            None => (None, Some(0.0), None),
         };
         // A fault that ended too close to the end of the run to judge is not failed for it.
         let judged = end - fault_end >= cfg.catch_up_secs;
         let ok = match worst_secs {
-            Some(s) => s <= cfg.catch_up_secs,
+            Some(_) => !late,
             None => !judged,
         };
         catch_ups.push(CatchUp {
             fault_end,
             worst_secs,
+            worst_behind_secs,
             worst_node,
             ok,
         });

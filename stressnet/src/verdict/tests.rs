@@ -446,6 +446,57 @@ fn heights(f: impl Fn(usize, f64, f64) -> f64) -> Vec<Vec<Point>> {
         .collect()
 }
 
+/// Samples 10 s apart, 0.05 s after the fault ends (soak-s3's scrape grid): a node seen behind
+/// at 20.05 s and caught up at 30.05 s caught up somewhere in between, within a 30 s bound; only
+/// a node still seen behind at 30.05 s is proven late.
+#[test]
+fn a_catch_up_fails_only_when_a_sample_at_or_past_the_bound_shows_the_node_behind() {
+    let pc = ProgressConfig {
+        within_blocks: 2,
+        catch_up_secs: 30.0,
+    };
+    let series = |caught_at: f64| -> Vec<Vec<Point>> {
+        (0..3)
+            .map(|n| {
+                (0..30)
+                    .map(|i| {
+                        let t = i as f64 * 10.0 + 0.05;
+                        let head = t.floor();
+                        // Node 1 is stuck at 90 from the fault's end until `caught_at`.
+                        let h = if n == 1 && (100.0..caught_at).contains(&t) {
+                            90.0
+                        } else {
+                            head
+                        };
+                        (t, h)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let kill = [Window {
+        start: 90.0,
+        end: 100.0,
+        excused: Some(vec![1]),
+    }];
+    // Behind at 120.05, caught at 130.05: between 20.05 and 30.05 s.
+    let v = progress(&series(125.0), &kill, &pc);
+    let c = &v.catch_ups[0];
+    assert!(c.ok && v.pass, "{v:?}");
+    assert_eq!(c.worst_node, Some(1));
+    assert!((c.worst_secs.unwrap() - 30.05).abs() < 1e-9, "{c:?}");
+    assert!((c.worst_behind_secs.unwrap() - 20.05).abs() < 1e-9, "{c:?}");
+    // Behind at 130.05, caught at 140.05: late.
+    let v = progress(&series(135.0), &kill, &pc);
+    let c = &v.catch_ups[0];
+    assert!(!c.ok && !v.pass, "{v:?}");
+    assert!((c.worst_behind_secs.unwrap() - 30.05).abs() < 1e-9, "{c:?}");
+    // Caught at its first sample: nothing behind to report.
+    let v = progress(&series(100.0), &kill, &pc);
+    assert!(v.pass);
+    assert_eq!(v.catch_ups[0].worst_behind_secs, None);
+}
+
 #[test]
 fn nodes_catching_up_after_a_fault_pass_and_a_stuck_node_fails() {
     let pc = ProgressConfig {
@@ -556,7 +607,8 @@ fn progress_by_definition(
 
     let mut catch_ups = vec![];
     for fault_end in faults.iter().map(|w| w.end) {
-        let mut worst: Option<(usize, Option<f64>)> = None;
+        let mut worst: Option<(usize, Option<f64>, Option<f64>)> = None;
+        let mut late = false;
         for node in 0..heights.len() {
             let from = timed_from(&still_open(faults, fault_end), node, fault_end);
             let caught = times
@@ -564,32 +616,40 @@ fn progress_by_definition(
                 .filter(|&&t| t >= from)
                 .find(|&&t| lagging(node, t) == Some(false))
                 .map(|t| t - from);
+            let behind = times
+                .iter()
+                .filter(|&&t| t >= from && caught.is_none_or(|c| t - from < c))
+                .filter(|&&t| lagging(node, t) == Some(true))
+                .map(|t| t - from)
+                .last();
             if caught.is_none() && end - from < cfg.catch_up_secs {
                 continue;
             }
+            late |= caught.is_some() && behind.is_some_and(|b| b >= cfg.catch_up_secs);
             let worse = match (&worst, caught) {
                 (None, _) => true,
-                (Some((_, None)), _) => false,
+                (Some((_, None, _)), _) => false,
                 (Some(_), None) => true,
-                (Some((_, Some(w))), Some(c)) => c > *w,
+                (Some((_, Some(w), _)), Some(c)) => c > *w,
             };
             if worse {
-                worst = Some((node, caught));
+                worst = Some((node, caught, behind));
             }
         }
-        let (worst_node, worst_secs) = match worst {
-            Some((n, s)) => (Some(n), s),
-            None => (None, Some(0.0)),
+        let (worst_node, worst_secs, worst_behind_secs) = match worst {
+            Some((n, s, b)) => (Some(n), s, b),
+            None => (None, Some(0.0), None),
         };
         // A fault that ended too close to the end of the run to judge is not failed for it.
         let judged = end - fault_end >= cfg.catch_up_secs;
         let ok = match worst_secs {
-            Some(s) => s <= cfg.catch_up_secs,
+            Some(_) => !late,
             None => !judged,
         };
         catch_ups.push(CatchUp {
             fault_end,
             worst_secs,
+            worst_behind_secs,
             worst_node,
             ok,
         });
