@@ -621,7 +621,7 @@ fn progress_by_definition(
                 .filter(|&&t| t >= from && caught.is_none_or(|c| t - from < c))
                 .filter(|&&t| lagging(node, t) == Some(true))
                 .map(|t| t - from)
-                .last();
+                .next_back();
             if caught.is_none() && end - from < cfg.catch_up_secs {
                 continue;
             }
