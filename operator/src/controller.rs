@@ -281,16 +281,14 @@ async fn invalid_object(
     }
     let why = format!("the stored object does not decode: {}", short(&bad.error));
     let generation = meta.generation.unwrap_or(0);
-    let ev = Event {
-        type_: EventType::Warning,
-        reason: "InvalidObject".into(),
-        note: Some(why.clone()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
-        warn!(error = %e, "publishing an event failed");
-    }
+    publish_to(
+        ctx,
+        &obj.object_ref(&()),
+        EventType::Warning,
+        "InvalidObject",
+        why.clone(),
+    )
+    .await;
     warn!(network = %name, namespace = %ns, "{why}");
     let status = json!({"status": {
         "phase": "Failed",
@@ -330,6 +328,17 @@ fn retry(uid: &str, name: &str, err: &Error, ctx: &Context) -> Action {
 }
 
 async fn publish(ctx: &Context, sn: &SyncNetwork, type_: EventType, reason: &str, note: String) {
+    publish_to(ctx, &sn.object_ref(&()), type_, reason, note).await
+}
+
+/// An event on any object (one that did not decode has only its reference).
+async fn publish_to(
+    ctx: &Context,
+    to: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let ev = Event {
         type_,
         reason: reason.into(),
@@ -337,7 +346,7 @@ async fn publish(ctx: &Context, sn: &SyncNetwork, type_: EventType, reason: &str
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &sn.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&ev, to).await {
         warn!(error = %e, reason, "publishing an event failed");
     }
 }
@@ -881,19 +890,7 @@ async fn sync_policies(
         ssa(&policies, &render::network_policy(sn, i, &targets, cut)).await?;
         want.insert(render::network_policy_name(&net, i));
     }
-    let lp = ListParams::default().labels(&format!("{}={net}", render::LABEL_NETWORK));
-    for p in policies.list(&lp).await?.items {
-        let name = p.name_any();
-        if want.contains(&name) {
-            continue;
-        }
-        match policies.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
+    delete_policies(&policies, &net, &want).await
 }
 
 /// The fault windows of network `uid`'s schedule (none before its soak starts).
@@ -909,12 +906,23 @@ fn windows_of(ctx: &Context, uid: &str) -> Vec<stressnet::plan::FaultWindow> {
 /// Deletes every NetworkPolicy of network `net`.
 async fn lift_partitions(net: &str, ns: &str, ctx: &Context) -> Result<(), Error> {
     let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    delete_policies(&policies, net, &BTreeSet::new()).await
+}
+
+/// Deletes network `net`'s NetworkPolicies except those named in `keep` (one already gone is
+/// fine).
+async fn delete_policies(
+    policies: &Api<NetworkPolicy>,
+    net: &str,
+    keep: &BTreeSet<String>,
+) -> Result<(), Error> {
     let lp = ListParams::default().labels(&format!("{}={net}", render::LABEL_NETWORK));
     for p in policies.list(&lp).await?.items {
-        match policies
-            .delete(&p.name_any(), &DeleteParams::default())
-            .await
-        {
+        let name = p.name_any();
+        if keep.contains(&name) {
+            continue;
+        }
+        match policies.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(e.into()),
