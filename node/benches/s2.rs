@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use libp2p::Multiaddr;
 use serde_json::json;
+use syncnet_node::broadcast::gossip::{self, GossipConfig};
+use syncnet_node::broadcast::ida::{self, IdaConfig, IdaHandle};
 use syncnet_node::broadcast::{self, BroadcastMode, Delivered, Inserter};
 use syncnet_node::chain::ChainSpec;
 use syncnet_node::config::PayloadSize;
@@ -26,8 +28,6 @@ use syncnet_node::ida::IdaParams;
 use syncnet_node::keys;
 use syncnet_node::metrics::{BroadcastMetrics, P2pMetrics};
 use syncnet_node::netem::NetemConfig;
-use syncnet_node::p2p::gossip::{self, GossipConfig};
-use syncnet_node::p2p::ida::{self, IdaConfig, IdaHandle};
 use syncnet_node::p2p::{self, P2pConfig, P2pHandle};
 use syncnet_node::producer::Producer;
 use syncnet_node::store::Store;

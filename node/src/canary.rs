@@ -36,6 +36,17 @@ pub struct CanarySet {
     pub cpu_us_per_request_per_min: u64,
 }
 
+impl From<&crate::faults::Faults> for CanarySet {
+    fn from(f: &crate::faults::Faults) -> Self {
+        CanarySet {
+            leak_kib_per_setup: f.leak_canary_kib_per_setup,
+            fd_setups_per_leak: f.fd_canary_setups_per_fd,
+            thread_setups_per_leak: f.thread_canary_setups_per_thread,
+            cpu_us_per_request_per_min: f.cpu_canary_us_per_request_per_min,
+        }
+    }
+}
+
 pub struct Canaries {
     leak_kib_per_setup: AtomicU64,
     fd_every: AtomicU64,

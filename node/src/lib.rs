@@ -1,24 +1,23 @@
-//! syncnet node engine. See docs/architecture.md for where each concept lives.
+//! The syncnet node: the drivers that run the protocol cores of [`syncnet_proto`] over libp2p,
+//! tokio and redb, the store, the metrics and control HTTP API, and the `syncnode` runtime. See
+//! docs/architecture.md for where each concept lives.
+//!
+//! The protocol modules are re-exported under their own names (`syncnet_node::chain` is
+//! `syncnet_proto::chain`), so a user of the node needs one dependency.
 
 pub mod broadcast;
 pub mod canary;
-pub mod chain;
-pub mod config;
 pub mod control;
-pub mod downloader;
-pub mod faults;
-pub mod ida;
-pub mod keys;
 pub mod metrics;
 pub mod netem;
 pub mod node;
 pub mod p2p;
 pub mod producer;
 pub mod profile;
-pub mod ratelimit;
-pub mod requests;
 pub mod store;
-pub mod streams;
 pub mod sync;
-pub mod util;
-pub mod wire;
+
+pub use syncnet_proto::{
+    chain, config, dial, downloader, error, faults, ida, keys, peers, ratelimit, requests, streams,
+    util, wire,
+};

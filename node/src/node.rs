@@ -1,11 +1,10 @@
 //! The node runtime: opens the store, serves /metrics and /healthz, runs the producer loop, and stops
 //! cleanly on SIGINT/SIGTERM. Thin async glue; the logic lives in the modules it wires together.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::State;
@@ -22,29 +21,12 @@ use crate::ida::{Encoded, IdaParams};
 use crate::metrics::{BroadcastMetrics, NodeMetrics, P2pMetrics, ProcessCollector, SyncMetrics};
 use crate::producer::Producer;
 use crate::store::Store;
-
-/// Name of the file in the data dir where a running node writes the addresses it bound.
-pub const ADDRS_FILE: &str = "syncnode.addrs.json";
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct BoundAddrs {
-    pub pid: u32,
-    pub metrics: SocketAddr,
-    pub peer_id: String,
-    /// p2p listen addresses, each ending in /p2p/<peer id> (usable as bootnodes).
-    pub p2p: Vec<String>,
-}
+pub use syncnet_proto::config::{ADDRS_FILE, BoundAddrs};
+pub use syncnet_proto::util::now_ms;
 
 struct HttpState {
     registry: Registry,
     healthy: AtomicBool,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Runs the node until `shutdown` resolves or a component fails.
@@ -95,7 +77,7 @@ pub async fn run(
         .context("p2p.listen: no listen address came up within 10 s")?;
     let broadcaster = match cfg.broadcast.mode {
         BroadcastMode::Ida => Some(Broadcaster::Ida(
-            crate::p2p::ida::spawn(
+            crate::broadcast::ida::spawn(
                 ida_config(&cfg.broadcast.ida, &cfg.p2p),
                 loaded.spec.clone(),
                 store.clone(),
@@ -115,7 +97,7 @@ pub async fn run(
                 broadcast_metrics,
                 BroadcastMode::Gossipsub,
             );
-            tokio::spawn(crate::p2p::gossip::run(
+            tokio::spawn(crate::broadcast::gossip::run(
                 loaded.spec.clone(),
                 p2p.clone(),
                 inbound,
@@ -170,12 +152,14 @@ pub async fn run(
             sync_metrics.clone(),
         );
         crate::control::ControlState::new(
-            Arc::new(move |f: &crate::faults::Faults| f.check(p2p_check.netem().map(|n| &**n))),
+            Arc::new(move |f: &crate::faults::Faults| {
+                f.check(p2p_check.netem().map(|n| n.config()))
+            }),
             Arc::new(move |f: crate::faults::Faults| {
                 let p2p = p2p_apply.clone();
                 Box::pin(async move {
                     tracing::warn!(?f, "faults set through the control API");
-                    f.apply(&p2p).await
+                    p2p.set_faults(f).await
                 })
             }),
             Arc::new(move || {
@@ -275,13 +259,13 @@ pub async fn run(
 /// The IDA config as run: unpaced chunks under an emulated uplink would queue in the emulation's
 /// delay lines, where a `Have` can no longer recall them, so pacing defaults to that rate.
 fn ida_config(
-    ida: &crate::p2p::ida::IdaConfig,
+    ida: &crate::broadcast::ida::IdaConfig,
     p2p: &crate::p2p::P2pConfig,
-) -> crate::p2p::ida::IdaConfig {
+) -> crate::broadcast::ida::IdaConfig {
     let mut c = ida.clone();
     if c.upload_bytes_per_sec == 0
         && let Some(n) = &p2p.netem
-        && n.upload_bytes_per_sec >= crate::p2p::ida::MIN_PACE
+        && n.upload_bytes_per_sec >= crate::broadcast::ida::MIN_PACE
     {
         c.upload_bytes_per_sec = n.upload_bytes_per_sec;
     }
@@ -291,7 +275,7 @@ fn ida_config(
 /// How this node pushes the blocks it produces.
 #[derive(Clone)]
 enum Broadcaster {
-    Ida(crate::p2p::ida::IdaHandle),
+    Ida(crate::broadcast::ida::IdaHandle),
     Gossip,
 }
 
@@ -320,7 +304,7 @@ async fn produce_loop(
             tokio::task::spawn_blocking(move || -> anyhow::Result<(_, _, Option<Arc<Encoded>>)> {
                 let head = store2.head();
                 let (block, enc) =
-                    crate::broadcast::produce(&producer2, &head.header, now_ms(), ida);
+                    crate::producer::produce(&producer2, &head.header, now_ms(), ida);
                 let verified = spec2
                     .verify(block.clone(), &head.header)
                     .context("own block does not verify")?;

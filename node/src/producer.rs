@@ -1,52 +1,11 @@
-//! Block production: deterministic payloads from a seed, signed headers, and offline chain generation.
+//! Offline chain generation into a store (`syncnode generate`, benchmarks, tests). Block production
+//! itself is `syncnet_proto::producer`.
 
-use bytes::Bytes;
-use ed25519_dalek::SigningKey;
+pub use syncnet_proto::producer::*;
 
-use crate::chain::{Block, ChainSpec, Header};
-use crate::config::PayloadSize;
+use syncnet_proto::chain::ChainSpec;
+
 use crate::store::{Head, Store, StoreError};
-
-const PAYLOAD_GEN_CONTEXT: &str = "syncnet 2026-11 payload generator v1";
-
-#[derive(Clone)]
-pub struct Producer {
-    key: SigningKey,
-    size: PayloadSize,
-    seed: u64,
-}
-
-impl Producer {
-    pub fn new(key: SigningKey, size: PayloadSize, seed: u64) -> Self {
-        Producer { key, size, seed }
-    }
-
-    /// The payload of block `height`: its length and bytes are a pure function of (seed, height), so
-    /// independent producers with one seed build byte-identical chains (used to seed benchmarks).
-    pub fn payload(&self, height: u64) -> Bytes {
-        let mut h = blake3::Hasher::new_derive_key(PAYLOAD_GEN_CONTEXT);
-        h.update(&self.seed.to_le_bytes())
-            .update(&height.to_le_bytes());
-        let mut xof = h.finalize_xof();
-        let mut len_bytes = [0u8; 8];
-        xof.fill(&mut len_bytes);
-        let span = u64::from(self.size.max - self.size.min) + 1;
-        let len = self.size.min as usize + (u64::from_le_bytes(len_bytes) % span) as usize;
-        let mut buf = vec![0u8; len];
-        xof.fill(&mut buf);
-        buf.into()
-    }
-
-    /// The producer's signing key (for blocks made outside `next_block`, e.g. with an IDA root).
-    pub fn key(&self) -> &SigningKey {
-        &self.key
-    }
-
-    pub fn next_block(&self, parent: &Header, timestamp_ms: u64) -> Block {
-        let height = parent.height + 1;
-        Block::produce(&self.key, parent, timestamp_ms, self.payload(height))
-    }
-}
 
 /// Extends the store's chain by `count` blocks, committed in batches of `batch`, with synthetic
 /// timestamps `genesis + height * interval_ms` (so the result is reproducible). Resumes from the
@@ -88,21 +47,7 @@ pub fn generate_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::tests::{key, spec_for};
-
-    #[test]
-    fn payloads_are_deterministic_and_sized() {
-        let p = Producer::new(key(1), PayloadSize { min: 100, max: 200 }, 7);
-        let q = Producer::new(key(1), PayloadSize { min: 100, max: 200 }, 8);
-        assert_eq!(p.payload(5), p.payload(5));
-        assert_ne!(p.payload(5), p.payload(6));
-        assert_ne!(p.payload(5), q.payload(5));
-        let lens: Vec<usize> = (0..200).map(|h| p.payload(h).len()).collect();
-        assert!(lens.iter().all(|l| (100..=200).contains(l)));
-        assert!(lens.iter().min() < lens.iter().max(), "range must be used");
-        let fixed = Producer::new(key(1), PayloadSize::fixed(1024), 0);
-        assert!((0..20).all(|h| fixed.payload(h).len() == 1024));
-    }
+    use syncnet_proto::chain::testkit::{key, spec_for};
 
     #[test]
     fn generated_chains_are_reproducible_and_valid() {

@@ -406,7 +406,7 @@ fn open_error(e: redb::DatabaseError, path: &Path) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::tests::{key, make_chain, spec_for};
+    use syncnet_proto::chain::testkit::{key, make_chain, spec_for};
 
     #[test]
     fn batch_insert_then_reopen_keeps_everything() {

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::net::*;
+use syncnet_node::broadcast::gossip::{self, GossipConfig};
+use syncnet_node::broadcast::ida::{self, IdaConfig, IdaHandle};
 use syncnet_node::broadcast::{self, BroadcastMode, Inserter};
 use syncnet_node::chain::Block;
 use syncnet_node::ida::IdaParams;
 use syncnet_node::metrics::BroadcastMetrics;
 use syncnet_node::p2p::P2pConfig;
-use syncnet_node::p2p::gossip::{self, GossipConfig};
-use syncnet_node::p2p::ida::{self, IdaConfig, IdaHandle};
 
 const NODES: usize = 8;
 const PARAMS: IdaParams = IdaParams {
@@ -227,7 +227,7 @@ async fn blocks_complete_with_a_quarter_of_all_chunks_dropped() {
     let net = big_net();
     let ida = ida_network(&net).await;
     for n in &ida.nodes {
-        n.h.set_chunk_drop_rate(0.25);
+        n.h.update_faults(|f| f.chunk_drop_rate = 0.25).await;
     }
     run_ida_blocks(&net, &ida, 5).await;
     let dropped: u64 = ida.metrics.iter().map(|m| count(m, "fault_dropped")).sum();
@@ -263,7 +263,10 @@ async fn a_malicious_relay_does_not_stop_delivery_and_is_penalised() {
     let net = big_net();
     let ida = ida_network(&net).await;
     let bad = NODES - 1;
-    ida.nodes[bad].h.set_corrupt_chunks(true);
+    ida.nodes[bad]
+        .h
+        .update_faults(|f| f.corrupt_chunks = true)
+        .await;
     let rejected = |ida: &Ida| -> u64 {
         ida.metrics[..bad]
             .iter()

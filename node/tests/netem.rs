@@ -150,9 +150,9 @@ async fn a_partition_stops_block_flow_between_regions_and_healing_restores_it() 
 
     let partition = Faults::from_json(br#"{"partition": {"regions": ["eu"]}}"#).unwrap();
     partition
-        .check(follower.node.h.netem().map(|n| &**n))
+        .check(follower.node.h.netem().map(|n| n.config()))
         .unwrap();
-    partition.apply(&follower.node.h).await;
+    follower.node.h.set_faults(partition).await;
     let held_at = follower.head();
     // Twenty blocks later on the producer...
     eventually("producer moves on", Duration::from_secs(30), || {
@@ -174,7 +174,7 @@ async fn a_partition_stops_block_flow_between_regions_and_healing_restores_it() 
         .get();
     assert!(holds >= 1, "the partition is counted");
 
-    Faults::default().apply(&follower.node.h).await;
+    follower.node.h.set_faults(Faults::default()).await;
     let healed = Instant::now();
     eventually(
         "follower catches up after healing",
@@ -217,10 +217,8 @@ async fn streams_end_when_ping_finds_the_connection_dead_not_when_the_partition_
     };
     let (before, pings_failed) = (dead(), follower.node.metrics.ping_failures.get());
 
-    Faults::from_json(br#"{"partition": {"regions": ["eu"]}}"#)
-        .unwrap()
-        .apply(&follower.node.h)
-        .await;
+    let partition = Faults::from_json(br#"{"partition": {"regions": ["eu"]}}"#).unwrap();
+    follower.node.h.set_faults(partition).await;
     // The stream goes while the partition still holds (it holds until healed below).
     let s = follower
         .node
@@ -234,7 +232,7 @@ async fn streams_end_when_ping_finds_the_connection_dead_not_when_the_partition_
     );
     assert!(dead() > before, "counted as a disconnection");
 
-    Faults::default().apply(&follower.node.h).await;
+    follower.node.h.set_faults(Faults::default()).await;
     follower
         .node
         .h

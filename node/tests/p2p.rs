@@ -358,7 +358,7 @@ async fn oversize_frame_resets_the_stream_and_penalises() {
     .unwrap();
     let g = net.spec.genesis();
     let hello = Message::Response {
-        id: 0,
+        id: syncnet_node::wire::ReqId::HANDSHAKE,
         resp: Response::Status(Box::new(wire::Status {
             genesis: net.spec.genesis_hash(),
             head: g.header.clone(),
@@ -422,11 +422,11 @@ async fn request_error_fault_answers_with_an_error_and_counts() {
     let server = start(&net, accept_only(cfg(vec![])), 10).await;
     let client = start(&net, cfg(vec![]), 0).await;
     connect_pair(&client, &server).await;
-    server.h.set_request_error_rate(1.0);
+    server.h.update_faults(|f| f.request_error_rate = 1.0).await;
     let r = client.h.request_direct(server.id(), Request::Status).await;
     assert_eq!(r, Ok(Response::Error(ErrorReply::Invalid)));
     assert_eq!(injected(&server, "request_error"), 1);
-    server.h.set_request_error_rate(0.0);
+    server.h.update_faults(|f| f.request_error_rate = 0.0).await;
     let r = client.h.request_direct(server.id(), Request::Status).await;
     assert!(matches!(r, Ok(Response::Status(_))), "{r:?}");
     assert_eq!(injected(&server, "request_error"), 1);
@@ -438,7 +438,7 @@ async fn stream_reset_fault_resets_the_stream_and_counts() {
     let server = start(&net, accept_only(cfg(vec![])), 10).await;
     let client = start(&net, cfg(vec![]), 0).await;
     connect_pair(&client, &server).await;
-    server.h.set_stream_reset_rate(1.0);
+    server.h.update_faults(|f| f.stream_reset_rate = 1.0).await;
     let r = client.h.request_direct(server.id(), Request::Status).await;
     assert_eq!(
         r,
@@ -463,12 +463,15 @@ async fn stream_reset_fault_resets_the_stream_and_counts() {
 async fn canaries_retain_memory_fds_and_threads_per_setup_and_burn_cpu_per_request() {
     let net = Net::new("testnet");
     let server = start(&net, cfg(vec![]), 0).await;
-    server.h.set_canaries(syncnet_node::canary::CanarySet {
-        leak_kib_per_setup: 512,
-        fd_setups_per_leak: 1,
-        thread_setups_per_leak: 2,
-        cpu_us_per_request_per_min: 100,
-    });
+    server
+        .h
+        .update_faults(|f| {
+            f.leak_canary_kib_per_setup = 512;
+            f.fd_canary_setups_per_fd = 1;
+            f.thread_canary_setups_per_thread = 2;
+            f.cpu_canary_us_per_request_per_min = 100;
+        })
+        .await;
     let a = start(&net, cfg(vec![]), 0).await;
     let b = start(&net, cfg(vec![]), 0).await;
     connect_pair(&a, &server).await;
@@ -509,7 +512,7 @@ async fn setup_failure_fault_fails_our_setups_and_counts() {
     let net = Net::new("testnet");
     let server = start(&net, accept_only(cfg(vec![])), 0).await;
     let client = start(&net, cfg(vec![]), 0).await;
-    client.h.set_setup_failure_rate(1.0);
+    client.h.update_faults(|f| f.setup_failure_rate = 1.0).await;
     client.h.dial(server.addr.clone()).await;
     // Every setup the client starts fails on purpose: counted, and no stream comes up.
     tokio::time::timeout(Duration::from_secs(15), async {
@@ -524,7 +527,7 @@ async fn setup_failure_fault_fails_our_setups_and_counts() {
     assert!(s.counters.failed >= 1, "{s:?}");
     assert_eq!(injected(&server, "setup_failure"), 0);
     // Switched off, the next setup (after the failed-peer TTL of the test config) succeeds.
-    client.h.set_setup_failure_rate(0.0);
+    client.h.update_faults(|f| f.setup_failure_rate = 0.0).await;
     let sid = server.id();
     client
         .h

@@ -35,7 +35,7 @@ async fn forced_discovery_with_failures_stays_bounded_while_storm_canary_explode
             nodes.push(start(net, c.clone(), 0).await);
         }
         for n in &nodes {
-            n.h.set_setup_failure_rate(0.2);
+            n.h.update_faults(|f| f.setup_failure_rate = 0.2).await;
         }
         nodes
     }

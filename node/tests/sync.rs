@@ -116,7 +116,7 @@ async fn a_peer_serving_corrupt_blocks_is_penalised_and_sync_completes() {
     let boot = vec![a.node.addr.clone()];
     let b = start_full(&net, cfg(boot.clone()), scfg(), 1200).await;
     let bad = start_full(&net, cfg(boot.clone()), scfg(), 1200).await;
-    bad.node.h.set_corrupt_served(true);
+    bad.node.h.update_faults(|f| f.corrupt_blocks = true).await;
     let mut c = cfg(boot.clone());
     c.streams.soft_low = 3; // talk to all three servers
     // Streams to all three servers before sync starts, so the corrupt one is asked for batches (the
@@ -175,7 +175,7 @@ async fn isolated_node_catches_up_through_the_short_range_watchdog() {
         isolate: true,
         ..Faults::default()
     };
-    isolate.apply(&target.node.h).await;
+    target.node.h.set_faults(isolate).await;
     eventually("isolated", Duration::from_secs(10), || {
         target.node.h.state().connections == 0
     })
@@ -190,20 +190,20 @@ async fn isolated_node_catches_up_through_the_short_range_watchdog() {
 
     // The first fetches after reconnecting hang (peers stall every reply): only the watchdog can
     // get the node moving again.
-    producer.node.h.set_stall(Duration::from_secs(30));
-    server.node.h.set_stall(Duration::from_secs(30));
+    producer.node.h.update_faults(|f| f.stall_ms = 30_000).await;
+    server.node.h.update_faults(|f| f.stall_ms = 30_000).await;
     let short_before = target
         .sync
         .blocks_synced
         .get_or_create(&[("phase", "short")])
         .get();
-    Faults::default().apply(&target.node.h).await;
+    target.node.h.set_faults(Faults::default()).await;
     eventually("watchdog fired", Duration::from_secs(60), || {
         target.sync.watchdog_firings.get() >= 1
     })
     .await;
-    producer.node.h.set_stall(Duration::ZERO);
-    server.node.h.set_stall(Duration::ZERO);
+    producer.node.h.update_faults(|f| f.stall_ms = 0).await;
+    server.node.h.update_faults(|f| f.stall_ms = 0).await;
     let t = std::time::Instant::now();
     eventually(
         "caught up after the watchdog",

@@ -75,5 +75,5 @@ fn sample(i: usize, k: usize, t: f64) -> std::collections::BTreeMap<String, f64>
         (k / 10) as f64,
         (k / 4) as f64,
     );
-    stressnet::scrape::parse(&body)
+    soak::scrape::parse(&body)
 }

@@ -30,9 +30,9 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use stressnet::exec::Step;
+use soak::exec::Step;
 use syncnet_crds::{FaultAction, PartitionMode, Phase, SyncNetwork, SyncNetworkStatus};
-use syncnet_node::faults::Faults;
+use syncnet_proto::faults::Faults;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
@@ -122,11 +122,11 @@ pub trait PodIo: Send + Sync {
 }
 
 /// The real one: stressnet's node HTTP client, straight to pod IPs.
-pub struct HttpPods(pub stressnet::node_http::Http);
+pub struct HttpPods(pub soak::node_http::Http);
 
 impl PodIo for HttpPods {
     fn scrape(&self, addr: SocketAddr) -> BoxFuture<'_, Result<String, String>> {
-        Box::pin(stressnet::node_http::scrape(&self.0, addr))
+        Box::pin(soak::node_http::scrape(&self.0, addr))
     }
     fn put_faults<'a>(
         &'a self,
@@ -134,7 +134,7 @@ impl PodIo for HttpPods {
         faults: &'a Faults,
         token: &'a str,
     ) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(stressnet::node_http::put_faults(
+        Box::pin(soak::node_http::put_faults(
             &self.0,
             addr,
             faults,
@@ -152,7 +152,7 @@ pub enum Source {
     /// One instant query per network and reconcile to a Prometheus that scrapes the pods.
     Prometheus {
         prom: Prometheus,
-        http: stressnet::node_http::Http,
+        http: soak::node_http::Http,
     },
 }
 
@@ -373,17 +373,17 @@ async fn ensure_keys(sn: &SyncNetwork, ctx: &Context) -> Result<(Keys, String), 
     let secret = match api.get_opt(&name).await? {
         Some(s) => s,
         None => {
-            let producer = syncnet_node::keys::generate();
-            let boot = syncnet_node::keys::generate();
-            let token = hex::encode(syncnet_node::keys::generate().to_bytes());
+            let producer = syncnet_proto::keys::generate();
+            let boot = syncnet_proto::keys::generate();
+            let token = hex::encode(syncnet_proto::keys::generate().to_bytes());
             let data = BTreeMap::from([
                 (
                     render::PRODUCER_KEY.to_owned(),
-                    syncnet_node::keys::encode(&producer, "producer"),
+                    syncnet_proto::keys::encode(&producer, "producer"),
                 ),
                 (
                     render::BOOTNODE_KEY.to_owned(),
-                    syncnet_node::keys::encode(&boot, "node"),
+                    syncnet_proto::keys::encode(&boot, "node"),
                 ),
                 (render::CONTROL_TOKEN.to_owned(), token),
             ]);
@@ -416,18 +416,15 @@ async fn ensure_keys(sn: &SyncNetwork, ctx: &Context) -> Result<(Keys, String), 
             .cloned()
             .ok_or_else(|| Error::Secret(name.clone(), format!("{key} is missing")))
     };
-    let producer = syncnet_node::keys::parse(&get(render::PRODUCER_KEY)?, render::PRODUCER_KEY)
+    let producer = syncnet_proto::keys::parse(&get(render::PRODUCER_KEY)?, render::PRODUCER_KEY)
         .map_err(|e| Error::Secret(name.clone(), e))?;
-    let boot = syncnet_node::keys::parse(&get(render::BOOTNODE_KEY)?, render::BOOTNODE_KEY)
+    let boot = syncnet_proto::keys::parse(&get(render::BOOTNODE_KEY)?, render::BOOTNODE_KEY)
         .map_err(|e| Error::Secret(name.clone(), e))?;
     let token = get(render::CONTROL_TOKEN)?.trim().to_owned();
     Ok((
         Keys {
-            producer_public: syncnet_node::keys::public_key(&producer),
-            bootnode_peer_id: syncnet_node::p2p::identity_of(&boot)
-                .public()
-                .to_peer_id()
-                .to_string(),
+            producer_public: syncnet_proto::keys::public_key(&producer),
+            bootnode_peer_id: syncnet_proto::keys::peer_id(&boot).to_string(),
         },
         token,
     ))
@@ -593,8 +590,8 @@ async fn apply(sn: &SyncNetwork, ctx: &Context) -> Result<Action, Error> {
             nets.get(&uid).is_none_or(|s| s.generation != generation)
         };
         if fresh {
-            let plans = stressnet::plan::nodes(spec, std::path::Path::new("/"));
-            let windows = stressnet::plan::schedule(spec, &plans, seed(sn)).unwrap_or_default();
+            let plans = soak::plan::nodes(spec, std::path::Path::new("/"));
+            let windows = soak::plan::schedule(spec, &plans, seed(sn)).unwrap_or_default();
             let st = NetState::new(spec, generation, windows, t, ctx.max_samples);
             ctx.networks
                 .lock()
@@ -739,14 +736,14 @@ async fn gather(
                 .into_iter()
                 .filter_map(|(i, body)| {
                     ctx.metrics.scraped(body.is_ok());
-                    Some((i, t, stressnet::scrape::parse(&body.ok()?)))
+                    Some((i, t, soak::scrape::parse(&body.ok()?)))
                 })
                 .collect()
         }
         Source::Prometheus { prom, http } => {
             let now_unix = now.as_millisecond() as f64 / 1000.0;
             let (req, body) = prom.request(&prom.query(ns, names), now_unix);
-            let answer = stressnet::node_http::send(http, req, body, PROM_TIMEOUT, PROM_MAX_BODY)
+            let answer = soak::node_http::send(http, req, body, PROM_TIMEOUT, PROM_MAX_BODY)
                 .await
                 .and_then(|(code, body)| prom.parse(code, &body, names));
             ctx.metrics.prometheus_queried(answer.is_ok());
@@ -866,14 +863,14 @@ async fn run_steps(
 async fn sync_policies(
     sn: &SyncNetwork,
     ctx: &Context,
-    windows: &[stressnet::plan::FaultWindow],
+    windows: &[soak::plan::FaultWindow],
     open_at: Option<f64>,
     names: &[String],
 ) -> Result<(), Error> {
     let net = sn.name_any();
     let ns = sn.namespace().unwrap_or_else(|| "default".into());
     let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let open = |w: &stressnet::plan::FaultWindow| {
+    let open = |w: &soak::plan::FaultWindow| {
         open_at.is_some_and(|t| t >= w.start as f64 && t < w.end as f64)
     };
     let mut want = BTreeSet::new();
@@ -894,7 +891,7 @@ async fn sync_policies(
 }
 
 /// The fault windows of network `uid`'s schedule (none before its soak starts).
-fn windows_of(ctx: &Context, uid: &str) -> Vec<stressnet::plan::FaultWindow> {
+fn windows_of(ctx: &Context, uid: &str) -> Vec<soak::plan::FaultWindow> {
     ctx.networks
         .lock()
         .expect("not poisoned")

@@ -221,8 +221,8 @@ fn render_file(path: &PathBuf, namespace: &str, opts: &Options) -> Result<String
     let r = render::render(&sn, &keys, opts)?;
     let mut out = render::to_yaml(&r);
     // The NetworkPolicies partition windows would create, for review and schema validation.
-    let plans = stressnet::plan::nodes(&sn.spec, std::path::Path::new("/"));
-    let windows = stressnet::plan::schedule(&sn.spec, &plans, controller::seed(&sn))?;
+    let plans = soak::plan::nodes(&sn.spec, std::path::Path::new("/"));
+    let windows = soak::plan::schedule(&sn.spec, &plans, controller::seed(&sn))?;
     let pods = render::pod_names(&sn.name_any(), &sn.spec);
     if sn.spec.kubernetes.partitions == syncnet_crds::PartitionMode::NetworkPolicy {
         for (i, w) in windows.iter().enumerate() {
@@ -250,7 +250,7 @@ async fn run(
     // unheard until a second signal or the kubelet's SIGKILL.
     let shutdown = shutdown_signal().shared();
     let client = Client::try_default().await?;
-    let pods = Arc::new(HttpPods(stressnet::node_http::client()));
+    let pods = Arc::new(HttpPods(soak::node_http::client()));
     let clock: controller::Clock = Arc::new(jiff::Timestamp::now);
     let mut ctx = Context::new(client.clone(), pods, clock, options);
     ctx.max_samples = max_samples;
@@ -260,7 +260,7 @@ async fn run(
         tracing::info!(url = %prom.url, "reading node metrics from Prometheus");
         ctx.source = Source::Prometheus {
             prom,
-            http: stressnet::node_http::client(),
+            http: soak::node_http::client(),
         };
     }
     let ctx = Arc::new(ctx);

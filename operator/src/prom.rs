@@ -11,7 +11,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Deserialize;
-use stressnet::scrape;
+use soak::scrape;
 
 /// How to reach Prometheus and which of its labels name a series' pod and namespace.
 #[derive(Clone, Debug, PartialEq)]

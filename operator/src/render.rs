@@ -30,9 +30,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use stressnet::plan;
+use soak::plan;
 use syncnet_crds::{LatencyMode, SyncNetwork, SyncNetworkSpec};
-use syncnet_node::config::NodeConfig;
+use syncnet_proto::config::NodeConfig;
 
 pub const P2P_PORT: i32 = 9000;
 pub const METRICS_PORT: i32 = 9100;
@@ -80,7 +80,7 @@ impl Default for Options {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Keys {
     /// Hex ed25519 public key of the producer (genesis).
-    pub producer_public: syncnet_node::chain::H256,
+    pub producer_public: syncnet_proto::chain::H256,
     /// libp2p peer id of the producer pod (the bootnode).
     pub bootnode_peer_id: String,
 }
@@ -220,8 +220,11 @@ fn network_yaml(sn: &SyncNetwork, keys: &Keys) -> Result<String, String> {
         .creation_timestamp
         .as_ref()
         .map_or(0, |t| t.0.as_millisecond().max(0) as u64);
-    let net =
-        syncnet_node::config::NetworkConfig::new(&sn.name_any(), created_ms, keys.producer_public)?;
+    let net = syncnet_proto::config::NetworkConfig::new(
+        &sn.name_any(),
+        created_ms,
+        keys.producer_public,
+    )?;
     Ok(serde_yaml::to_string(&net).expect("a network config serialises"))
 }
 
@@ -713,17 +716,14 @@ impl Keys {
         let k = ed25519_dalek_seed(1);
         let b = ed25519_dalek_seed(2);
         Keys {
-            producer_public: syncnet_node::keys::public_key(&k),
-            bootnode_peer_id: syncnet_node::p2p::identity_of(&b)
-                .public()
-                .to_peer_id()
-                .to_string(),
+            producer_public: syncnet_proto::keys::public_key(&k),
+            bootnode_peer_id: syncnet_proto::keys::peer_id(&b).to_string(),
         }
     }
 }
 
-fn ed25519_dalek_seed(n: u8) -> syncnet_node::keys::SigningKey {
-    syncnet_node::keys::SigningKey::from_bytes(&[n; 32])
+fn ed25519_dalek_seed(n: u8) -> syncnet_proto::keys::SigningKey {
+    syncnet_proto::keys::SigningKey::from_bytes(&[n; 32])
 }
 
 /// What the API server would have set on a resource read from a file: namespace, uid, creation

@@ -9,10 +9,10 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use stressnet::exec::Executor;
-use stressnet::judge::{self, Outcome, Summary};
-use stressnet::plan::FaultWindow;
-use stressnet::scrape::Sample;
+use soak::exec::Executor;
+use soak::judge::{self, Outcome, Summary};
+use soak::plan::FaultWindow;
+use soak::scrape::Sample;
 use syncnet_crds::{Phase, RegionStatus, SyncNetworkSpec, SyncNetworkStatus};
 
 /// Per network at most this many samples by default (≈ 1 KiB each).

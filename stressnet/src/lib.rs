@@ -1,15 +1,13 @@
 //! stressnet: runs a `SyncNetwork` spec as a network of `syncnode` processes and decides verdicts.
-//! The verdict logic ([`verdict`]) is sans-IO and is the one copy the operator uses too.
+//! The plan, fault execution, scraping and verdicts are the soak library (`soak`), the one copy the
+//! operator uses too; this crate adds the local runner, profile attribution, the report and
+//! run comparison.
 
 pub mod attribution;
 pub mod cluster;
 pub mod compare;
-pub mod exec;
-pub mod judge;
 pub mod local;
-pub mod node_http;
-pub mod plan;
 pub mod report;
 pub mod run_dir;
-pub mod scrape;
-pub mod verdict;
+
+pub use soak::{exec, judge, node_http, plan, scrape, verdict};

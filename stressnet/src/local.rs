@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use syncnet_crds::SyncNetwork;
-use syncnet_node::config::NetworkConfig;
-use syncnet_node::faults::Faults;
-use syncnet_node::keys;
-use syncnet_node::node::{ADDRS_FILE, BoundAddrs};
+use syncnet_proto::config::NetworkConfig;
+use syncnet_proto::config::{ADDRS_FILE, BoundAddrs};
+use syncnet_proto::faults::Faults;
+use syncnet_proto::keys;
 use tokio::process::{Child, Command};
 
 use crate::attribution::{self, Kind, Taken};
@@ -131,7 +131,7 @@ pub fn prepare(sn: &SyncNetwork, dir: &Path, seed: u64) -> anyhow::Result<Prepar
     keys::write(&dir.join(PRODUCER_KEY), &key, "producer", false)?;
     let net = NetworkConfig::new(
         &network_id(&name),
-        syncnet_node::node::now_ms(),
+        syncnet_proto::util::now_ms(),
         keys::public_key(&key),
     )
     .map_err(anyhow::Error::msg)?;
@@ -158,7 +158,7 @@ pub fn prepare(sn: &SyncNetwork, dir: &Path, seed: u64) -> anyhow::Result<Prepar
             })
             .collect(),
         schedule: windows.clone(),
-        started_unix_ms: syncnet_node::node::now_ms(),
+        started_unix_ms: syncnet_proto::util::now_ms(),
     };
     run_dir::write_info(&dir, &info)?;
     Ok(Prepared {

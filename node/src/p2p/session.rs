@@ -4,15 +4,17 @@
 //! stream; responses go to the driver) and a writer drains a bounded queue of encoded frames.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::PeerId;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::FaultsRx;
 use crate::canary::Canaries;
 use crate::chain::ChainSpec;
+use crate::faults::Faults;
 use crate::metrics::P2pMetrics;
 use crate::ratelimit::ServerLimiter;
 use crate::store::Store;
@@ -36,29 +38,17 @@ pub struct SessionCtx {
     pub max_frame: usize,
     pub metrics: P2pMetrics,
     pub setup_timeout: Duration,
-    /// Probability (f64 bits) that our outbound setup fails on purpose (fault injection).
-    pub setup_failure_rate: AtomicU64,
-    /// Fault: flip a payload byte in every block served.
-    pub corrupt_served: AtomicBool,
-    /// Fault: delay every reply by this many milliseconds.
-    pub stall_ms: AtomicU64,
-    /// Fault: probability (f64 bits) that a request we serve gets an injected error reply.
-    pub request_error_rate: AtomicU64,
-    /// Fault: probability (f64 bits) that a request we receive resets the stream instead.
-    pub stream_reset_rate: AtomicU64,
+    /// The node's fault set; sessions consume `setup_failure_rate`, `stream_reset_rate`,
+    /// `request_error_rate`, `stall_ms` and `corrupt_blocks`.
+    pub faults: FaultsRx,
     /// Planted defects (memory, fds, threads per setup; CPU per request).
     pub canaries: Canaries,
     pub shutting_down: AtomicBool,
 }
 
-fn roll(rate: &AtomicU64) -> bool {
-    let p = f64::from_bits(rate.load(Ordering::Relaxed));
+/// True with probability `p` (a validated fault rate).
+pub fn roll(p: f64) -> bool {
     p > 0.0 && rand::random::<f64>() < p
-}
-
-/// Stores a fault probability (f64 bits), clamped to [0, 1].
-pub fn set_rate(rate: &AtomicU64, p: f64) {
-    rate.store(p.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
 }
 
 impl SessionCtx {
@@ -72,12 +62,9 @@ impl SessionCtx {
         }
     }
 
-    pub fn set_setup_failure_rate(&self, p: f64) {
-        set_rate(&self.setup_failure_rate, p);
-    }
-
-    fn setup_failure_rate(&self) -> f64 {
-        f64::from_bits(self.setup_failure_rate.load(Ordering::Relaxed))
+    /// The fault set in force now.
+    pub fn faults(&self) -> Arc<Faults> {
+        self.faults.borrow().1.clone()
     }
 }
 
@@ -123,7 +110,7 @@ pub enum SessionEvent {
     Response {
         peer: PeerId,
         id: u64,
-        req_id: wire::RequestId,
+        req_id: wire::ReqId,
         resp: Response,
     },
     Closed {
@@ -199,7 +186,7 @@ pub async fn run<S>(
 
     // Handshake.
     let hello = Message::Response {
-        id: 0,
+        id: wire::ReqId::HANDSHAKE,
         resp: Response::Status(Box::new(ctx.status())),
     };
     let handshake = async {
@@ -208,7 +195,7 @@ pub async fn run<S>(
         wr.flush().await.map_err(|_| SetupError::Io)?;
         match read_message(&mut rd, &mut dec, &mut buf, &ctx.metrics).await {
             Ok(Message::Response {
-                id: 0,
+                id: wire::ReqId::HANDSHAKE,
                 resp: Response::Status(s),
             }) => Ok(s),
             Ok(_) | Err(ReadError::Codec(_)) => Err(SetupError::Malformed),
@@ -230,15 +217,12 @@ pub async fn run<S>(
     {
         return drop(events.send(fail(SetupError::BadHead)).await);
     }
-    if outbound {
-        let p = ctx.setup_failure_rate();
-        if p > 0.0 && rand::random::<f64>() < p {
-            ctx.metrics
-                .faults_injected
-                .get_or_create(&[("kind", "setup_failure")])
-                .inc();
-            return drop(events.send(fail(SetupError::Injected)).await);
-        }
+    if outbound && roll(ctx.faults().setup_failure_rate) {
+        ctx.metrics
+            .faults_injected
+            .get_or_create(&[("kind", "setup_failure")])
+            .inc();
+        return drop(events.send(fail(SetupError::Injected)).await);
     }
 
     ctx.canaries.on_setup(&ctx.metrics);
@@ -278,7 +262,7 @@ pub async fn run<S>(
     let reader = async {
         loop {
             match read_message(&mut rd, &mut dec, &mut buf, &ctx.metrics).await {
-                Ok(Message::Request { .. }) if roll(&ctx.stream_reset_rate) => {
+                Ok(Message::Request { .. }) if roll(ctx.faults().stream_reset_rate) => {
                     ctx.metrics
                         .faults_injected
                         .get_or_create(&[("kind", "stream_reset")])
@@ -346,14 +330,15 @@ pub async fn run<S>(
 
 /// Answers one request from the store, after the rate limiter.
 async fn serve(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Response {
-    if roll(&ctx.request_error_rate) {
+    let faults = ctx.faults();
+    if roll(faults.request_error_rate) {
         ctx.metrics
             .faults_injected
             .get_or_create(&[("kind", "request_error")])
             .inc();
         return Response::Error(ErrorReply::Invalid);
     }
-    let stall = ctx.stall_ms.load(Ordering::Relaxed);
+    let stall = faults.stall_ms;
     if stall > 0 {
         ctx.metrics
             .faults_injected
@@ -369,12 +354,7 @@ async fn serve(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Response {
         // On the blocking pool: the canary burns CPU, it does not stall the runtime's workers.
         let _ = tokio::task::spawn_blocking(move || crate::canary::cpu_canary_burn(d)).await;
     }
-    let kind = match req.kind() {
-        wire::RequestKind::Status => "status",
-        wire::RequestKind::BlockHashes => "block_hashes",
-        wire::RequestKind::BlocksByRange => "blocks_by_range",
-        wire::RequestKind::BlocksByHashes => "blocks_by_hashes",
-    };
+    let kind = req.kind().label();
     let resp = serve_inner(ctx, peer, req).await;
     let outcome = match &resp {
         Response::Error(ErrorReply::RateLimited { .. }) => {
@@ -466,7 +446,7 @@ async fn serve_inner(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Resp
     })
     .await;
     match r {
-        Ok(Ok(Response::Blocks(mut blocks))) if ctx.corrupt_served.load(Ordering::Relaxed) => {
+        Ok(Ok(Response::Blocks(mut blocks))) if ctx.faults().corrupt_blocks => {
             // The payload is the last field of an encoded block: flip its last byte.
             for b in &mut blocks {
                 let mut v = b.to_vec();

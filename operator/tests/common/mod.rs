@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod harness;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 

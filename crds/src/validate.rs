@@ -1,0 +1,431 @@
+//! Validation: [`SyncNetworkSpec::validate`], the complete check both backends run, name checks,
+//! and [`SyncNetwork::from_yaml`]; every error names its field.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+use crate::{
+    API_VERSION, FaultAction, FaultSpec, KIND, MAX_FAULT_REGIONS, MAX_FAULTS, MAX_NAME, MAX_NODES,
+    MAX_REGION_NAME, MAX_REGIONS, RegionSpec, SyncNetwork, SyncNetworkSpec, SyncNetworkStatus,
+};
+
+/// A rejected spec: which field (a dotted path), and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Region names: what a Kubernetes label value accepts, minus upper case.
+pub fn validate_name(r: &str) -> Result<(), String> {
+    let ok = !r.is_empty()
+        && r.len() <= 63
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !r.starts_with('-')
+        && !r.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{r:?} is not a valid name (1-63 of a-z, 0-9, '-', not starting or ending in '-')"
+        ))
+    }
+}
+
+/// Region names: a label value that, after `<network>-`, still names a StatefulSet.
+pub fn validate_region_name(r: &str) -> Result<(), String> {
+    validate_name(r)?;
+    if r.len() > MAX_REGION_NAME {
+        return Err(format!(
+            "{r:?} is too long: at most {MAX_REGION_NAME} characters (`<network>-<region>` names a StatefulSet)"
+        ));
+    }
+    Ok(())
+}
+
+/// Network names (`metadata.name`): the network id, and the prefix of every object the operator
+/// makes, so a DNS-1035 label (Service names must start with a letter; no dots) of at most
+/// [`MAX_NAME`] characters.
+pub fn validate_network_name(n: &str) -> Result<(), String> {
+    let ok = n.bytes().next().is_some_and(|b| b.is_ascii_lowercase()) && validate_name(n).is_ok();
+    if !ok {
+        return Err(format!(
+            "{n:?} is not a valid network name (a-z, 0-9 and '-', starting with a letter, not ending in '-')"
+        ));
+    }
+    if n.len() > MAX_NAME {
+        return Err(format!(
+            "{n:?} is too long: at most {MAX_NAME} characters (it is the network id)"
+        ));
+    }
+    Ok(())
+}
+
+impl SyncNetwork {
+    /// Parses a SyncNetwork YAML document (the file `kubectl apply` takes) and validates it.
+    /// Unknown fields and wrong types name their path.
+    pub fn from_yaml(text: &str) -> Result<SyncNetwork, SpecError> {
+        // The derived root type takes apiVersion and kind as given; this one checks them and
+        // refuses unknown top-level fields.
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct Doc {
+            api_version: String,
+            kind: String,
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+            spec: SyncNetworkSpec,
+            #[serde(default)]
+            status: Option<SyncNetworkStatus>,
+        }
+        let de = serde_yaml::Deserializer::from_str(text);
+        let doc: Doc = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            err(
+                if path == "." { "document".into() } else { path },
+                e.inner().to_string(),
+            )
+        })?;
+        if doc.api_version != API_VERSION || doc.kind != KIND {
+            return Err(err(
+                "apiVersion",
+                format!(
+                    "expected {API_VERSION} {KIND}, got {} {}",
+                    doc.api_version, doc.kind
+                ),
+            ));
+        }
+        let name = doc.metadata.name.as_deref().unwrap_or("");
+        validate_network_name(name).map_err(|e| err("metadata.name", e))?;
+        doc.spec.validate()?;
+        Ok(SyncNetwork {
+            metadata: doc.metadata,
+            spec: doc.spec,
+            status: doc.status,
+        })
+    }
+}
+
+impl SyncNetworkSpec {
+    pub fn total_nodes(&self) -> u32 {
+        // Saturating: an invalid spec (a stored object the schema let through) must not panic.
+        self.regions
+            .iter()
+            .fold(0u32, |a, r| a.saturating_add(r.replicas))
+    }
+
+    fn region(&self, name: &str) -> Option<&RegionSpec> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    /// Cross-field checks, each error naming its field.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.regions.is_empty() {
+            return Err(err("spec.regions", "at least one region is needed"));
+        }
+        if self.regions.len() > MAX_REGIONS {
+            return Err(err(
+                "spec.regions",
+                format!("at most {MAX_REGIONS} regions"),
+            ));
+        }
+        if self.faults.len() > MAX_FAULTS {
+            return Err(err("spec.faults", format!("at most {MAX_FAULTS} faults")));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, r) in self.regions.iter().enumerate() {
+            validate_region_name(&r.name).map_err(|e| err(format!("spec.regions[{i}].name"), e))?;
+            if !seen.insert(r.name.as_str()) {
+                return Err(err(
+                    format!("spec.regions[{i}].name"),
+                    format!("{:?} appears twice", r.name),
+                ));
+            }
+            if r.replicas == 0 {
+                return Err(err(format!("spec.regions[{i}].replicas"), "must be >= 1"));
+            }
+        }
+        if self.total_nodes() > MAX_NODES {
+            return Err(err(
+                "spec.regions",
+                format!("{} nodes in total; at most {MAX_NODES}", self.total_nodes()),
+            ));
+        }
+        for (from, row) in &self.latency.matrix_ms {
+            if self.region(from).is_none() {
+                return Err(err(
+                    format!("spec.latency.matrixMs.{from}"),
+                    format!("unknown region {from:?}"),
+                ));
+            }
+            for (to, ms) in row {
+                let field = format!("spec.latency.matrixMs.{from}.{to}");
+                if self.region(to).is_none() {
+                    return Err(err(field, format!("unknown region {to:?}")));
+                }
+                if *ms > 10_000 {
+                    return Err(err(field, "at most 10000 ms"));
+                }
+                let back = self.latency.matrix_ms.get(to).and_then(|r| r.get(from));
+                if !self.latency.directed
+                    && let Some(b) = back
+                    && b != ms
+                {
+                    return Err(err(
+                        field,
+                        format!(
+                            "{ms} ms here but {b} ms for {to} -> {from}; set latency.directed: true \
+                             for an asymmetric matrix, or give one direction"
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.latency.jitter_ms > 10_000 {
+            return Err(err("spec.latency.jitterMs", "at most 10000 ms"));
+        }
+        if self.bandwidth.upload_mbit == Some(0) {
+            return Err(err(
+                "spec.bandwidth.uploadMbit",
+                "must be > 0 (leave it out for unlimited)",
+            ));
+        }
+        let p = &self.producer;
+        if self.region(&p.region).is_none() {
+            return Err(err(
+                "spec.producer.region",
+                format!("unknown region {:?}", p.region),
+            ));
+        }
+        if !(1..=3_600_000).contains(&p.block_interval_ms) {
+            return Err(err(
+                "spec.producer.blockIntervalMs",
+                "must be within 1..=3600000",
+            ));
+        }
+        if p.payload_bytes > 8 * 1024 * 1024 {
+            return Err(err("spec.producer.payloadBytes", "at most 8 MiB"));
+        }
+        if let (Some(lo), Some(hi)) = (self.sync.streams_low, self.sync.streams_high)
+            && lo > hi
+        {
+            return Err(err("spec.sync.streamsLow", "must not exceed streamsHigh"));
+        }
+        for (i, f) in self.faults.iter().enumerate() {
+            self.validate_fault(f)
+                .map_err(|e| err(format!("spec.faults[{i}].{}", e.field), e.message))?;
+        }
+        let s = &self.soak;
+        if s.duration_secs == 0 {
+            return Err(err("spec.soak.durationSecs", "must be > 0"));
+        }
+        if s.warmup_secs >= s.duration_secs {
+            return Err(err(
+                "spec.soak.warmupSecs",
+                "must be below durationSecs (nothing would be judged)",
+            ));
+        }
+        if s.scrape_interval_secs == 0 || s.scrape_interval_secs > s.duration_secs {
+            return Err(err(
+                "spec.soak.scrapeIntervalSecs",
+                "must be within 1..=durationSecs",
+            ));
+        }
+        let v = &self.verdicts;
+        if !(v.leak_p > 0.0 && v.leak_p < 1.0) {
+            return Err(err("spec.verdicts.leakP", "must be within (0, 1)"));
+        }
+        for (name, x) in [
+            ("leakSlopeMibPerHour", v.leak_slope_mib_per_hour),
+            ("fdsPerHour", v.fds_per_hour),
+            ("threadsPerHour", v.threads_per_hour),
+            ("cpuCoresPerHour", v.cpu_cores_per_hour),
+            ("cpuMsPerRequestPerHour", v.cpu_ms_per_request_per_hour),
+            ("cpuCores", v.cpu_cores),
+            ("setupsPerMinute", v.setups_per_minute),
+        ] {
+            if !(x.is_finite() && x >= 0.0) {
+                return Err(err(format!("spec.verdicts.{name}"), "must be >= 0"));
+            }
+        }
+        if let Some(p) = &v.production {
+            for (name, x, min) in [
+                ("setupsPerHour", p.setups_per_hour, 0.0),
+                ("requestsPerHour", p.requests_per_hour, 0.0),
+                ("blocksPerHour", p.blocks_per_hour, 0.0),
+                ("memoryLimitMiB", p.memory_limit_mib, 1.0),
+            ] {
+                if let Some(x) = x
+                    && !(x.is_finite() && (min..=1.0e9).contains(&x))
+                {
+                    return Err(err(
+                        format!("spec.verdicts.production.{name}"),
+                        format!("must be within {min}..=1e9"),
+                    ));
+                }
+            }
+        }
+        if v.restart_warmup_secs > 86_400 {
+            return Err(err("spec.verdicts.restartWarmupSecs", "must be <= 86400"));
+        }
+        if v.leak_bucket_secs == 0 || v.catch_up_secs == 0 {
+            return Err(err(
+                "spec.verdicts",
+                "leakBucketSecs and catchUpSecs must be > 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks one fault; the error's field is relative to the fault.
+    fn validate_fault(&self, f: &FaultSpec) -> Result<(), SpecError> {
+        validate_name(&f.name).map_err(|e| err("name", e))?;
+        match (f.at_secs, f.every_secs) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(err("atSecs", "give exactly one of atSecs and everySecs"));
+            }
+            (None, Some(0)) => return Err(err("everySecs", "must be > 0")),
+            (None, Some(e)) if f.duration_secs >= e => {
+                return Err(err(
+                    "durationSecs",
+                    "must be below everySecs (the next round would start before this one ends)",
+                ));
+            }
+            _ => {}
+        }
+        if f.duration_secs == 0 {
+            return Err(err("durationSecs", "must be > 0"));
+        }
+        let t = &f.target;
+        let pool = match &t.region {
+            Some(r) => match self.region(r) {
+                Some(r) => r.replicas,
+                None => return Err(err("target.region", format!("unknown region {r:?}"))),
+            },
+            None => self.total_nodes(),
+        };
+        if t.count.is_some() && t.fraction.is_some() {
+            return Err(err("target.count", "give count or fraction, not both"));
+        }
+        if let Some(c) = t.count
+            && (c == 0 || c > pool)
+        {
+            return Err(err(
+                "target.count",
+                format!("must be within 1..={pool} (the nodes it selects from)"),
+            ));
+        }
+        if let Some(x) = t.fraction
+            && !(x > 0.0 && x <= 1.0)
+        {
+            return Err(err("target.fraction", "must be within (0, 1]"));
+        }
+        let need = |ok: bool, field: &str, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(err(field, format!("{} needs {what}", f.action.label())))
+            }
+        };
+        match f.action {
+            FaultAction::ErrorRate | FaultAction::StreamReset => {
+                let r = f.rate.unwrap_or(-1.0);
+                need((0.0..=1.0).contains(&r), "rate", "a probability 0..1")?;
+            }
+            FaultAction::Stall | FaultAction::DiscoveryPeriod => {
+                need(f.ms.is_some_and(|m| m > 0), "ms", "milliseconds > 0")?;
+            }
+            FaultAction::LeakCanary => {
+                need(
+                    f.kib_per_setup.is_some_and(|k| (1..=16_384).contains(&k)),
+                    "kibPerSetup",
+                    "1..=16384 KiB",
+                )?;
+            }
+            FaultAction::Partition => {
+                if f.regions.len() > MAX_FAULT_REGIONS {
+                    return Err(err(
+                        "regions",
+                        format!("at most {MAX_FAULT_REGIONS} regions"),
+                    ));
+                }
+                for (i, r) in f.regions.iter().enumerate() {
+                    if self.region(r).is_none() {
+                        return Err(err(
+                            format!("regions[{i}]"),
+                            format!("unknown region {r:?}"),
+                        ));
+                    }
+                }
+            }
+            FaultAction::FdCanary | FaultAction::ThreadCanary => {
+                need(
+                    f.setups_per_leak
+                        .is_some_and(|k| (1..=1_000_000).contains(&k)),
+                    "setupsPerLeak",
+                    "1..=1000000 setups",
+                )?;
+            }
+            FaultAction::CpuCanary => {
+                need(
+                    f.us_per_request_per_minute
+                        .is_some_and(|k| (1..=10_000).contains(&k)),
+                    "usPerRequestPerMinute",
+                    "1..=10000 µs",
+                )?;
+            }
+            FaultAction::KillRestart | FaultAction::StormCanary => {}
+        }
+        // Parameters an action does not use are mistakes, not silently ignored.
+        let unused = [
+            (
+                "regions",
+                !f.regions.is_empty(),
+                f.action == FaultAction::Partition,
+            ),
+            (
+                "rate",
+                f.rate.is_some(),
+                matches!(f.action, FaultAction::ErrorRate | FaultAction::StreamReset),
+            ),
+            (
+                "ms",
+                f.ms.is_some(),
+                matches!(f.action, FaultAction::Stall | FaultAction::DiscoveryPeriod),
+            ),
+            (
+                "kibPerSetup",
+                f.kib_per_setup.is_some(),
+                f.action == FaultAction::LeakCanary,
+            ),
+            (
+                "setupsPerLeak",
+                f.setups_per_leak.is_some(),
+                matches!(f.action, FaultAction::FdCanary | FaultAction::ThreadCanary),
+            ),
+            (
+                "usPerRequestPerMinute",
+                f.us_per_request_per_minute.is_some(),
+                f.action == FaultAction::CpuCanary,
+            ),
+        ];
+        for (field, given, used) in unused {
+            if given && !used {
+                return Err(err(
+                    field,
+                    format!("not a parameter of {}", f.action.label()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,54 @@
+//! syncnet's protocol, without I/O: the signed hash chain, the wire format, IDA coding, the
+//! configuration and fault types, and every sans-IO core. The node crate drives these cores with
+//! libp2p, tokio and redb; nothing here opens a socket, spawns a task, sleeps or reads the clock
+//! (the cores take `now` from their caller; [`util::now_ms`] is the one wall-clock helper, for
+//! header timestamps).
+//!
+//! # The core shape
+//!
+//! Every core is a plain state machine, like quinn-proto's `Connection`:
+//!
+//! - `handle(event, now)` feeds it one input (a peer connected, a stream is ready, a response came,
+//!   a timer is due). It never blocks and never does I/O.
+//! - `poll_action()` returns the next thing the driver must do (dial, open a stream, send a frame,
+//!   reset, report a metric), in order, until `None`. Actions can lead to more events; the driver
+//!   loops until neither side has anything left.
+//! - `poll_timeout()` is the earliest instant at which the core wants `handle(Tick, now)`.
+//!
+//! The driver owns the sockets, channels and clocks; the core owns every decision. So the rules
+//! are tested deterministically: a test builds the core, feeds events with a fake clock and
+//! asserts on the actions (see each core's tests and `peers::tests`).
+//!
+//! | core | decides |
+//! | --- | --- |
+//! | [`streams::StreamManager`] | which peers get sync streams (low/high thresholds, discovery with cooldown, simultaneous-open tie-break, removals and penalties) |
+//! | [`peers::Peers`] | connections per peer (the duplicate-connection rule, "settled" reporting), the session table and where each request goes |
+//! | [`requests::RequestManager`] | pacing, retries and the choice of stream for each request |
+//! | [`dial::DialManager`] | address book and dial backoff |
+//! | [`downloader::Downloader`] | the batch downloader (long range) and the tip follower |
+//! | [`ida::assembler::Assembler`], [`ida::relay::Relay`] | IDA chunk assembly, repair and forwarding |
+//! | [`ratelimit::ServerLimiter`] | weighted per-peer and global request budgets |
+//! | [`netem`] | latency, jitter, upload shaping and partitions of the network emulation |
+
+pub mod chain;
+pub mod config;
+pub mod dial;
+pub mod downloader;
+pub mod error;
+pub mod faults;
+pub mod ida;
+pub mod keys;
+pub mod netem;
+pub mod peers;
+pub mod producer;
+pub mod ratelimit;
+pub mod requests;
+pub mod streams;
+pub mod util;
+pub mod wire;
+
+pub use chain::{Block, ChainSpec, H256, Header, Sig};
+pub use error::FieldError;
+pub use faults::Faults;
+pub use libp2p_identity::PeerId;
+pub use multiaddr::Multiaddr;
