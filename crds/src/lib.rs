@@ -246,14 +246,8 @@ pub struct SyncSpec {
     pub discovery_interval_ms: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum BroadcastMode {
-    #[default]
-    Ida,
-    Gossipsub,
-    Off,
-}
+/// How blocks are broadcast: the node config's own enum (`broadcast.mode`).
+pub use syncnet_proto::config::BroadcastMode;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -555,10 +549,5 @@ pub struct SyncNetworkStatus {
 }
 
 // The unit tests (`tests.rs`, `use super::*`) walk the generated schema with these.
-#[cfg(test)]
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
-};
-
 #[cfg(test)]
 mod tests;

@@ -10,37 +10,17 @@ use crate::{
     MAX_REGION_NAME, MAX_REGIONS, RegionSpec, SyncNetwork, SyncNetworkSpec, SyncNetworkStatus,
 };
 
-/// A rejected spec: which field (a dotted path), and why.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct SpecError {
-    pub field: String,
-    pub message: String,
-}
+/// A rejected spec: which field (a dotted path), and why. The same type as every other
+/// validation's (node config, fault sets).
+pub type SpecError = syncnet_proto::error::FieldError;
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
-    SpecError {
-        field: field.into(),
-        message: message.into(),
-    }
+    SpecError::new(field, message)
 }
 
-/// Region names: what a Kubernetes label value accepts, minus upper case.
-pub fn validate_name(r: &str) -> Result<(), String> {
-    let ok = !r.is_empty()
-        && r.len() <= 63
-        && r.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !r.starts_with('-')
-        && !r.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{r:?} is not a valid name (1-63 of a-z, 0-9, '-', not starting or ending in '-')"
-        ))
-    }
-}
+/// Names (regions, faults): what a Kubernetes label value accepts, minus upper case; the node
+/// checks region names with the same function.
+pub use syncnet_proto::error::validate_name;
 
 /// Region names: a label value that, after `<network>-`, still names a StatefulSet.
 pub fn validate_region_name(r: &str) -> Result<(), String> {

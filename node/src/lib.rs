@@ -2,12 +2,15 @@
 //! tokio and redb, the store, the metrics and control HTTP API, and the `syncnode` runtime. See
 //! docs/architecture.md for where each concept lives.
 //!
-//! The protocol modules are re-exported under their own names (`syncnet_node::chain` is
-//! `syncnet_proto::chain`), so a user of the node needs one dependency.
+//! The public surface: the runtime ([`node::run`]), the p2p layer ([`p2p::spawn`],
+//! [`p2p::P2pHandle`]), the sync and broadcast tasks, the store, metrics, network emulation and
+//! offline chain generation. The control API and the canaries are internal (reached through
+//! `PUT /faults`). The protocol modules are re-exported under their own names
+//! (`syncnet_node::chain` is `syncnet_proto::chain`), so a user of the node needs one dependency.
 
 pub mod broadcast;
-pub mod canary;
-pub mod control;
+mod canary;
+mod control;
 pub mod metrics;
 pub mod netem;
 pub mod node;

@@ -19,6 +19,18 @@
 //! are tested deterministically: a test builds the core, feeds events with a fake clock and
 //! asserts on the actions (see each core's tests and `peers::tests`).
 //!
+//! Two variations, each for a reason:
+//!
+//! - An input that needs an answer at once takes a method that returns it instead of a variant
+//!   of the event enum: `Peers::submit` returns the request's id (the driver files the caller's
+//!   reply channel under it), `DialManager::request` returns the dial decision,
+//!   `Assembler::on_chunk` what the chunk did, `ServerLimiter::check` whether a request may be
+//!   served. The request manager's inputs are such methods too (`submit`, `on_success`,
+//!   `on_failure`, ...); its actions still come from `poll_action`.
+//! - Cores that only answer (the dial manager, the rate limiter, the relay's bookkeeping, the
+//!   netem schedule) have no action queue and no timer of their own; the core that composes them
+//!   (`peers::Peers` composes the stream, request and dial managers) or their driver polls them.
+//!
 //! | core | decides |
 //! | --- | --- |
 //! | [`streams::StreamManager`] | which peers get sync streams (low/high thresholds, discovery with cooldown, simultaneous-open tie-break, removals and penalties) |

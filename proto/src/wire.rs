@@ -182,6 +182,18 @@ pub enum CodecError {
     Poisoned,
 }
 
+impl CodecError {
+    /// Closed set of label values for metrics (`frame_errors_total{reason}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            CodecError::Oversize { .. } => "oversize",
+            CodecError::Decode(_) => "decode",
+            CodecError::Trailing(_) => "trailing",
+            CodecError::Poisoned => "poisoned",
+        }
+    }
+}
+
 /// Encodes `msg` as one frame. Fails (without sending anything) if it would exceed `max_frame`.
 pub fn encode<T: Serialize>(msg: &T, max_frame: usize) -> Result<Vec<u8>, CodecError> {
     let mut out = postcard::to_extend(msg, vec![0u8; 4])?;

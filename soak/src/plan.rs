@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::seq::IndexedRandom;
-use syncnet_crds::{BroadcastMode, FaultAction, FaultSpec, SyncNetworkSpec};
+use syncnet_crds::{FaultAction, FaultSpec, SyncNetworkSpec};
+use syncnet_proto::config::BroadcastConfig;
 use syncnet_proto::config::P2pConfig;
-use syncnet_proto::config::{BroadcastConfig, BroadcastMode as NodeMode};
 use syncnet_proto::config::{LogConfig, MetricsConfig, NodeConfig, PayloadSize, ProducerConfig};
 use syncnet_proto::ida::IdaParams;
 use syncnet_proto::netem::NetemConfig;
@@ -97,11 +97,7 @@ pub fn node_config(
         p2p.streams.discovery_interval = Duration::from_millis(ms);
     }
     let mut broadcast = BroadcastConfig {
-        mode: match spec.broadcast.mode {
-            BroadcastMode::Ida => NodeMode::Ida,
-            BroadcastMode::Gossipsub => NodeMode::Gossipsub,
-            BroadcastMode::Off => NodeMode::Off,
-        },
+        mode: spec.broadcast.mode,
         ..BroadcastConfig::default()
     };
     let d = IdaParams::default();

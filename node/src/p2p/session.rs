@@ -154,15 +154,6 @@ async fn read_message<R: AsyncRead + Unpin>(
     }
 }
 
-fn codec_label(e: &CodecError) -> &'static str {
-    match e {
-        CodecError::Oversize { .. } => "oversize",
-        CodecError::Decode(_) => "decode",
-        CodecError::Trailing(_) => "trailing",
-        CodecError::Poisoned => "poisoned",
-    }
-}
-
 /// Runs one stream from handshake to close, reporting to the driver through `events`.
 pub async fn run<S>(
     ctx: Arc<SessionCtx>,
@@ -311,7 +302,7 @@ pub async fn run<S>(
                 Err(ReadError::Codec(e)) => {
                     ctx.metrics
                         .frame_errors
-                        .get_or_create(&[("reason", codec_label(&e))])
+                        .get_or_create(&[("reason", e.label())])
                         .inc();
                     tracing::debug!(%peer, "malformed frame: {e}");
                     return CloseReason::Malformed;

@@ -10,7 +10,6 @@ use crate::ida::IdaParams;
 use crate::ida::assembler::AssemblerConfig;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BroadcastMode {
     /// Reed-Solomon chunks with Merkle proofs under the signed header (RapidChain's IDA gossip).
@@ -30,6 +29,23 @@ impl BroadcastMode {
             BroadcastMode::Gossipsub => "gossipsub",
             BroadcastMode::Off => "off",
         }
+    }
+}
+
+/// The custom resource's schema (`spec.broadcast.mode`): a plain string enum. Written out because
+/// the derive would turn the variants' doc comments into a `oneOf`, which a CRD schema must not
+/// have.
+#[cfg(feature = "schemars")]
+impl schemars::JsonSchema for BroadcastMode {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "BroadcastMode".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "enum": ["ida", "gossipsub", "off"]
+        })
     }
 }
 

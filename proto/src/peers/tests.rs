@@ -5,6 +5,9 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::chain::testkit::{key, spec_for};
+use crate::dial::DialConfig;
+use crate::requests::RequestConfig;
+use crate::streams::StreamConfig;
 
 type Core = Peers<u32, u32, u32>;
 type Out = Output<u32, u32, u32>;

@@ -52,7 +52,7 @@ fn one_valid_node_config_per_replica() {
         assert_eq!(netem.upload_bytes_per_sec, 12_500_000);
         assert_eq!(netem.latency_ms["us"]["eu"], 40);
         assert_eq!((c.p2p.streams.soft_low, c.p2p.streams.high), (3, 6));
-        assert_eq!(c.broadcast.mode, NodeMode::Gossipsub);
+        assert_eq!(c.broadcast.mode, syncnet_crds::BroadcastMode::Gossipsub);
         // What the node itself accepts.
         c.validate()
             .unwrap_or_else(|e| panic!("{}: {e}", node.name));
