@@ -220,11 +220,9 @@ fn network_yaml(sn: &SyncNetwork, keys: &Keys) -> Result<String, String> {
         .creation_timestamp
         .as_ref()
         .map_or(0, |t| t.0.as_millisecond().max(0) as u64);
-    let net = syncnet_proto::config::NetworkConfig::new(
-        &sn.name_any(),
-        created_ms,
-        keys.producer_public,
-    )?;
+    let net =
+        syncnet_proto::config::NetworkConfig::new(&sn.name_any(), created_ms, keys.producer_public)
+            .map_err(|e| e.to_string())?;
     Ok(serde_yaml::to_string(&net).expect("a network config serialises"))
 }
 

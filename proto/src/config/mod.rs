@@ -56,7 +56,7 @@ impl NetworkConfig {
         network_id: &str,
         genesis_timestamp_ms: u64,
         producer: H256,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, FieldError> {
         let mut cfg = NetworkConfig {
             network_id: network_id.to_owned(),
             genesis_timestamp_ms,
@@ -74,21 +74,24 @@ impl NetworkConfig {
     }
 
     /// Validates and builds the chain spec.
-    pub fn chain_spec(&self) -> Result<ChainSpec, String> {
-        validate_network_id(&self.network_id).map_err(|e| format!("network_id: {e}"))?;
+    pub fn chain_spec(&self) -> Result<ChainSpec, FieldError> {
+        validate_network_id(&self.network_id).map_err(|e| FieldError::new("network_id", e))?;
         let spec = ChainSpec::new(
             &self.network_id,
             &self.producer_public_key,
             self.genesis_timestamp_ms,
         )
-        .map_err(|_| "producer_public_key: not a valid ed25519 public key".to_owned())?;
+        .map_err(|_| FieldError::new("producer_public_key", "not a valid ed25519 public key"))?;
         if let Some(expected) = self.genesis_hash
             && expected != spec.genesis_hash()
         {
-            return Err(format!(
-                "genesis_hash: {expected} does not match the other fields (they give {}); \
-                 regenerate the file with `syncnode genesis`",
-                spec.genesis_hash()
+            return Err(FieldError::new(
+                "genesis_hash",
+                format!(
+                    "{expected} does not match the other fields (they give {}); \
+                     regenerate the file with `syncnode genesis`",
+                    spec.genesis_hash()
+                ),
             ));
         }
         Ok(spec)
