@@ -1,19 +1,12 @@
 use super::*;
 
-fn matrix(entries: &[(&str, &str, u32)]) -> NetemConfig {
-    let mut cfg = NetemConfig::default();
-    for (a, b, ms) in entries {
-        cfg.latency_ms
-            .entry((*a).to_owned())
-            .or_default()
-            .insert((*b).to_owned(), *ms);
-    }
-    cfg
-}
-
 #[test]
 fn netem_switches_partitions_and_counts_connections_per_region() {
-    let cfg = matrix(&[("eu", "us", 40)]);
+    let mut cfg = NetemConfig::default();
+    cfg.latency_ms
+        .entry("eu".into())
+        .or_default()
+        .insert("us".into(), 40);
     let net = Netem::new("eu".into(), PeerId::random(), cfg, NetemMetrics::default());
     assert!(!net.blocks("us", None));
     let g0 = net.partition_generation();

@@ -68,7 +68,23 @@ struct Pair {
     t: Instant,
 }
 
+/// The session task's report that a ready stream ended (EOF or error).
+fn closed(peer: u32, session: SessionId) -> Input<u32, u32> {
+    Input::SessionClosed {
+        peer,
+        session,
+        malformed: false,
+    }
+}
+
 impl Pair {
+    /// Both ends see the stream end at once (the test stands in for the network).
+    fn end_session(&mut self, id: SessionId) {
+        self.a.handle(closed(2, id), self.t);
+        self.b.handle(closed(1, id), self.t);
+        self.sessions.retain(|s| s.0 != id);
+    }
+
     fn new(t0: Instant) -> Pair {
         Pair {
             a: core(1, &[2], t0),
@@ -328,23 +344,7 @@ fn simultaneous_stream_opens_end_with_one_stream_on_one_connection() {
     // Drop the stream from both sides at once: both reopen after their cooldowns, at the same
     // instant, so the opens cross.
     let sid = p.sessions[0].0;
-    p.a.handle(
-        Input::SessionClosed {
-            peer: 2,
-            session: sid,
-            malformed: false,
-        },
-        p.t,
-    );
-    p.b.handle(
-        Input::SessionClosed {
-            peer: 1,
-            session: sid,
-            malformed: false,
-        },
-        p.t,
-    );
-    p.sessions.clear();
+    p.end_session(sid);
     for _ in 0..40 {
         p.advance(Duration::from_millis(500));
     }
@@ -361,23 +361,7 @@ fn a_request_queued_when_its_session_closes_goes_out_on_the_next_one() {
     p.settle();
     let first = p.sessions[0].0;
     // The only session ends; a request submitted now waits in the queue.
-    p.a.handle(
-        Input::SessionClosed {
-            peer: 2,
-            session: first,
-            malformed: false,
-        },
-        p.t,
-    );
-    p.b.handle(
-        Input::SessionClosed {
-            peer: 1,
-            session: first,
-            malformed: false,
-        },
-        p.t,
-    );
-    p.sessions.clear();
+    p.end_session(first);
     let req = Request::GetBlockHashes { from: 1, count: 8 };
     let id = p.a.submit(req, None, p.t).unwrap();
     p.settle();
@@ -426,14 +410,7 @@ fn a_request_written_to_a_closed_channel_is_requeued_not_lost() {
     );
     assert_eq!(p.a.requests_in_flight() + p.a.requests_queued(), 1);
     // The session's own close report arrives later and changes nothing.
-    p.a.handle(
-        Input::SessionClosed {
-            peer: 2,
-            session,
-            malformed: false,
-        },
-        p.t,
-    );
+    p.a.handle(closed(2, session), p.t);
     assert!(drain(&mut p.a).is_empty());
 }
 
@@ -477,14 +454,7 @@ fn direct_requests_fail_once_when_their_session_ends() {
             result: Ok(Response::BlockHashes(vec![]))
         }]
     );
-    p.a.handle(
-        Input::SessionClosed {
-            peer: 2,
-            session,
-            malformed: false,
-        },
-        p.t,
-    );
+    p.a.handle(closed(2, session), p.t);
     let out = drain(&mut p.a);
     let failed: Vec<&Out> = out
         .iter()
@@ -497,14 +467,7 @@ fn direct_requests_fail_once_when_their_session_ends() {
             result: Err(RequestError::NoStream)
         }]
     );
-    p.a.handle(
-        Input::SessionClosed {
-            peer: 2,
-            session,
-            malformed: false,
-        },
-        p.t,
-    );
+    p.a.handle(closed(2, session), p.t);
     assert!(drain(&mut p.a).is_empty(), "a second close finds nothing");
 }
 
