@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance};
-use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, kad, ping};
@@ -22,7 +21,7 @@ use super::session::{self, CloseReason, SessionCtx, SessionEvent, SetupError};
 use super::swarm::{Behaviour, BehaviourEvent};
 use super::{NetEvent, NetState, RequestError, gate, gossip, network_version};
 use crate::canary::CanarySet;
-use crate::config::peer_of;
+use crate::config::split_peer;
 use crate::metrics::P2pMetrics;
 use crate::netem::Netem;
 use crate::peers::{Count, Input, Output, Peers, SessionId};
@@ -415,11 +414,7 @@ impl Driver {
                 }
             },
             Command::Dial(addr) => {
-                if let Some(peer) = peer_of(&addr) {
-                    let a: Multiaddr = addr
-                        .iter()
-                        .filter(|p| !matches!(p, Protocol::P2p(_)))
-                        .collect();
+                if let Some((peer, a)) = split_peer(&addr) {
                     self.peers.add_address(peer, a);
                     self.peers.handle(Input::Discovered(peer), now);
                     self.peers.dial_requested(peer, now);

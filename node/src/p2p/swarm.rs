@@ -13,7 +13,6 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Transport;
 use libp2p::gossipsub;
 use libp2p::kad::{self, store::MemoryStore};
-use libp2p::multiaddr::Protocol;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, identity, noise, ping, tcp, yamux};
@@ -25,7 +24,7 @@ use super::handle::P2pHandle;
 use super::session::{self, SessionCtx};
 use super::{NetState, gate, gossip, network_version, sync_protocol};
 use crate::chain::ChainSpec;
-use crate::config::{P2pConfig, peer_of};
+use crate::config::{P2pConfig, split_peer};
 use crate::dial::DialConfig;
 use crate::faults::Faults;
 use crate::metrics::P2pMetrics;
@@ -199,14 +198,7 @@ pub async fn spawn(
     let bootnodes: Vec<(PeerId, Multiaddr)> = cfg
         .bootnodes
         .iter()
-        .map(|b| {
-            let peer = peer_of(b).expect("validated");
-            let addr: Multiaddr = b
-                .iter()
-                .filter(|p| !matches!(p, Protocol::P2p(_)))
-                .collect();
-            (peer, addr)
-        })
+        .map(|b| split_peer(b).expect("validated"))
         .collect();
     let peers_cfg = PeersConfig {
         streams: cfg.streams.clone(),

@@ -11,7 +11,7 @@ mod broadcast;
 mod p2p;
 
 pub use broadcast::{BroadcastConfig, BroadcastMode, GossipConfig, IdaConfig, MIN_PACE};
-pub use p2p::{P2pConfig, peer_of};
+pub use p2p::{P2pConfig, peer_of, split_peer};
 
 use crate::chain::{ChainSpec, H256};
 pub use crate::downloader::DownloaderConfig;

@@ -130,3 +130,13 @@ pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
         _ => None,
     }
 }
+
+/// The peer id an address ends in, and the address without it (what a dial book holds).
+pub fn split_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    let peer = peer_of(addr)?;
+    let rest = addr
+        .iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect();
+    Some((peer, rest))
+}

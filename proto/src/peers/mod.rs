@@ -129,7 +129,11 @@ where
             .min()
     }
 
+    /// Every input runs the managers' resulting actions. Only `Tick` and `LocalHead` (the driver
+    /// sends one per loop turn) also run the timers: the stream manager acts on its own events
+    /// already, and timers need running once per turn, not once per input.
     pub fn handle(&mut self, input: Input<P, C>, now: Instant) {
+        let timers = matches!(input, Input::Tick | Input::LocalHead(_));
         match input {
             Input::Tick => {}
             Input::ConnectionEstablished {
@@ -170,11 +174,7 @@ where
                 }
             }
             Input::DiscoveryFinished => self.sm.handle(SmEvent::DiscoveryFinished, now),
-            Input::Foreign(peer) => {
-                self.count(Count::ForeignPeer);
-                self.dials.block(peer);
-                self.out.push_back(Output::Disconnect(peer));
-            }
+            Input::Foreign(peer) => self.refuse_foreign(peer),
             Input::SessionReady {
                 peer,
                 session,
@@ -202,9 +202,7 @@ where
                 wrong_network,
             } => {
                 if wrong_network {
-                    self.count(Count::ForeignPeer);
-                    self.dials.block(peer);
-                    self.out.push_back(Output::Disconnect(peer));
+                    self.refuse_foreign(peer);
                 }
                 if outbound {
                     self.sm.handle(SmEvent::OutboundFailed(peer), now);
@@ -298,9 +296,11 @@ where
                     .set_storm_canary(storm_canary || self.cfg.streams.storm_canary);
             }
         }
-        self.check_stale(now);
-        self.sm.handle(SmEvent::Tick, now);
-        self.rm.tick(now);
+        if timers {
+            self.check_stale(now);
+            self.sm.handle(SmEvent::Tick, now);
+            self.rm.tick(now);
+        }
         self.process(now);
     }
 
@@ -429,6 +429,13 @@ where
             ("sessions", self.sessions.len()),
             ("direct_requests", self.direct.len()),
         ]
+    }
+
+    /// A peer of another network: blocked and disconnected.
+    fn refuse_foreign(&mut self, peer: P) {
+        self.count(Count::ForeignPeer);
+        self.dials.block(peer);
+        self.out.push_back(Output::Disconnect(peer));
     }
 
     fn count(&mut self, c: Count) {
