@@ -144,7 +144,6 @@ fn p2p_cfg(i: usize, n: usize, boot: Vec<Multiaddr>, mode: Mode) -> P2pConfig {
             discovery_interval: Duration::from_secs(1),
             ..StreamConfig::default()
         },
-        max_connections: 64,
         // Regions in blocks of n/4: node 0 (the producer) is in "us".
         region: Some(REGIONS[i * REGIONS.len() / n].into()),
         netem: Some(matrix()),

@@ -31,6 +31,7 @@ pub struct ControlState {
     apply: ApplyFn,
     status: StatusFn,
     token: Option<String>,
+    body_timeout: std::time::Duration,
 }
 
 impl ControlState {
@@ -46,6 +47,7 @@ impl ControlState {
             apply,
             status,
             token: token.filter(|t| !t.is_empty()),
+            body_timeout: HttpLimits::default().body_timeout,
         })
     }
 }
@@ -134,14 +136,27 @@ fn pprof_response(r: Result<Vec<u8>, crate::profile::ProfileError>) -> Response 
     }
 }
 
-async fn put_faults(
-    State(s): State<Arc<ControlState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = unauthorized(&s, &headers) {
+/// Fault sets are small; a body beyond this is refused (413).
+const MAX_BODY: usize = 64 * 1024;
+
+async fn put_faults(State(s): State<Arc<ControlState>>, req: axum::extract::Request) -> Response {
+    let (parts, body) = req.into_parts();
+    if let Some(r) = unauthorized(&s, &parts.headers) {
         return r;
     }
+    let body: Bytes =
+        match tokio::time::timeout(s.body_timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => {
+                let body =
+                    json!({ "error": format!("body over {MAX_BODY} bytes"), "field": "body" });
+                return (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response();
+            }
+            Err(_) => {
+                let body = json!({ "error": "body not received in time", "field": "body" });
+                return (StatusCode::REQUEST_TIMEOUT, Json(body)).into_response();
+            }
+        };
     let faults = match Faults::from_json(&body).and_then(|f| (s.check)(&f).map(|()| f)) {
         Ok(f) => f,
         Err(e) => {
@@ -154,6 +169,75 @@ async fn put_faults(
     (s.apply)(faults.clone()).await;
     *current = faults.clone();
     (StatusCode::OK, Json(json!({ "faults": faults }))).into_response()
+}
+
+/// Limits of the HTTP port (metrics, health, control). 300 connections trickling their headers
+/// once held 300 fds for as long as they liked.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this.
+    pub header_timeout: std::time::Duration,
+    /// A request body (`PUT /faults`) must arrive within this.
+    pub body_timeout: std::time::Duration,
+    /// A connection is closed after this, busy or not (a CPU profile takes up to 60 s; scrapers
+    /// reconnect).
+    pub connection_lifetime: std::time::Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 64,
+            header_timeout: std::time::Duration::from_secs(5),
+            body_timeout: std::time::Duration::from_secs(5),
+            connection_lifetime: std::time::Duration::from_secs(120),
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `stop` turns true, within `limits`. Hand-rolled on
+/// hyper-util's pieces because `axum::serve` has neither a header-read timeout nor a cap.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: HttpLimits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    refused: prometheus_client::metrics::counter::Counter,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let sock = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((sock, _)) => sock,
+                Err(e) => {
+                    // Out of fds, say: wait a little rather than spin.
+                    tracing::warn!("http accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused.inc();
+            drop(sock);
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        conns.spawn(async move {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let conn = b.serve_connection(hyper_util::rt::TokioIo::new(sock), svc);
+            let _ = tokio::time::timeout(limits.connection_lifetime, conn).await;
+            drop(slot);
+        });
+    }
+    conns.shutdown().await;
 }
 
 #[cfg(test)]

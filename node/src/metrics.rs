@@ -20,6 +20,8 @@ use crate::store::Store;
 #[derive(Clone, Debug, Default)]
 pub struct NodeMetrics {
     pub blocks_produced: Counter,
+    /// Connections to the HTTP port closed on accept (`control::HttpLimits::max_connections`).
+    pub http_refused: Counter,
 }
 
 impl NodeMetrics {
@@ -31,6 +33,11 @@ impl NodeMetrics {
             "blocks_produced",
             "Blocks this node produced and signed (producer only)",
             m.blocks_produced.clone(),
+        );
+        r.register(
+            "http_connections_refused",
+            "Connections to the metrics/control port closed on accept: too many open",
+            m.http_refused.clone(),
         );
 
         r.register_collector(Box::new(StoreCollector(store)));
@@ -189,6 +196,11 @@ pub struct P2pMetrics {
     pub bytes: Family<L2, Counter>,
     pub frame_errors: Family<L1, Counter>,
     pub foreign_peers: Counter,
+    pub offences: Family<L1, Counter>,
+    pub bans: Counter,
+    pub banned: Gauge,
+    pub refused: Family<L1, Counter>,
+    pub serve_budget_used: Gauge,
     pub tracked: Family<L1, Gauge>,
     pub faults_injected: Family<L1, Counter>,
     pub ping_rtt: Histogram,
@@ -236,6 +248,11 @@ impl Default for P2pMetrics {
             bytes: Family::default(),
             frame_errors: Family::default(),
             foreign_peers: Counter::default(),
+            offences: Family::default(),
+            bans: Counter::default(),
+            banned: Gauge::default(),
+            refused: Family::default(),
+            serve_budget_used: Gauge::default(),
             tracked: Family::default(),
             faults_injected: Family::default(),
             ping_rtt: latency_histogram(),
@@ -354,6 +371,28 @@ impl P2pMetrics {
             "p2p_foreign_peers",
             "Peers refused for belonging to another network",
             self.foreign_peers.clone(),
+        );
+        r.register(
+            "p2p_peer_offences",
+            "Peer offences by kind (each penalises; enough of them ban)",
+            self.offences.clone(),
+        );
+        r.register("p2p_peer_bans", "Peers banned", self.bans.clone());
+        r.register(
+            "p2p_peers_banned",
+            "Peers under a ban now",
+            self.banned.clone(),
+        );
+        r.register(
+            "p2p_connections_refused",
+            "Connections closed on arrival or evicted, by reason",
+            self.refused.clone(),
+        );
+        r.register_with_unit(
+            "p2p_serve_budget_used",
+            "Bytes reserved by replies being built or written (cap: p2p.serve_budget_bytes)",
+            Unit::Bytes,
+            self.serve_budget_used.clone(),
         );
         r.register(
             "p2p_tracked_entries",
@@ -489,6 +528,7 @@ pub struct BroadcastMetrics {
     pub pending_blocks: Gauge,
     /// Frames queued for neighbours, all together.
     pub queued_frames: Gauge,
+    pub queued_bytes: Gauge,
 }
 
 fn delivery_histogram() -> Histogram {
@@ -510,6 +550,7 @@ impl Default for BroadcastMetrics {
             assembly_bytes: Gauge::default(),
             pending_blocks: Gauge::default(),
             queued_frames: Gauge::default(),
+            queued_bytes: Gauge::default(),
         }
     }
 }
@@ -567,6 +608,12 @@ impl BroadcastMetrics {
             "ida_queued_frames",
             "IDA frames queued for neighbours (capped per neighbour)",
             self.queued_frames.clone(),
+        );
+        r.register_with_unit(
+            "ida_queued",
+            "Bytes of IDA chunk frames waiting for neighbours (capped per neighbour and in all)",
+            Unit::Bytes,
+            self.queued_bytes.clone(),
         );
     }
 }

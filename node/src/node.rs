@@ -190,14 +190,13 @@ pub async fn run(
         .route("/healthz", get(serve_health))
         .with_state(state.clone())
         .merge(crate::control::router(control));
-    let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let http = tokio::spawn(crate::control::serve(
+        listener,
+        app,
+        crate::control::HttpLimits::default(),
+        stop_rx.clone(),
+        metrics.http_refused.clone(),
+    ));
 
     let mut sync_cfg = cfg.sync;
     sync_cfg.tip_grace = cfg.broadcast.tip_grace();

@@ -43,6 +43,10 @@ pub enum StoreError {
     Format(u32),
     #[error("batch does not extend the head: expected height {expected}, got {got}")]
     NotContiguous { expected: u64, got: u64 },
+    #[error("block {height} does not link to the stored block below it")]
+    Unlinked { height: u64 },
+    #[error("block {height} differs from the stored block at that height")]
+    Conflict { height: u64 },
     #[error("store is inconsistent: {0}")]
     Corrupt(String),
     #[error("stored block at height {height} does not verify: {err}")]
@@ -235,19 +239,50 @@ impl Store {
     /// Appends a batch of verified blocks on top of the head, atomically: either every block and the
     /// new head are committed, or nothing is.
     pub fn insert_batch(&self, batch: &[VerifiedBlock]) -> Result<Head, StoreError> {
+        self.insert_new(batch).map(|(head, _)| head)
+    }
+
+    /// Commits the blocks of `batch` above the head in one transaction; returns the new head and
+    /// how many blocks were new. Blocks at or below the head must be the stored ones (same hash)
+    /// and are skipped: broadcast and sync write the same chain, and a block broadcast delivered
+    /// while a sync batch covering it was on its way to the store is not the serving peer's fault.
+    pub fn insert_new(&self, batch: &[VerifiedBlock]) -> Result<(Head, usize), StoreError> {
         let mut head = self.head.lock().unwrap();
+        let mut skip = 0;
+        if batch
+            .first()
+            .is_some_and(|b| b.block().header.height <= head.height)
+        {
+            let rtx = self.db.begin_read()?;
+            let hashes = rtx.open_table(HASHES)?;
+            for vb in batch {
+                let height = vb.block().header.height;
+                if height > head.height {
+                    break;
+                }
+                let stored = hashes.get(height)?.map(|g| g.value());
+                if stored != Some(vb.hash().0) {
+                    return Err(StoreError::Conflict { height });
+                }
+                skip += 1;
+            }
+        }
+        let batch = &batch[skip..];
         let Some(last) = batch.last() else {
-            return Ok(head.clone());
+            return Ok((head.clone(), 0));
         };
         let mut parent = head.hash;
         for (i, vb) in batch.iter().enumerate() {
             let h = &vb.block().header;
             let expected = head.height + 1 + i as u64;
-            if h.height != expected || h.parent_hash != parent {
+            if h.height != expected {
                 return Err(StoreError::NotContiguous {
                     expected,
                     got: h.height,
                 });
+            }
+            if h.parent_hash != parent {
+                return Err(StoreError::Unlinked { height: h.height });
             }
             parent = vb.hash();
         }
@@ -277,7 +312,7 @@ impl Store {
             header: last.block().header.clone(),
             signature: last.block().signature,
         };
-        Ok(head.clone())
+        Ok((head.clone(), batch.len()))
     }
 
     pub fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
@@ -483,6 +518,53 @@ mod tests {
         );
         assert_eq!(store.head().height, 0);
         assert_eq!(store.block(11).unwrap(), None);
+    }
+
+    /// The race behind the false `misplaced` penalty: broadcast commits the next block while a
+    /// sync batch that starts at the same height is on its way to the store. The batch must
+    /// commit the rest, not fail as non-contiguous (which blamed the peer that served it).
+    #[test]
+    fn batch_overlapping_blocks_broadcast_committed_inserts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(1);
+        let spec = spec_for(&k);
+        let chain = make_chain(&spec, &k, 10, 64);
+        let store = Store::open_or_init(&dir.path().join("chain.redb"), &spec).unwrap();
+        let genesis = store.head().header;
+        let batch = spec.verify_chain(&genesis, chain.clone()).unwrap();
+        // Broadcast delivered blocks 1 and 2 first.
+        store.insert_batch(&batch[..2]).unwrap();
+        let (head, new) = store.insert_new(&batch).unwrap();
+        assert_eq!((head.height, new), (10, 8));
+        assert_eq!(store.inserted_total(), 10);
+        // Entirely below the head: nothing to do, nothing written.
+        let (head, new) = store.insert_new(&batch[3..5]).unwrap();
+        assert_eq!((head.height, new), (10, 0));
+        assert_eq!(store.check(&spec).unwrap(), 10);
+    }
+
+    #[test]
+    fn batch_differing_from_a_stored_block_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(1);
+        let spec = spec_for(&k);
+        let store = Store::open_or_init(&dir.path().join("chain.redb"), &spec).unwrap();
+        let genesis = store.head().header;
+        let ours = spec
+            .verify_chain(&genesis, make_chain(&spec, &k, 4, 64))
+            .unwrap();
+        // Same producer, other payloads: a second chain of signed blocks (equivocation).
+        let theirs = spec
+            .verify_chain(&genesis, make_chain(&spec, &k, 6, 65))
+            .unwrap();
+        store.insert_batch(&ours).unwrap();
+        let err = store.insert_new(&theirs).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { height: 1 }), "{err}");
+        assert_eq!(store.head().height, 4);
+        // Signed, at the next height, but its parent is not our head.
+        let err = store.insert_new(&theirs[4..]).unwrap_err();
+        assert!(matches!(err, StoreError::Unlinked { height: 5 }), "{err}");
+        assert_eq!(store.head().height, 4);
     }
 
     #[test]

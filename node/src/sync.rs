@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::chain::{Block, ChainSpec, VerifiedBlock, VerifyError};
-use crate::downloader::{Action, BatchId, Downloader, DownloaderConfig, Event, FetchFailure};
+use crate::downloader::{
+    Action, BatchId, Downloader, DownloaderConfig, Event, FetchFailure, InsertFailure,
+};
 use crate::metrics::SyncMetrics;
 use crate::p2p::{NetEvent, P2pHandle, RequestError};
 use crate::store::{Store, StoreError};
@@ -62,7 +64,7 @@ pub async fn run(
     let mut fetches: JoinSet<(BatchId, PeerId, Fetched)> = JoinSet::new();
     let mut handles: HashMap<BatchId, tokio::task::AbortHandle> = HashMap::new();
     let (ins_tx, mut ins_rx) =
-        mpsc::channel::<(BatchId, Result<crate::store::Head, StoreError>, usize)>(4);
+        mpsc::channel::<(BatchId, Result<(crate::store::Head, usize), StoreError>)>(4);
     let mut last_phase = d.phase();
     loop {
         // Blocks committed by someone else (the producer loop) move our head too.
@@ -94,18 +96,23 @@ pub async fn run(
                 };
                 d.handle(ev, now);
             }
-            Some((id, result, n)) = ins_rx.recv() => {
+            Some((id, result)) = ins_rx.recv() => {
                 let now = Instant::now();
                 match result {
-                    Ok(head) => {
-
+                    Ok((head, n)) => {
                         metrics.blocks_synced.get_or_create(&[("phase", d.phase().label())]).inc_by(n as u64);
                         p2p.announce(head.header.clone(), head.signature);
                         d.handle(Event::Inserted { id, height: head.height }, now);
                     }
                     Err(e) => {
-                        debug!("batch {id} did not commit: {e}");
-                        d.handle(Event::InsertFailed { id }, now);
+                        let why = match e {
+                            StoreError::Unlinked { .. } | StoreError::Conflict { .. } => {
+                                InsertFailure::Unlinked
+                            }
+                            _ => InsertFailure::Local,
+                        };
+                        warn!("batch {id} did not commit: {e}");
+                        d.handle(Event::InsertFailed { id, why }, now);
                     }
                 }
             }
@@ -150,10 +157,9 @@ pub async fn run(
                 }
                 Action::Insert { id, blocks } => {
                     let (store, tx) = (store.clone(), ins_tx.clone());
-                    let n = blocks.len();
                     tokio::task::spawn_blocking(move || {
-                        let r = store.insert_batch(&blocks);
-                        let _ = tx.blocking_send((id, r, n));
+                        let r = store.insert_new(&blocks);
+                        let _ = tx.blocking_send((id, r));
                     });
                 }
                 Action::Penalise { peer, why } => {

@@ -125,8 +125,11 @@ pub enum FetchFailure {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Penalty {
     Invalid(VerifyError),
-    /// Blocks that verify but start at the wrong height or do not link to the previous batch.
+    /// A reply that verifies but starts at another height than asked, or holds more blocks.
     Misplaced,
+    /// Blocks that verify but do not link to the local chain (another chain signed by the
+    /// producer key: the store refused them).
+    Unlinked,
     /// Claimed a head it then could not serve.
     CannotServe,
     /// Held up the chain until the watchdog fired.
@@ -138,6 +141,7 @@ impl Penalty {
         match self {
             Penalty::Invalid(e) => e.reason(),
             Penalty::Misplaced => "misplaced",
+            Penalty::Unlinked => "unlinked",
             Penalty::CannotServe => "cannot_serve",
             Penalty::Stalled => "stalled",
         }
@@ -180,14 +184,24 @@ pub enum Event<P> {
         id: BatchId,
         height: u64,
     },
-    /// The batch did not link to the local head.
+    /// The batch was not committed.
     InsertFailed {
         id: BatchId,
+        why: InsertFailure,
     },
     /// Someone else (the producer, IDA) committed blocks: the head is now `height`.
     LocalAdvanced {
         height: u64,
     },
+}
+
+/// Why a commit failed: only blocks that contradict the stored chain are the peer's doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertFailure {
+    /// The blocks conflict with or do not link to the stored chain.
+    Unlinked,
+    /// The store failed (I/O, or the batch did not start at the head: a scheduling race here).
+    Local,
 }
 
 #[derive(Debug)]
@@ -489,7 +503,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
                     self.last_progress = now;
                 }
             }
-            Event::InsertFailed { id } => {
+            Event::InsertFailed { id, why } => {
                 if let Some((&k, _)) = self.batches.iter().find(|(_, b)| b.id == id)
                     && let State::Inserting { bytes, peer } = &self.batches[&k].state
                 {
@@ -497,8 +511,10 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
                     self.buffered -= bytes;
                     let b = self.batches.get_mut(&k).expect("found");
                     b.state = State::Pending;
-                    b.tried.push(peer.clone());
-                    self.penalise(peer, Penalty::Misplaced, now);
+                    if why == InsertFailure::Unlinked {
+                        b.tried.push(peer.clone());
+                        self.penalise(peer, Penalty::Unlinked, now);
+                    }
                     self.actions.push_back(Action::BatchRetry);
                 }
             }

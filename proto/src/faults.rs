@@ -76,6 +76,23 @@ pub const MAX_CPU_CANARY_US: u64 = 10_000;
 impl Faults {
     /// Parses a JSON fault set; unknown fields and bad types name the field.
     pub fn from_json(body: &[u8]) -> Result<Faults, FaultError> {
+        // serde reads a struct from a JSON array too, field by field in order (`[0.5]` once set
+        // `setup_failure_rate`): a fault set is an object, nothing else.
+        // The same for the one nested set, `partition`.
+        let not_object = |field: &str, what: &str| FaultError {
+            field: field.to_owned(),
+            message: format!("{what} is a JSON object, e.g. {{\"stall_ms\": 250}}"),
+        };
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+            if !v.is_object() {
+                return Err(not_object("body", "a fault set"));
+            }
+            if v.get("partition")
+                .is_some_and(|p| !(p.is_object() || p.is_null()))
+            {
+                return Err(not_object("partition", "a partition"));
+            }
+        }
         let de = &mut serde_json::Deserializer::from_slice(body);
         let f: Faults = serde_path_to_error::deserialize(de).map_err(|e| {
             // The path names the field, unknown ones included; ".", "?" or an index is the document
@@ -228,6 +245,18 @@ mod tests {
         }
         let e = Faults::from_json(b"{not json").unwrap_err();
         assert_eq!(e.field, "body");
+        // Arrays once set fields by position (`[0.5]` set setup_failure_rate).
+        for (body, field) in [
+            ("[0.5]", "body"),
+            ("  [0, 0, 0]", "body"),
+            ("0.5", "body"),
+            ("null", "body"),
+            (r#"{"partition": [["us"]]}"#, "partition"),
+        ] {
+            let e = Faults::from_json(body.as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+            assert!(e.message.contains("JSON object"), "{body}: {e}");
+        }
         let e = Faults::from_json(br#"{"stall_ms": "slow"}"#).unwrap_err();
         assert_eq!(e.field, "stall_ms", "{e}");
         assert!(e.message.contains("invalid type"), "{e}");

@@ -60,6 +60,12 @@ pub enum Event<P> {
     InboundReady(P, StreamId),
     /// An established stream ended (error, reset, EOF).
     StreamClosed(P, StreamId, RemovalReason),
+    /// A request was served or answered on the peer's stream: it is in use, not idle.
+    Useful(P),
+    /// The peer misbehaved without holding a stream (a malformed handshake, a bad announce): it
+    /// gets the penalty cooldown a penalised stream would. With a stream, close it as
+    /// [`RemovalReason::Penalised`] instead.
+    Penalised(P),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,6 +122,8 @@ pub enum RemovalReason {
     Conflict,
     /// The sync layer dropped the peer (bad data, penalty).
     Penalised,
+    /// Idle while another peer wanted its slot.
+    Evicted,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -125,6 +133,10 @@ pub enum ResetReason {
     Cooldown,
     /// Storm canary: a simultaneous open killed both streams.
     Conflict,
+    /// The peer is under a penalty cooldown: refused whatever its id.
+    Penalised,
+    /// Idle, and its slot went to a newcomer.
+    Evicted,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +164,8 @@ struct Cooldown {
 struct Established {
     id: StreamId,
     opened_by_us: bool,
+    /// Established, or last useful (a request served or answered on it).
+    last_useful: Instant,
 }
 
 #[derive(Debug)]
@@ -369,6 +383,12 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
         self.cooldown_ends(p, capped).is_some_and(|u| u > now)
     }
 
+    /// Whether `p`'s cooldown holds a penalty and is running (capped as for inbound setups: the
+    /// reputation's bans are what keep a repeat offender out for long).
+    fn under_penalty(&self, p: &P, now: Instant) -> bool {
+        self.cooldown.get(p).is_some_and(|c| c.penalised) && self.inbound_cooling(p, now)
+    }
+
     /// Whether the stream `opener` opened wins a tie against the other one (the lower id's wins).
     fn opened_by_lower(&self, peer: &P, opened_by_us: bool) -> bool {
         if opened_by_us {
@@ -409,6 +429,18 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             Event::StreamClosed(p, id, reason) => {
                 if self.streams.get(&p).is_some_and(|e| e.id == id) {
                     self.remove(p, reason, now);
+                }
+            }
+            Event::Useful(p) => {
+                if let Some(e) = self.streams.get_mut(&p) {
+                    e.last_useful = now;
+                }
+            }
+            Event::Penalised(p) => {
+                if self.streams.contains_key(&p) {
+                    self.remove(p, RemovalReason::Penalised, now);
+                } else {
+                    self.removal_side_effects(p, true, now);
                 }
             }
         }
@@ -491,14 +523,20 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
                 self.refuse(p, id, ResetReason::Duplicate);
                 return;
             }
-        } else if self.streams.len() >= self.cfg.high {
+        } else if self.streams.len() >= self.cfg.high && !self.evict_idle(now) {
             self.refuse(p, id, ResetReason::Full);
             return;
         }
-        self.establish(p, id, true);
+        self.establish(p, id, true, now);
     }
 
     fn on_inbound_ready(&mut self, p: P, id: StreamId, now: Instant) {
+        // A penalty binds whatever the peer's id: the tie-break below is for two clean
+        // simultaneous opens. (A lower id once reopened at once after every malformed frame.)
+        if !self.cfg.storm_canary && self.under_penalty(&p, now) {
+            self.refuse(p, id, ResetReason::Penalised);
+            return;
+        }
         if let Some(existing) = self.streams.get(&p).copied() {
             if self.cfg.storm_canary {
                 self.kill_both(p, existing.id, id, now);
@@ -512,7 +550,11 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
                     existing.id,
                     ResetReason::Duplicate,
                 ));
-                self.establish(p, id, false);
+                // Its idleness carries over: reopening must not make an idle peer look fresh.
+                self.establish(p.clone(), id, false, now);
+                if let Some(e) = self.streams.get_mut(&p) {
+                    e.last_useful = existing.last_useful;
+                }
             } else {
                 self.refuse(p, id, ResetReason::Duplicate);
             }
@@ -536,20 +578,50 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             }
             // Theirs wins; ours is reset when it lands.
         }
-        if self.streams.len() >= self.cfg.high {
+        let cooling = self.inbound_cooling(&p, now);
+        if !self.cfg.storm_canary && cooling && !self.opened_by_lower(&p, false) {
+            self.refuse(p, id, ResetReason::Cooldown);
+            return;
+        }
+        if self.streams.len() >= self.cfg.high && !self.evict_idle(now) {
             self.refuse(p, id, ResetReason::Full);
             return;
         }
         // A cooldown never refuses the stream that wins ties (opened by the lower id): when both ends
         // open at once, the loser may see its own stream reset, record a removal and start a
         // cooldown before the winner's stream arrives; refusing that one too would leave neither.
-        // The opener's own removal cooldown still bounds how often it reopens.
-        let cooling = self.inbound_cooling(&p, now);
-        if !self.cfg.storm_canary && cooling && !self.opened_by_lower(&p, false) {
-            self.refuse(p, id, ResetReason::Cooldown);
-            return;
+        // The opener's own removal cooldown still bounds how often it reopens. (Checked above,
+        // before a full table evicts anyone for it.)
+        self.establish(p, id, false, now);
+    }
+
+    /// Full, and a stream wants in: evicts the inbound stream idle longest, if one has been idle
+    /// for `idle_evict_after`. Streams we opened are ours to keep (we chose those peers); inbound
+    /// ones that serve no purpose held every slot once (eight idle peers kept an honest syncer out
+    /// for as long as they stayed). Returns whether a slot was freed.
+    fn evict_idle(&mut self, now: Instant) -> bool {
+        if self.cfg.storm_canary {
+            return false;
         }
-        self.establish(p, id, false);
+        let grace = self.cfg.idle_evict_after;
+        let victim = self
+            .streams
+            .iter()
+            .filter(|(_, e)| {
+                !e.opened_by_us && now.saturating_duration_since(e.last_useful) >= grace
+            })
+            .min_by_key(|(_, e)| e.last_useful)
+            .map(|(p, e)| (p.clone(), e.id));
+        let Some((p, id)) = victim else {
+            return false;
+        };
+        self.streams.remove(&p);
+        self.actions
+            .push_back(Action::Reset(p.clone(), id, ResetReason::Evicted));
+        self.actions
+            .push_back(Action::Report(Report::Removed(RemovalReason::Evicted)));
+        self.removal_side_effects(p, false, now);
+        true
     }
 
     /// Resets a stream that just came up, counting it as a refused setup.
@@ -559,10 +631,16 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> StreamManager<P> {
             .push_back(Action::Report(Report::SetupFailed(SetupFailure::Refused)));
     }
 
-    fn establish(&mut self, p: P, id: StreamId, opened_by_us: bool) {
+    fn establish(&mut self, p: P, id: StreamId, opened_by_us: bool, now: Instant) {
         self.candidates.retain(|c| *c != p);
-        self.streams
-            .insert(p.clone(), Established { id, opened_by_us });
+        self.streams.insert(
+            p.clone(),
+            Established {
+                id,
+                opened_by_us,
+                last_useful: now,
+            },
+        );
         self.actions
             .push_back(Action::Report(Report::SetupSucceeded));
         self.actions.push_back(Action::Use(p, id));

@@ -99,7 +99,9 @@ impl Request {
     /// Cost for rate limiting: roughly proportional to the work the server does.
     pub fn cost(&self) -> u32 {
         match self {
-            Request::Status => 1,
+            // Cheap to answer but no work to the asker either: a client needs one per stream
+            // and per head change, so 64 leaves a polite peer unaffected and a flood limited.
+            Request::Status => 64,
             Request::GetBlockHashes { count, .. } => 1 + count / 256,
             Request::GetBlocksByRange { count, .. } => 1 + *count,
             Request::GetBlocksByHashes { hashes } => 1 + hashes.len() as u32,
@@ -241,6 +243,17 @@ impl FrameDecoder {
 
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// The length the current frame's prefix declares, once its 4 bytes are in.
+    pub fn declared_len(&self) -> Option<usize> {
+        (self.buf.len() >= 4)
+            .then(|| u32::from_le_bytes(self.buf[..4].try_into().unwrap()) as usize)
+    }
+
+    /// Changes the frame cap (e.g. from the small handshake cap to the stream's).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
     }
 
     pub fn feed(&mut self, data: &[u8]) {

@@ -59,8 +59,32 @@ struct Key {
 }
 
 /// A chunk frame for a neighbour; skipped if the neighbour has that chunk (or `k` of the block)
-/// by the time it is its turn.
-type Out = (Key, Bytes);
+/// by the time it is its turn. Its bytes count against the queue's byte caps until it is taken.
+type Out = (Key, Bytes, Held);
+
+/// Bytes of chunk frames waiting (queued or pooled) for one neighbour and for all; a frame's
+/// share returns when it is written or dropped. Frame counts alone once let 8 neighbours that
+/// never took their streams queue 8192 frames of a 1 MiB block's chunks (RSS 661 MB).
+#[derive(Clone, Default)]
+struct QueueBytes {
+    mine: Arc<std::sync::atomic::AtomicUsize>,
+    all: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct Held {
+    q: QueueBytes,
+    n: usize,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.q.mine.fetch_sub(self.n, Relaxed);
+        self.q.all.fetch_sub(self.n, Relaxed);
+        self.gauge.dec_by(self.n as i64);
+    }
+}
 
 type Has = Arc<std::sync::Mutex<PeerHas>>;
 
@@ -70,6 +94,7 @@ struct Neighbour {
     /// Small control frames (`Have`, `Done`, `Want`): ahead of chunks, unpaced.
     ctl: mpsc::Sender<Bytes>,
     has: Has,
+    bytes: QueueBytes,
 }
 
 /// Paces IDA frames at the configured upload rate (governor, 1 KiB units). Frames wait here rather
@@ -121,6 +146,8 @@ struct Service {
     pacer: Option<Arc<Pacer>>,
     repair_turn: usize,
     max_frame: usize,
+    /// Bytes queued for all neighbours together.
+    queued_all: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 const ENCODED_CACHE: usize = 4;
@@ -169,6 +196,7 @@ pub async fn spawn(
         metrics,
         repair_turn: 0,
         max_frame,
+        queued_all: Arc::default(),
         p2p: p2p.clone(),
     };
     let mut state = p2p.subscribe();
@@ -269,7 +297,19 @@ impl Service {
                 pacer: self.pacer.clone(),
                 metrics: self.metrics.clone(),
             }));
-            self.out.insert(*p, Neighbour { tx, ctl, has });
+            let bytes = QueueBytes {
+                mine: Arc::default(),
+                all: self.queued_all.clone(),
+            };
+            self.out.insert(
+                *p,
+                Neighbour {
+                    tx,
+                    ctl,
+                    has,
+                    bytes,
+                },
+            );
             self.relay.add(*p);
         }
     }
@@ -283,8 +323,24 @@ impl Service {
             self.metrics.chunk("skipped_has").inc();
             return false;
         }
-        // A full queue drops the frame; repair fetches what went missing.
-        if n.tx.try_send((key, frame)).is_ok() {
+        // A full queue (in frames or bytes) drops the frame; repair fetches what went missing.
+        use std::sync::atomic::Ordering::Relaxed;
+        let len = frame.len();
+        if n.bytes.mine.load(Relaxed) + len > self.cfg.queue_bytes
+            || n.bytes.all.load(Relaxed) + len > self.cfg.queue_bytes_total
+        {
+            self.metrics.chunk("queue_full").inc();
+            return false;
+        }
+        n.bytes.mine.fetch_add(len, Relaxed);
+        n.bytes.all.fetch_add(len, Relaxed);
+        self.metrics.queued_bytes.inc_by(len as i64);
+        let held = Held {
+            q: n.bytes.clone(),
+            n: len,
+            gauge: self.metrics.queued_bytes.clone(),
+        };
+        if n.tx.try_send((key, frame, held)).is_ok() {
             self.metrics.queued_frames.inc();
             true
         } else {
@@ -589,7 +645,7 @@ impl Writer {
     fn pick(&self, pool: &mut Vec<Out>) -> Option<Bytes> {
         while !pool.is_empty() {
             let i = rand::random_range(0..pool.len());
-            let (key, f) = pool.swap_remove(i);
+            let (key, f, _held) = pool.swap_remove(i);
             if lacks(&self.has, &key) {
                 return Some(f);
             }
@@ -678,7 +734,7 @@ async fn pump(
     loop {
         if paced.is_none()
             && let Some(p) = &w.pacer
-            && let Some((_, f)) = pool.first()
+            && let Some((_, f, _)) = pool.first()
         {
             let (p, n) = (p.clone(), f.len().saturating_sub(credit));
             credit = 0;
@@ -693,7 +749,7 @@ async fn pump(
             },
             _ = async { paced.as_mut().expect("guarded").await }, if paced.is_some() => {
                 paced = None;
-                let paid = pool.first().map_or(0, |(_, f)| f.len());
+                let paid = pool.first().map_or(0, |(_, f, _)| f.len());
                 match w.pick(pool) {
                     Some(f) => f,
                     None => {

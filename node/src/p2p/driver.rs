@@ -24,7 +24,7 @@ use crate::canary::CanarySet;
 use crate::config::split_peer;
 use crate::metrics::P2pMetrics;
 use crate::netem::Netem;
-use crate::peers::{Count, Input, Output, Peers, SessionId};
+use crate::peers::{Count, Input, Offence, Output, Peers, SessionId};
 use crate::requests::ReqId;
 use crate::wire::{self, Message, Response};
 
@@ -379,6 +379,15 @@ impl Driver {
                     .get_or_create(&[("reason", "bad_announce")])
                     .inc();
             }
+            Count::Offence(o) => {
+                m.offences.get_or_create(&[("offence", o.label())]).inc();
+            }
+            Count::Banned => {
+                m.bans.inc();
+            }
+            Count::Refused(why) => {
+                m.refused.get_or_create(&[("reason", why.label())]).inc();
+            }
             Count::HeadStale(stale) => {
                 debug!(stale, "head staleness changed");
                 m.head_stale.set(i64::from(stale));
@@ -464,10 +473,16 @@ impl Driver {
                 ..
             } => {
                 self.metrics.connections.inc();
+                let ip = endpoint.get_remote_address().iter().find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::Ip4(a) => Some(std::net::IpAddr::V4(a)),
+                    libp2p::multiaddr::Protocol::Ip6(a) => Some(std::net::IpAddr::V6(a)),
+                    _ => None,
+                });
                 let input = Input::ConnectionEstablished {
                     peer: peer_id,
                     conn: connection_id,
                     we_dialled: endpoint.is_dialer(),
+                    ip,
                 };
                 self.peers.handle(input, now);
             }
@@ -638,6 +653,7 @@ impl Driver {
                     peer,
                     outbound,
                     wrong_network: why == SetupError::WrongNetwork,
+                    malformed: why == SetupError::Malformed,
                 }
             }
             SessionEvent::Response {
@@ -652,10 +668,16 @@ impl Driver {
                 header: announce.header,
                 signature: announce.signature,
             },
+            SessionEvent::Served { peer } => Input::Served(peer),
             SessionEvent::Closed { peer, id, why } => Input::SessionClosed {
                 peer,
                 session: id,
-                malformed: why == CloseReason::Malformed,
+                offence: match why {
+                    CloseReason::Malformed => Some(Offence::Malformed),
+                    CloseReason::SlowReader => Some(Offence::SlowReader),
+                    CloseReason::Stalled => Some(Offence::Stalled),
+                    CloseReason::Eof | CloseReason::Io => None,
+                },
             },
         };
         self.peers.handle(input, now);
@@ -671,6 +693,9 @@ impl Driver {
         m.candidates.set(stats.candidates as i64);
         m.requests_in_flight.set(p.requests_in_flight() as i64);
         m.requests_queued.set(p.requests_queued() as i64);
+        m.banned.set(p.banned_count(now) as i64);
+        m.serve_budget_used
+            .set(i64::from(self.ctx.budget.used_kib()) * 1024);
         let state = NetState {
             listen_addrs: self.listen_addrs.clone(),
             stream_peers: p.stream_peers(),

@@ -23,11 +23,18 @@ use crate::wire::{
     Response, Status,
 };
 
-/// Frames queued for writing on one stream before senders wait.
+/// Frames the driver may queue for writing on one stream (requests and announces: small).
 const WRITE_QUEUE: usize = 64;
 /// Requests from one peer served concurrently on one stream.
 const SERVE_CONCURRENCY: usize = 8;
 const READ_CHUNK: usize = 64 * 1024;
+/// The handshake is one `Status` (~300 bytes): a bigger frame before it is malformed, so a peer
+/// without an identity on the network buffers at most this per stream.
+pub const HANDSHAKE_MAX_FRAME: usize = 4096;
+/// Writes go out in pieces of this size, each within the write-stall timeout.
+const WRITE_CHUNK: usize = 64 * 1024;
+/// A frame in progress gets this much time per MiB of its declared length on top of the base.
+const FRAME_TIME_PER_MIB: Duration = Duration::from_secs(1);
 
 /// What a session needs from the node; shared by all sessions.
 pub struct SessionCtx {
@@ -44,6 +51,56 @@ pub struct SessionCtx {
     /// Planted defects (memory, fds, threads per setup; CPU per request).
     pub canaries: Canaries,
     pub shutting_down: AtomicBool,
+    pub budget: ServeBudget,
+}
+
+/// The memory replies may hold, in KiB: a reply reserves its bound before it is built and keeps
+/// it until it is written, per stream and for all streams together. A peer that does not read
+/// its replies once pinned 700 MB (64 frames of up to 8 MiB queued, 8 more being built).
+pub struct ServeBudget {
+    pub global: Arc<Semaphore>,
+    pub global_kib: u32,
+    pub stream_kib: u32,
+    /// Streams in their handshake, all peers together.
+    pub handshakes: Arc<Semaphore>,
+    /// No byte written (the peer does not read) or a per-stream budget held this long: the
+    /// stream is dropped and the peer penalised as a slow reader.
+    pub write_stall: Duration,
+    /// A frame in progress must complete within this plus [`FRAME_TIME_PER_MIB`] per MiB.
+    pub frame_timeout: Duration,
+}
+
+impl ServeBudget {
+    pub fn new(cfg: &crate::config::P2pConfig) -> ServeBudget {
+        let global_kib = (cfg.serve_budget_bytes / 1024).max(1) as u32;
+        ServeBudget {
+            global: Arc::new(Semaphore::new(global_kib as usize)),
+            global_kib,
+            stream_kib: ((cfg.stream_serve_budget_bytes / 1024).max(1) as u32).min(global_kib),
+            handshakes: Arc::new(Semaphore::new(cfg.max_pending_handshakes)),
+            write_stall: cfg.write_stall_timeout,
+            frame_timeout: cfg.frame_timeout,
+        }
+    }
+
+    /// KiB in use by replies now.
+    pub fn used_kib(&self) -> u32 {
+        self.global_kib - self.global.available_permits() as u32
+    }
+}
+
+/// What a reply to `req` may take, in KiB: its byte bound (at least one block is sent even if
+/// it exceeds `max_bytes`, so a block's worth of slack), capped at the stream's budget.
+fn reservation_kib(req: &Request, limits: &Limits, stream_kib: u32) -> u32 {
+    let bytes: u64 = match req {
+        Request::Status => 1024,
+        Request::GetBlockHashes { count, .. } => 64 + 32 * u64::from(*count),
+        Request::GetBlocksByRange { max_bytes, .. } => {
+            u64::from((*max_bytes).min(limits.max_bytes_per_response)) + 64 * 1024
+        }
+        Request::GetBlocksByHashes { .. } => u64::from(limits.max_bytes_per_response) + 64 * 1024,
+    };
+    (bytes.div_ceil(1024) as u32).clamp(1, stream_kib)
 }
 
 /// True with probability `p` (a validated fault rate).
@@ -70,6 +127,8 @@ impl SessionCtx {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetupError {
+    /// Too many handshakes in progress: dropped at once, nobody's fault.
+    Busy,
     Open,
     Timeout,
     Io,
@@ -88,6 +147,10 @@ pub enum CloseReason {
     Io,
     /// Oversize or undecodable frame: the peer is penalised.
     Malformed,
+    /// The peer did not read our replies (no progress for the write-stall timeout).
+    SlowReader,
+    /// A frame in progress did not complete by its deadline.
+    Stalled,
 }
 
 #[derive(Debug)]
@@ -122,36 +185,93 @@ pub enum SessionEvent {
         peer: PeerId,
         announce: Box<wire::Announce>,
     },
+    /// Blocks or hashes were served to the peer (at most once a second per session): the stream
+    /// is in use, so idle eviction passes it over.
+    Served { peer: PeerId },
+}
+
+/// Reports [`SessionEvent::Served`] at most once per `SERVED_EVERY` for one session.
+struct ServedReporter {
+    epoch: std::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+const SERVED_EVERY: Duration = Duration::from_secs(1);
+
+impl ServedReporter {
+    fn due(&self) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64 + SERVED_EVERY.as_millis() as u64;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        now >= last + SERVED_EVERY.as_millis() as u64
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 enum ReadError {
     Eof,
     Io,
     Codec(CodecError),
+    /// A frame in progress missed its deadline.
+    Stalled,
 }
 
-/// Reads until the decoder yields a message. Cancel-safe: bytes are fed as soon as they are read.
+/// Reads until the decoder yields a message. Once a frame has begun, it must complete within
+/// `frame_timeout` plus [`FRAME_TIME_PER_MIB`] per MiB it declares (`None`: no deadline, for the
+/// handshake, which has its own). A truncated frame once held its stream, ~20 MB and the
+/// connection for as long as the peer liked.
 async fn read_message<R: AsyncRead + Unpin>(
     rd: &mut R,
     dec: &mut FrameDecoder,
     buf: &mut [u8],
     metrics: &P2pMetrics,
+    frame_timeout: Option<Duration>,
 ) -> Result<Message, ReadError> {
+    let mut started: Option<tokio::time::Instant> = None;
     loop {
         if let Some(m) = dec.next_message().map_err(ReadError::Codec)? {
             return Ok(m);
         }
         let want = dec.wanted().clamp(1, buf.len());
-        let n = rd.read(&mut buf[..want]).await.map_err(|_| ReadError::Io)?;
+        let read = rd.read(&mut buf[..want]);
+        let n = match (frame_timeout, started) {
+            (Some(base), Some(t0)) => {
+                let mib = dec.declared_len().unwrap_or(0) as u32 / (1024 * 1024);
+                let deadline = t0 + base + FRAME_TIME_PER_MIB * mib;
+                tokio::time::timeout_at(deadline, read)
+                    .await
+                    .map_err(|_| ReadError::Stalled)?
+            }
+            _ => read.await,
+        }
+        .map_err(|_| ReadError::Io)?;
         if n == 0 {
             return Err(ReadError::Eof);
         }
+        started.get_or_insert_with(tokio::time::Instant::now);
         metrics
             .bytes
             .get_or_create(&[("protocol", "sync"), ("direction", "in")])
             .inc_by(n as u64);
         dec.feed(&buf[..n]);
     }
+}
+
+/// Writes `frame` in pieces, each within `stall`: a peer that stops reading fills the muxer's
+/// window and the write stops making progress.
+async fn write_frame<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    frame: &[u8],
+    stall: Duration,
+) -> std::io::Result<()> {
+    for piece in frame.chunks(WRITE_CHUNK) {
+        tokio::time::timeout(stall, wr.write_all(piece))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    }
+    Ok(())
 }
 
 /// Runs one stream from handshake to close, reporting to the driver through `events`.
@@ -165,15 +285,24 @@ pub async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut rd, mut wr) = stream.split();
-    let mut dec = FrameDecoder::new(ctx.max_frame);
-    let mut buf = vec![0u8; READ_CHUNK];
     let fail = |why| SessionEvent::SetupFailed {
         peer,
         id,
         outbound,
         why,
     };
+    // Handshakes in progress are bounded in count as well as in bytes and time: 32 streams
+    // buffering 15 MiB each before an identity was known once took 175 MB.
+    let Ok(handshake_permit) = ctx.budget.handshakes.clone().try_acquire_owned() else {
+        ctx.metrics
+            .refused
+            .get_or_create(&[("reason", "handshakes_full")])
+            .inc();
+        return drop(events.send(fail(SetupError::Busy)).await);
+    };
+    let (mut rd, mut wr) = stream.split();
+    let mut dec = FrameDecoder::new(HANDSHAKE_MAX_FRAME);
+    let mut buf = vec![0u8; READ_CHUNK];
 
     // Handshake.
     let hello = Message::Response {
@@ -184,12 +313,19 @@ pub async fn run<S>(
         let frame = wire::encode(&hello, ctx.max_frame).map_err(|_| SetupError::Malformed)?;
         wr.write_all(&frame).await.map_err(|_| SetupError::Io)?;
         wr.flush().await.map_err(|_| SetupError::Io)?;
-        match read_message(&mut rd, &mut dec, &mut buf, &ctx.metrics).await {
+        match read_message(&mut rd, &mut dec, &mut buf, &ctx.metrics, None).await {
             Ok(Message::Response {
                 id: wire::ReqId::HANDSHAKE,
                 resp: Response::Status(s),
             }) => Ok(s),
-            Ok(_) | Err(ReadError::Codec(_)) => Err(SetupError::Malformed),
+            Ok(_) => Err(SetupError::Malformed),
+            Err(ReadError::Codec(e)) => {
+                ctx.metrics
+                    .frame_errors
+                    .get_or_create(&[("reason", e.label())])
+                    .inc();
+                Err(SetupError::Malformed)
+            }
             Err(_) => Err(SetupError::Io),
         }
     };
@@ -198,6 +334,8 @@ pub async fn run<S>(
         Ok(Err(e)) => return drop(events.send(fail(e)).await),
         Ok(Ok(s)) => s,
     };
+    drop(handshake_permit);
+    dec.set_max_frame(ctx.max_frame);
     if status.genesis != ctx.spec.genesis_hash() {
         return drop(events.send(fail(SetupError::WrongNetwork)).await);
     }
@@ -232,16 +370,29 @@ pub async fn run<S>(
     }
 
     let metrics = ctx.metrics.clone();
+    // Replies come with the budget they hold, released once written.
+    let (reply_tx, mut reply_rx) = mpsc::channel::<(Vec<u8>, ReplyBudget)>(SERVE_CONCURRENCY);
+    let stall = ctx.budget.write_stall;
     let writer = async move {
-        while let Some(frame) = rx.recv().await {
-            wr.write_all(&frame).await?;
+        loop {
+            let (frame, budget) = tokio::select! {
+                f = rx.recv() => match f {
+                    Some(f) => (f, None),
+                    None => break,
+                },
+                Some((f, b)) = reply_rx.recv() => (f, Some(b)),
+            };
+            write_frame(&mut wr, &frame, stall).await?;
             let mut n = frame.len();
+            drop(budget);
             // Drain what is queued before one flush.
             while let Ok(more) = rx.try_recv() {
-                wr.write_all(&more).await?;
+                write_frame(&mut wr, &more, stall).await?;
                 n += more.len();
             }
-            wr.flush().await?;
+            tokio::time::timeout(stall, wr.flush())
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
             metrics
                 .bytes
                 .get_or_create(&[("protocol", "sync"), ("direction", "out")])
@@ -250,9 +401,22 @@ pub async fn run<S>(
         wr.close().await
     };
     let serving = Arc::new(Semaphore::new(SERVE_CONCURRENCY));
+    let stream_budget = Arc::new(Semaphore::new(ctx.budget.stream_kib as usize));
+    let served = Arc::new(ServedReporter {
+        epoch: std::time::Instant::now(),
+        last_ms: std::sync::atomic::AtomicU64::new(0),
+    });
     let reader = async {
         loop {
-            match read_message(&mut rd, &mut dec, &mut buf, &ctx.metrics).await {
+            let next = read_message(
+                &mut rd,
+                &mut dec,
+                &mut buf,
+                &ctx.metrics,
+                Some(ctx.budget.frame_timeout),
+            )
+            .await;
+            match next {
                 Ok(Message::Request { .. }) if roll(ctx.faults().stream_reset_rate) => {
                     ctx.metrics
                         .faults_injected
@@ -262,9 +426,40 @@ pub async fn run<S>(
                 }
                 Ok(Message::Request { id: req_id, req }) => {
                     let permit = serving.clone().acquire_owned().await.expect("never closed");
-                    let (ctx, tx) = (ctx.clone(), tx.clone());
+                    // The stream's own budget first: if its replies are not being read, it
+                    // stays taken, and after the stall timeout the peer is a slow reader. The
+                    // global one is waited for without a deadline (other peers hold it).
+                    let kib = reservation_kib(&req, &ctx.limits, ctx.budget.stream_kib);
+                    let own = stream_budget.clone().acquire_many_owned(kib);
+                    let Ok(Ok(own)) = tokio::time::timeout(stall, own).await else {
+                        return CloseReason::SlowReader;
+                    };
+                    let global = ctx
+                        .budget
+                        .global
+                        .clone()
+                        .acquire_many_owned(kib)
+                        .await
+                        .expect("never closed");
+                    let budget = ReplyBudget {
+                        _own: own,
+                        _global: global,
+                    };
+                    let (ctx, tx, events, served) = (
+                        ctx.clone(),
+                        reply_tx.clone(),
+                        events.clone(),
+                        served.clone(),
+                    );
                     tokio::spawn(async move {
                         let resp = serve(&ctx, &peer, req).await;
+                        if matches!(resp, Response::Blocks(_) | Response::BlockHashes(_))
+                            && served.due()
+                        {
+                            // Best effort: a full channel means the driver is busy, not that
+                            // the stream is idle; the next report comes a second later.
+                            let _ = events.try_send(SessionEvent::Served { peer });
+                        }
                         let msg = Message::Response { id: req_id, resp };
                         let frame = wire::encode(&msg, ctx.max_frame).unwrap_or_else(|_| {
                             let e = Message::Response {
@@ -273,7 +468,7 @@ pub async fn run<S>(
                             };
                             wire::encode(&e, ctx.max_frame).expect("tiny")
                         });
-                        let _ = tx.send(frame).await;
+                        let _ = tx.send((frame, budget)).await;
                         drop(permit);
                     });
                 }
@@ -299,6 +494,13 @@ pub async fn run<S>(
                 }
                 Err(ReadError::Eof) => return CloseReason::Eof,
                 Err(ReadError::Io) => return CloseReason::Io,
+                Err(ReadError::Stalled) => {
+                    ctx.metrics
+                        .frame_errors
+                        .get_or_create(&[("reason", "stalled")])
+                        .inc();
+                    return CloseReason::Stalled;
+                }
                 Err(ReadError::Codec(e)) => {
                     ctx.metrics
                         .frame_errors
@@ -312,11 +514,21 @@ pub async fn run<S>(
     };
     let why = tokio::select! {
         r = reader => r,
-        r = writer => if r.is_ok() { CloseReason::Eof } else { CloseReason::Io },
+        r = writer => match r {
+            Ok(()) => CloseReason::Eof,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => CloseReason::SlowReader,
+            Err(_) => CloseReason::Io,
+        },
         // The driver dropped the session: it no longer exists there, so report nothing.
         _ = closed => return,
     };
     let _ = events.send(SessionEvent::Closed { peer, id, why }).await;
+}
+
+/// The budget a reply holds until it is written (dropping it returns the KiB).
+struct ReplyBudget {
+    _own: tokio::sync::OwnedSemaphorePermit,
+    _global: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Answers one request from the store, after the rate limiter.

@@ -62,6 +62,8 @@ pub async fn spawn(
     let kad_protocol =
         StreamProtocol::try_from_owned(format!("/syncnet/{network}/kad/1")).expect("starts with /");
     let max_conns = cfg.max_connections as u32;
+    // Above the pending pool's cap: the pool, not libp2p, decides who waits.
+    let max_pending = cfg.admission.max_pending as u32 * 2;
     let gossip_cfg = match &cfg.gossipsub {
         Some(g) => Some(gossip::build(g).map_err(|e| anyhow::anyhow!("broadcast.gossipsub.{e}"))?),
         None => None,
@@ -77,9 +79,12 @@ pub async fn spawn(
         let stream = libp2p_stream::Behaviour::new();
         Behaviour {
             limits: libp2p::connection_limits::Behaviour::new(
+                // Hard caps behind the peers core's admission (which keeps inbound and outbound
+                // below `max_connections`, so a newcomer is always let in to be judged) and the
+                // transport's pending pool (which drops the oldest handshake for a newcomer).
                 libp2p::connection_limits::ConnectionLimits::default()
                     .with_max_established(Some(max_conns))
-                    .with_max_pending_incoming(Some(max_conns))
+                    .with_max_pending_incoming(Some(max_pending))
                     .with_max_pending_outgoing(Some(max_conns))
                     // Two: a simultaneous dial yields one each way; the rule closes one.
                     .with_max_established_per_peer(Some(2)),
@@ -165,6 +170,7 @@ pub async fn spawn(
         faults: faults_tx.subscribe(),
         canaries: crate::canary::Canaries::new(Instant::now()),
         shutting_down: AtomicBool::new(false),
+        budget: session::ServeBudget::new(&cfg),
     });
     let (session_tx, session_rx) = mpsc::channel(1024);
     let (net_events, net_events_rx) = mpsc::channel(NET_EVENTS);
@@ -206,6 +212,8 @@ pub async fn spawn(
         dials: DialConfig::default(),
         pace: (limits.peer_cost_per_sec, limits.peer_burst),
         max_direct: MAX_DIRECT,
+        reputation: cfg.reputation,
+        admission: cfg.admission,
     };
     let peers = Peers::new(
         local,

@@ -101,6 +101,11 @@ pub struct IdaConfig {
     pub assembler: AssemblerConfig,
     /// Frames queued per neighbour before new ones are dropped (repair covers the loss).
     pub queue_frames: usize,
+    /// Bytes of chunk frames waiting for one neighbour (queued or about to be sent) before new
+    /// ones are dropped.
+    pub queue_bytes: usize,
+    /// The same for all neighbours together.
+    pub queue_bytes_total: usize,
     /// Neighbours asked at once when a block stops making progress.
     pub repair_fanout: usize,
     /// Neighbours each new chunk is forwarded to; 0 = all but the sender (RapidChain). S2: 3 is
@@ -118,6 +123,8 @@ impl Default for IdaConfig {
             params: IdaParams::default(),
             assembler: AssemblerConfig::default(),
             queue_frames: 1024,
+            queue_bytes: 4 * 1024 * 1024,
+            queue_bytes_total: 32 * 1024 * 1024,
             repair_fanout: 2,
             forward_fanout: 3,
             push_budget: 0,
@@ -133,6 +140,16 @@ impl IdaConfig {
             .validate()
             .map_err(|e| e.within("assembler"))?;
         check(self.queue_frames == 0, "queue_frames", "must be > 0")?;
+        check(
+            self.queue_bytes < 64 * 1024,
+            "queue_bytes",
+            "must be at least 64 KiB (a chunk frame)",
+        )?;
+        check(
+            self.queue_bytes_total < self.queue_bytes,
+            "queue_bytes_total",
+            "must be at least queue_bytes",
+        )?;
         check(self.repair_fanout == 0, "repair_fanout", "must be > 0")?;
         check(
             self.upload_bytes_per_sec != 0

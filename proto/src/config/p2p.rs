@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::broadcast::GossipConfig;
 use crate::error::{FieldError, check};
 use crate::netem::{NetemConfig, validate_region};
+use crate::peers::{AdmissionConfig, ReputationConfig};
 use crate::ratelimit::RateLimitConfig;
 use crate::requests::RequestConfig;
 use crate::streams::StreamConfig;
@@ -27,10 +28,27 @@ pub struct P2pConfig {
     pub streams: StreamConfig,
     pub requests: RequestConfig,
     pub rate_limit: RateLimitConfig,
+    /// Offence scores and bans (docs/security.md).
+    pub reputation: ReputationConfig,
+    /// Connection slots, per-IP caps, eviction of idle connections, pending handshakes.
+    pub admission: AdmissionConfig,
     pub max_frame_bytes: usize,
     pub max_blocks_per_request: u32,
     pub max_bytes_per_response: u32,
     pub max_connections: usize,
+    /// Bytes all replies being built or waiting to be written may hold (docs/security.md).
+    pub serve_budget_bytes: u64,
+    /// Bytes one stream's replies may hold; a stream that keeps it full past
+    /// `write_stall_timeout` is a slow reader: dropped and penalised.
+    pub stream_serve_budget_bytes: u64,
+    /// A write that makes no progress for this long (the peer does not read) drops the stream.
+    #[serde(with = "crate::util::millis")]
+    pub write_stall_timeout: Duration,
+    /// A frame in progress must complete within this plus 1 s per MiB it declares.
+    #[serde(with = "crate::util::millis")]
+    pub frame_timeout: Duration,
+    /// Sync streams in their handshake at once, all peers together; more are dropped at once.
+    pub max_pending_handshakes: usize,
     /// libp2p ping period per connection; a ping unanswered within `ping_timeout` marks the
     /// connection dead (its streams end at once, see `Driver::connection_dead`).
     #[serde(with = "crate::util::millis")]
@@ -56,10 +74,17 @@ impl Default for P2pConfig {
             streams: StreamConfig::default(),
             requests: RequestConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            reputation: ReputationConfig::default(),
+            admission: AdmissionConfig::default(),
             max_frame_bytes: wire::DEFAULT_MAX_FRAME,
             max_blocks_per_request: 1024,
             max_bytes_per_response: 8 * 1024 * 1024,
             max_connections: 128,
+            serve_budget_bytes: 48 * 1024 * 1024,
+            stream_serve_budget_bytes: 16 * 1024 * 1024,
+            write_stall_timeout: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 64,
             ping_interval: Duration::from_secs(15),
             ping_timeout: Duration::from_secs(20),
             region: None,
@@ -77,6 +102,12 @@ impl P2pConfig {
         self.rate_limit
             .validate()
             .map_err(|e| e.within("rate_limit"))?;
+        self.reputation
+            .validate()
+            .map_err(|e| e.within("reputation"))?;
+        self.admission
+            .validate()
+            .map_err(|e| e.within("admission"))?;
         check(
             self.listen.is_empty(),
             "listen",
@@ -104,7 +135,38 @@ impl P2pConfig {
             "max_blocks_per_request",
             "must be > 0",
         )?;
-        check(self.max_connections < 2, "max_connections", "must be >= 2")?;
+        check(
+            self.max_connections <= self.admission.max_inbound + self.admission.max_outbound,
+            "max_connections",
+            "must exceed admission.max_inbound + admission.max_outbound (a newcomer must be let in \
+             before admission can judge it)",
+        )?;
+        check(
+            self.stream_serve_budget_bytes < u64::from(self.max_bytes_per_response) + 64 * 1024,
+            "stream_serve_budget_bytes",
+            "must hold one full reply: at least max_bytes_per_response + 64 KiB",
+        )?;
+        check(
+            self.serve_budget_bytes < self.stream_serve_budget_bytes,
+            "serve_budget_bytes",
+            "must be at least stream_serve_budget_bytes",
+        )?;
+        check(
+            self.serve_budget_bytes > 64 * 1024 * 1024 * 1024,
+            "serve_budget_bytes",
+            "must be at most 64 GiB",
+        )?;
+        for (name, d) in [
+            ("write_stall_timeout", self.write_stall_timeout),
+            ("frame_timeout", self.frame_timeout),
+        ] {
+            check(d.is_zero(), name, "must be > 0")?;
+        }
+        check(
+            self.max_pending_handshakes == 0,
+            "max_pending_handshakes",
+            "must be > 0",
+        )?;
         check(self.ping_interval.is_zero(), "ping_interval", "must be > 0")?;
         check(self.ping_timeout.is_zero(), "ping_timeout", "must be > 0")?;
         if let Some(r) = &self.region {

@@ -25,6 +25,8 @@ struct Harness {
     watchdogs: usize,
     cancels: usize,
     max_buffered: u64,
+    /// The next this many commits fail in the store (not the peer's doing).
+    local_failures: usize,
 }
 
 impl Harness {
@@ -55,6 +57,7 @@ impl Harness {
             watchdogs: 0,
             cancels: 0,
             max_buffered: 0,
+            local_failures: 0,
         }
     }
 
@@ -119,14 +122,23 @@ impl Harness {
                     }
                     Action::Insert { id, blocks } => {
                         let first = &blocks[0].block().header;
-                        if first.parent_hash == self.local_hash
+                        if self.local_failures > 0 {
+                            self.local_failures -= 1;
+                            events.push(Event::InsertFailed {
+                                id,
+                                why: InsertFailure::Local,
+                            });
+                        } else if first.parent_hash == self.local_hash
                             && first.height == self.d.stats().local + 1
                         {
                             self.local_hash = blocks.last().unwrap().hash();
                             let height = blocks.last().unwrap().block().header.height;
                             events.push(Event::Inserted { id, height });
                         } else {
-                            events.push(Event::InsertFailed { id });
+                            events.push(Event::InsertFailed {
+                                id,
+                                why: InsertFailure::Unlinked,
+                            });
                         }
                     }
                     Action::Penalise { peer, why } => self.penalties.push((peer, why)),
@@ -319,6 +331,19 @@ fn blocks_committed_by_someone_else_are_not_fetched_again() {
     assert!(h.done(), "{:?}", h.d.stats());
     assert!(h.fetches.iter().all(|f| f.1 > 250), "{:?}", h.fetches);
     assert!(h.penalties.is_empty());
+}
+
+/// A commit that fails in the store (I/O, or a race with another writer) retries the batch and
+/// blames no one: the serving peer was once penalised as `misplaced` for it.
+#[test]
+fn a_commit_failing_in_the_store_retries_without_a_penalty() {
+    let peers = [(1, Script::Honest), (2, Script::Honest)];
+    let mut h = Harness::new(200, 512, cfg(), &peers);
+    h.local_failures = 3;
+    h.run(10_000);
+    assert!(h.done(), "{:?}", h.d.stats());
+    assert_eq!(h.local_failures, 0);
+    assert!(h.penalties.is_empty(), "{:?}", h.penalties);
 }
 
 #[test]

@@ -17,10 +17,14 @@
 //! Generic over the peer id `P`, the connection id `C` and the address `A` so the tests use plain
 //! integers.
 
+mod admission;
+mod reputation;
 #[cfg(test)]
 mod tests;
 mod types;
 
+pub use admission::{Admission, AdmissionConfig, Admit, PendingPool, Refusal, subnet_of};
+pub use reputation::{Offence, Reputation, ReputationConfig, Verdict};
 pub use types::*;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -72,13 +76,15 @@ pub struct Peers<P, C, A> {
     isolated: bool,
     /// The local head height and when it last changed.
     head_seen: (u64, Instant),
+    reputation: Reputation<P>,
+    admission: Admission<(P, C)>,
     out: VecDeque<Output<P, C, A>>,
 }
 
 impl<P, C, A> Peers<P, C, A>
 where
     P: Copy + Ord + Hash + Debug,
-    C: Copy + Eq + Debug,
+    C: Copy + Eq + Hash + Ord + Debug,
     A: Clone + Eq + Debug,
 {
     /// `seed` drives the stream manager's jitter; `head` is the local head height now.
@@ -97,6 +103,8 @@ where
             sm: StreamManager::new(cfg.streams.clone(), local, seed, now),
             rm: RequestManager::new(cfg.requests),
             dials: DialManager::new(cfg.dials),
+            reputation: Reputation::new(cfg.reputation),
+            admission: Admission::new(cfg.admission),
             cfg,
             conns: HashMap::new(),
             reported: HashSet::new(),
@@ -140,12 +148,14 @@ where
                 peer,
                 conn,
                 we_dialled,
-            } => self.on_established(peer, conn, we_dialled, now),
+                ip,
+            } => self.on_established(peer, conn, we_dialled, ip, now),
             Input::ConnectionClosed {
                 peer,
                 conn,
                 remaining,
             } => {
+                self.admission.leave(&(peer, conn));
                 if let Some(list) = self.conns.get_mut(&peer) {
                     list.retain(|c| c.id != conn);
                 }
@@ -200,6 +210,7 @@ where
                 peer,
                 outbound,
                 wrong_network,
+                malformed,
             } => {
                 if wrong_network {
                     self.refuse_foreign(peer);
@@ -207,18 +218,21 @@ where
                 if outbound {
                     self.sm.handle(SmEvent::OutboundFailed(peer), now);
                 }
+                if malformed {
+                    self.offend(peer, Offence::Malformed, now);
+                }
             }
             Input::SessionClosed {
                 peer,
                 session,
-                malformed,
+                offence,
             } => {
-                let reason = if malformed {
-                    RemovalReason::Penalised
+                if let Some(o) = offence {
+                    // Closes the peer's sessions, this one included, as penalised.
+                    self.offend(peer, o, now);
                 } else {
-                    RemovalReason::StreamError
-                };
-                self.close_session(peer, session, reason, now);
+                    self.close_session(peer, session, RemovalReason::StreamError, now);
+                }
             }
             Input::SendFailed {
                 peer,
@@ -249,13 +263,27 @@ where
                 header,
                 signature,
             } => {
-                if self.spec.verify_head(&header, &signature).is_ok() {
-                    self.note_head(peer, header.height);
-                } else {
-                    self.count(Count::BadAnnounce);
+                // A head no higher than the peer's known one tells nothing: no signature check
+                // (a replayed announce costs a lookup, not an ed25519 verification).
+                let known = self
+                    .sessions
+                    .values()
+                    .filter(|s| s.peer == peer)
+                    .map(|s| s.head_height)
+                    .max();
+                let news = known.is_none_or(|h| header.height > h);
+                if news && !self.reputation.is_banned(&peer, now) {
+                    if self.spec.verify_head(&header, &signature).is_ok() {
+                        self.note_head(peer, header.height);
+                    } else {
+                        self.count(Count::BadAnnounce);
+                        self.offend(peer, Offence::BadAnnounce, now);
+                    }
                 }
             }
-            Input::Penalise(peer) => self.drop_peer_streams(peer, RemovalReason::Penalised, now),
+            Input::Penalise(peer) => self.offend(peer, Offence::SyncPenalty, now),
+            Input::Offence(peer, o) => self.offend(peer, o, now),
+            Input::Served(peer) => self.sm.handle(SmEvent::Useful(peer), now),
             Input::Cancel(id) => {
                 if id.is_direct() {
                     self.direct.remove(&id);
@@ -297,6 +325,7 @@ where
             }
         }
         if timers {
+            self.reputation.expire(now);
             self.check_stale(now);
             self.sm.handle(SmEvent::Tick, now);
             self.rm.tick(now);
@@ -423,12 +452,56 @@ where
     }
 
     /// Sizes of the tables this core holds (`tracked_entries{table}`).
-    pub fn tracked(&self) -> [(&'static str, usize); 3] {
+    pub fn tracked(&self) -> [(&'static str, usize); 4] {
+        // (Admission's table is bounded by its caps; its counts are `connections{direction}`.)
         [
             ("dial_book", self.dials.tracked_peers()),
+            ("reputation", self.reputation.tracked()),
             ("sessions", self.sessions.len()),
             ("direct_requests", self.direct.len()),
         ]
+    }
+
+    /// Whether the peer's connections hold a sync stream (admission never evicts those).
+    fn mark_busy(&mut self, peer: P, busy: bool, now: Instant) {
+        if let Some(list) = self.conns.get(&peer) {
+            for c in list {
+                self.admission.set_busy(&(peer, c.id), busy, now);
+            }
+        }
+    }
+
+    /// (inbound, outbound) connections admitted.
+    pub fn connection_counts(&self) -> (usize, usize) {
+        self.admission.counts()
+    }
+
+    /// The peer misbehaved: its streams close as penalised (or, holding none, it gets the penalty
+    /// cooldown), and an offence that reaches the ban line disconnects it for the ban.
+    fn offend(&mut self, peer: P, o: Offence, now: Instant) {
+        self.count(Count::Offence(o));
+        if self.reputation.is_banned(&peer, now) {
+            return; // in flight when the ban began; its connections are closing
+        }
+        let verdict = self.reputation.offend(peer, o, now);
+        if self.sessions.values().any(|s| s.peer == peer) {
+            self.drop_peer_streams(peer, RemovalReason::Penalised, now);
+        } else {
+            self.sm.handle(SmEvent::Penalised(peer), now);
+        }
+        if let Verdict::Banned(_) = verdict {
+            self.count(Count::Banned);
+            self.out.push_back(Output::Disconnect(peer));
+        }
+    }
+
+    /// Whether the peer is banned now (its connections are refused).
+    pub fn is_banned(&self, peer: &P, now: Instant) -> bool {
+        self.reputation.is_banned(peer, now)
+    }
+
+    pub fn banned_count(&self, now: Instant) -> usize {
+        self.reputation.banned_count(now)
     }
 
     /// A peer of another network: blocked and disconnected.
@@ -449,10 +522,40 @@ where
             .map(|(id, _)| *id)
     }
 
-    fn on_established(&mut self, peer: P, conn: C, we_dialled: bool, now: Instant) {
+    fn on_established(
+        &mut self,
+        peer: P,
+        conn: C,
+        we_dialled: bool,
+        ip: Option<std::net::IpAddr>,
+        now: Instant,
+    ) {
         if self.dials.is_blocked(&peer) || self.isolated {
             self.out.push_back(Output::CloseConnection { peer, conn });
             return;
+        }
+        if self.reputation.is_banned(&peer, now) {
+            self.count(Count::Refused(Refusal::Banned));
+            self.out.push_back(Output::CloseConnection { peer, conn });
+            return;
+        }
+        // Bootnodes dialling us are exempt from the inbound caps (reserved slots).
+        let reserved = self.bootnodes.iter().any(|(b, _)| *b == peer);
+        match self
+            .admission
+            .arrive((peer, conn), !we_dialled, ip, reserved, now)
+        {
+            Admit::Keep => {}
+            Admit::KeepEvicting((p, c)) => {
+                self.count(Count::Refused(Refusal::Evicted));
+                self.out
+                    .push_back(Output::CloseConnection { peer: p, conn: c });
+            }
+            Admit::Refuse(why) => {
+                self.count(Count::Refused(why));
+                self.out.push_back(Output::CloseConnection { peer, conn });
+                return;
+            }
         }
         let dialer = if we_dialled {
             self.dials.on_connected(&peer);
@@ -573,8 +676,11 @@ where
 
     /// Removes a session, however it ended (closed, reset by the stream manager, its peer gone),
     /// and fails the direct requests written to it: nothing else would answer them.
-    fn end_session(&mut self, id: SessionId) -> Option<Session<P>> {
+    fn end_session(&mut self, id: SessionId, now: Instant) -> Option<Session<P>> {
         let s = self.sessions.remove(&id)?;
+        if s.in_use && !self.sessions.values().any(|o| o.peer == s.peer && o.in_use) {
+            self.mark_busy(s.peer, false, now);
+        }
         self.out.push_back(Output::DropSession(id));
         let mut gone: Vec<ReqId> = self
             .direct
@@ -597,7 +703,7 @@ where
     /// request manager, direct callers and the stream manager learn once; a second report of the
     /// same session finds nothing to do.
     fn close_session(&mut self, peer: P, id: SessionId, reason: RemovalReason, now: Instant) {
-        if let Some(s) = self.end_session(id) {
+        if let Some(s) = self.end_session(id, now) {
             if s.in_use {
                 self.stream_gone(peer, now);
             }
@@ -625,6 +731,8 @@ where
         self.out.push_back(Output::Net(NetEvent::PeerGone(peer)));
     }
 
+    /// Only an answer to a request we sent makes the stream useful: unsolicited responses (any
+    /// id) must not keep an idle peer's slot.
     fn on_response(&mut self, peer: P, id: ReqId, resp: Response, now: Instant) {
         if let Response::Error(ErrorReply::RateLimited { .. }) = &resp {
             self.count(Count::RateLimitedReceived);
@@ -632,6 +740,7 @@ where
         if id.is_direct() {
             if self.direct.get(&id).is_some_and(|(p, _)| *p == peer) {
                 self.direct.remove(&id);
+                self.sm.handle(SmEvent::Useful(peer), now);
                 self.out.push_back(Output::DirectReply {
                     id,
                     result: Ok(resp),
@@ -658,6 +767,7 @@ where
             }
             resp => {
                 if let Some((_, latency)) = self.rm.on_success(id, &peer, now) {
+                    self.sm.handle(SmEvent::Useful(peer), now);
                     if let Response::Status(s) = &resp
                         && self.spec.verify_head(&s.head, &s.head_signature).is_ok()
                     {
@@ -715,6 +825,7 @@ where
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.in_use = true;
                     let head = s.head_height;
+                    self.mark_busy(peer, true, now);
                     self.rm.add_stream(peer, Some(self.cfg.pace), now);
                     self.out
                         .push_back(Output::Net(NetEvent::PeerHead { peer, height: head }));
@@ -728,7 +839,7 @@ where
             }
             SmAction::Reset(peer, id, reason) => {
                 self.count(Count::Reset(reason));
-                if let Some(s) = self.end_session(id)
+                if let Some(s) = self.end_session(id, now)
                     && s.in_use
                 {
                     self.stream_gone(peer, now);
@@ -786,9 +897,7 @@ where
                 id,
                 result: Err(RequestError::GaveUp(why)),
             }),
-            ReqAction::Penalise(peer) => {
-                self.drop_peer_streams(peer, RemovalReason::Penalised, now)
-            }
+            ReqAction::Penalise(peer) => self.offend(peer, Offence::Unresponsive, now),
         }
     }
 }

@@ -26,6 +26,8 @@ fn cfg() -> PeersConfig {
         dials: DialConfig::default(),
         pace: (1_000_000, 1_000_000),
         max_direct: 16,
+        reputation: ReputationConfig::default(),
+        admission: AdmissionConfig::default(),
     }
 }
 
@@ -73,7 +75,7 @@ fn closed(peer: u32, session: SessionId) -> Input<u32, u32> {
     Input::SessionClosed {
         peer,
         session,
-        malformed: false,
+        offence: None,
     }
 }
 
@@ -181,7 +183,7 @@ impl Pair {
                             let input = Input::SessionClosed {
                                 peer,
                                 session: id,
-                                malformed: false,
+                                offence: None,
                             };
                             self.side(other_side).handle(input, now);
                         }
@@ -196,6 +198,7 @@ impl Pair {
                         peer,
                         conn: id,
                         we_dialled: we,
+                        ip: None,
                     };
                     self.side(side).handle(input, now);
                 }
@@ -277,6 +280,7 @@ fn a_peer_is_reported_only_once_its_connections_settle() {
             peer: 2,
             conn: 10,
             we_dialled: false,
+            ip: None,
         },
         t0,
     );
@@ -287,6 +291,7 @@ fn a_peer_is_reported_only_once_its_connections_settle() {
             peer: 2,
             conn: 11,
             we_dialled: true,
+            ip: None,
         },
         t0,
     );
@@ -321,6 +326,7 @@ fn a_higher_id_keeps_the_connection_the_peer_dialled() {
                 peer: 1,
                 conn,
                 we_dialled,
+                ip: None,
             },
             t0,
         );
@@ -511,6 +517,7 @@ fn a_dead_connection_ends_its_sessions_at_once_and_blocks_new_ones_until_it_is_g
             peer: 2,
             conn: 99,
             we_dialled: false,
+            ip: None,
         },
         p.t,
     );
@@ -543,6 +550,7 @@ fn isolation_disconnects_refuses_and_dials_nothing_until_lifted() {
             peer: 2,
             conn: 50,
             we_dialled: false,
+            ip: None,
         },
         p.t,
     );
@@ -582,5 +590,164 @@ fn fault_sets_add_to_the_configured_discovery_settings_and_do_not_clear_them() {
     assert!(
         discover >= 5,
         "forced rounds (every 1 s, jittered): {discover}"
+    );
+}
+
+/// A core with one inbound connection from `peer` (it dialled us).
+fn connected_core(local: u32, peer: u32, t0: Instant) -> Core {
+    let mut c = core(local, &[], t0);
+    c.handle(
+        Input::ConnectionEstablished {
+            peer,
+            conn: 1,
+            we_dialled: false,
+            ip: None,
+        },
+        t0,
+    );
+    drain(&mut c);
+    c
+}
+
+fn inbound_ready(c: &mut Core, peer: u32, session: SessionId, t: Instant) -> Vec<Out> {
+    c.handle(
+        Input::SessionReady {
+            peer,
+            session,
+            outbound: false,
+            head_height: 0,
+        },
+        t,
+    );
+    drain(c)
+}
+
+/// A lower id's stream once won every tie, a penalty's cooldown included: a peer whose id sorts
+/// below ours reopened at once after each malformed frame and was accepted every time.
+#[test]
+fn a_peer_that_sent_a_malformed_frame_is_refused_on_reopen_whatever_its_id() {
+    let t0 = Instant::now();
+    let t = t0 + Duration::from_millis(10);
+    for peer in [1u32, 9] {
+        // After the handshake: a stream is up (ours, which the core opened on connecting), then
+        // the peer sends a malformed frame and reopens at once.
+        let mut c = connected_core(5, peer, t0);
+        c.handle(
+            Input::SessionReady {
+                peer,
+                session: 10,
+                outbound: true,
+                head_height: 0,
+            },
+            t0,
+        );
+        drain(&mut c);
+        assert_eq!(c.stream_peers(), vec![peer]);
+        c.handle(
+            Input::SessionClosed {
+                peer,
+                session: 10,
+                offence: Some(Offence::Malformed),
+            },
+            t0,
+        );
+        drain(&mut c);
+        let out = inbound_ready(&mut c, peer, 11, t);
+        assert!(
+            out.contains(&Output::DropSession(11)),
+            "peer {peer}: {out:?}"
+        );
+        assert!(c.stream_peers().is_empty(), "peer {peer}");
+
+        // Before the handshake: a frame that is not one counts the same.
+        let mut c = connected_core(5, peer, t0);
+        c.handle(
+            Input::SessionFailed {
+                peer,
+                outbound: false,
+                wrong_network: false,
+                malformed: true,
+            },
+            t0,
+        );
+        drain(&mut c);
+        let out = inbound_ready(&mut c, peer, 12, t);
+        assert!(
+            out.contains(&Output::DropSession(12)),
+            "peer {peer}: {out:?}"
+        );
+        assert!(c.stream_peers().is_empty(), "peer {peer}");
+        // One offence is not a ban: after the penalty cooldown the peer is welcome again.
+        assert!(!c.is_banned(&peer, t));
+        let later = t0 + Duration::from_secs(60);
+        c.handle(Input::Tick, later);
+        let reopen = drain(&mut c).contains(&Output::OpenStream(peer));
+        c.handle(
+            Input::SessionReady {
+                peer,
+                session: 13,
+                outbound: reopen,
+                head_height: 0,
+            },
+            later,
+        );
+        drain(&mut c);
+        assert_eq!(c.stream_peers(), vec![peer], "peer {peer}");
+    }
+}
+
+#[test]
+fn a_bad_announce_flood_bans_the_peer_and_its_connections_are_refused() {
+    let t0 = Instant::now();
+    let mut c = connected_core(5, 1, t0);
+    inbound_ready(&mut c, 1, 10, t0);
+    let spec = spec_for(&key(1));
+    let mut header = spec.genesis().header.clone();
+    let mut counts = vec![];
+    let mut disconnected = false;
+    for h in 1..=1000u64 {
+        header.height = h;
+        c.handle(
+            Input::Announce {
+                peer: 1,
+                header: header.clone(),
+                signature: crate::chain::Sig([7; 64]),
+            },
+            t0,
+        );
+        for o in std::iter::from_fn(|| c.poll_output()) {
+            match o {
+                Output::Count(Count::BadAnnounce) => counts.push(h),
+                Output::Disconnect(1) => disconnected = true,
+                _ => {}
+            }
+        }
+    }
+    // Four bad announces ban it; the rest are not even verified.
+    assert_eq!(counts, vec![1, 2, 3, 4]);
+    assert!(disconnected);
+    assert!(c.is_banned(&1, t0));
+    assert_eq!(c.banned_count(t0), 1);
+    c.handle(
+        Input::ConnectionClosed {
+            peer: 1,
+            conn: 1,
+            remaining: 0,
+        },
+        t0,
+    );
+    c.handle(
+        Input::ConnectionEstablished {
+            peer: 1,
+            conn: 2,
+            we_dialled: false,
+            ip: None,
+        },
+        t0 + Duration::from_secs(1),
+    );
+    let out = drain(&mut c);
+    assert!(
+        out.contains(&Output::CloseConnection { peer: 1, conn: 2 }),
+        "{out:?}"
     );
 }

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::admission::{AdmissionConfig, Refusal};
+use super::reputation::{Offence, ReputationConfig};
 use crate::chain::{Header, Sig};
 use crate::dial::DialConfig;
 use crate::requests::{GiveUp, ReqId, RequestConfig};
@@ -24,6 +26,8 @@ pub struct PeersConfig {
     pub pace: (u32, u32),
     /// Most direct (unmanaged) requests awaiting replies at once.
     pub max_direct: usize,
+    pub reputation: ReputationConfig,
+    pub admission: AdmissionConfig,
 }
 
 /// Counters the tests and `/status` read without scraping.
@@ -64,8 +68,14 @@ pub enum RequestError {
 pub enum Input<P, C> {
     /// Time passed; call at [`Peers::poll_timeout`] at the latest.
     Tick,
-    /// A connection is up; `we_dialled` when it is our outbound one.
-    ConnectionEstablished { peer: P, conn: C, we_dialled: bool },
+    /// A connection is up; `we_dialled` when it is our outbound one; `ip` the remote address's,
+    /// when it has one (admission's per-IP caps).
+    ConnectionEstablished {
+        peer: P,
+        conn: C,
+        we_dialled: bool,
+        ip: Option<std::net::IpAddr>,
+    },
     /// A connection closed; `remaining` connections to the peer are left.
     ConnectionClosed { peer: P, conn: C, remaining: usize },
     /// Ping found the connection dead (the driver closes it; the close completes later).
@@ -85,17 +95,20 @@ pub enum Input<P, C> {
         outbound: bool,
         head_height: u64,
     },
-    /// A sync stream failed before it was ready.
+    /// A sync stream failed before it was ready; `malformed` when the peer broke the handshake
+    /// (a frame that does not decode, or not a handshake).
     SessionFailed {
         peer: P,
         outbound: bool,
         wrong_network: bool,
+        malformed: bool,
     },
-    /// A ready sync stream ended; `malformed` when the peer sent a frame that does not decode.
+    /// A ready sync stream ended; `offence` when it ended for the peer's misbehaviour (a frame
+    /// that does not decode, replies it did not read, a frame it did not finish).
     SessionClosed {
         peer: P,
         session: SessionId,
-        malformed: bool,
+        offence: Option<Offence>,
     },
     /// A [`Output::Send`] could not be queued: the session's channel is `closed` (its task
     /// ended and its `SessionClosed` is on the way) or full.
@@ -115,6 +128,11 @@ pub enum Input<P, C> {
     },
     /// The sync layer drops the peer's streams as penalised.
     Penalise(P),
+    /// A session served the peer a request (sent at most once a second per session): its stream
+    /// is in use, not idle.
+    Served(P),
+    /// The driver or a session caught the peer misbehaving (slow reader, stalled frame).
+    Offence(P, Offence),
     /// The caller of this request stopped waiting.
     Cancel(ReqId),
     /// The local head height (the store's), for the stream manager's staleness.
@@ -191,6 +209,12 @@ pub enum Count {
     Latency(ResponseKind, Duration),
     ForeignPeer,
     BadAnnounce,
+    /// `peer_offences_total{offence}`.
+    Offence(Offence),
+    /// A peer was banned (`peer_bans_total`).
+    Banned,
+    /// A connection was refused on arrival or evicted (`connections_refused_total{reason}`).
+    Refused(Refusal),
     /// The local head is (not) stale.
     HeadStale(bool),
 }

@@ -38,6 +38,10 @@ pub struct StreamConfig {
     /// Removals further apart than this do not compound the cooldown.
     #[serde(with = "crate::util::millis")]
     pub removal_memory: Duration,
+    /// When full, an inbound stream with nothing served or answered for this long gives its slot
+    /// to a newcomer (docs/security.md).
+    #[serde(with = "crate::util::millis")]
+    pub idle_evict_after: Duration,
     /// Cap on each per-peer table (candidates, failed, cooldowns).
     pub max_tracked_peers: usize,
     /// The driver reports the head stale after this long without progress (see the module docs).
@@ -66,6 +70,7 @@ impl Default for StreamConfig {
             removal_cooldown_base: Duration::from_secs(5),
             removal_cooldown_max: Duration::from_secs(600),
             removal_memory: Duration::from_secs(1800),
+            idle_evict_after: Duration::from_secs(10),
             max_tracked_peers: 1024,
             stale_after: Duration::from_secs(15),
             forced_discovery: None,
@@ -88,6 +93,7 @@ impl StreamConfig {
             ("discovery_interval", self.discovery_interval),
             ("discovery_round_timeout", self.discovery_round_timeout),
             ("setup_timeout", self.setup_timeout),
+            ("idle_evict_after", self.idle_evict_after),
         ] {
             check(d.is_zero(), name, "must be > 0")?;
         }

@@ -23,6 +23,7 @@ impl RemovalReason {
             RemovalReason::Disconnected => "disconnected",
             RemovalReason::Conflict => "conflict",
             RemovalReason::Penalised => "penalised",
+            RemovalReason::Evicted => "evicted",
         }
     }
 }
@@ -35,6 +36,8 @@ impl ResetReason {
             ResetReason::Duplicate => "duplicate",
             ResetReason::Cooldown => "cooldown",
             ResetReason::Conflict => "conflict",
+            ResetReason::Penalised => "penalised",
+            ResetReason::Evicted => "evicted",
         }
     }
 }

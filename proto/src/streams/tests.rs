@@ -16,6 +16,7 @@ fn cfg() -> StreamConfig {
         removal_cooldown_base: Duration::from_secs(2),
         removal_cooldown_max: Duration::from_secs(16),
         removal_memory: Duration::from_secs(600),
+        idle_evict_after: Duration::from_secs(10),
         max_tracked_peers: 64,
         stale_after: Duration::from_secs(15),
         forced_discovery: None,
@@ -305,7 +306,12 @@ fn a_lost_connection_forgives_stream_errors_but_not_penalties() {
         let back = now + Duration::from_secs(3);
         m.handle(Event::Connected(5), back);
         m.handle(Event::InboundReady(5, 11), back);
-        let refused = drain(&mut m).contains(&Action::Reset(5, 11, ResetReason::Cooldown));
+        let refused = drain(&mut m).iter().any(|a| {
+            matches!(
+                a,
+                Action::Reset(5, 11, ResetReason::Cooldown | ResetReason::Penalised)
+            )
+        });
         assert_eq!(refused, !forgiven, "{reason:?}");
         assert_eq!(m.stream_count(), if forgiven { 3 } else { 2 }, "{reason:?}");
     }
@@ -476,6 +482,113 @@ fn streams_beyond_high_are_refused() {
         vec![Action::Reset(5, 5, ResetReason::Full)]
     );
     assert_eq!(m.stream_count(), 4);
+}
+
+/// Eight idle peers once held every slot for as long as they stayed: nothing evicted an idle
+/// inbound stream. Now a newcomer takes the slot of the one idle longest, once it has been idle
+/// for `idle_evict_after`; streams in use and streams we opened stay.
+#[test]
+fn a_newcomer_evicts_the_stream_idle_longest_but_never_a_useful_one() {
+    let t0 = Instant::now();
+    let mut m = M::new(cfg(), 100, 1, t0);
+    // 1 is ours (we opened it); 2, 3, 4 came in; 3 is in use.
+    m.handle(Event::Connected(1), t0);
+    drain(&mut m);
+    m.handle(Event::OutboundReady(1, 1), t0);
+    for p in 2..=4 {
+        m.handle(
+            Event::InboundReady(p, p as u64),
+            t0 + Duration::from_secs(p as u64),
+        );
+    }
+    drain(&mut m);
+    assert_eq!(m.stream_count(), 4);
+    // Not idle long enough yet: refused as before.
+    let t = t0 + Duration::from_secs(9);
+    m.handle(Event::InboundReady(9, 9), t);
+    assert_eq!(
+        non_reports(&mut m),
+        vec![Action::Reset(9, 9, ResetReason::Full)]
+    );
+    let t = t0 + Duration::from_secs(20);
+    m.handle(Event::Useful(3), t - Duration::from_secs(1));
+    m.handle(Event::InboundReady(10, 10), t);
+    assert_eq!(
+        non_reports(&mut m),
+        vec![
+            Action::Reset(2, 2, ResetReason::Evicted),
+            Action::Use(10, 10)
+        ]
+    );
+    m.handle(Event::InboundReady(11, 11), t);
+    assert_eq!(
+        non_reports(&mut m),
+        vec![
+            Action::Reset(4, 4, ResetReason::Evicted),
+            Action::Use(11, 11)
+        ]
+    );
+    // Left: ours (1), the useful one (3), and the two newcomers, none idle long enough.
+    m.handle(Event::InboundReady(12, 12), t);
+    assert_eq!(
+        non_reports(&mut m),
+        vec![Action::Reset(12, 12, ResetReason::Full)]
+    );
+    let mut peers: Vec<u32> = m.streams().map(|(p, _)| *p).collect();
+    peers.sort();
+    assert_eq!(peers, vec![1, 3, 10, 11]);
+    // An evicted peer cools down like any removed one.
+    assert!(m.cooldown_remaining(&2, t).is_some());
+}
+
+#[test]
+fn reopening_does_not_make_an_idle_stream_look_fresh() {
+    let t0 = Instant::now();
+    let mut m = M::new(cfg(), 100, 1, t0);
+    for p in 1..=4 {
+        m.handle(Event::InboundReady(p, p as u64), t0);
+    }
+    let t = t0 + Duration::from_secs(15);
+    for p in 2..=4 {
+        m.handle(Event::Useful(p), t);
+    }
+    // Peer 1 reopens (its replacement keeps its idleness).
+    m.handle(Event::InboundReady(1, 21), t);
+    drain(&mut m);
+    m.handle(Event::InboundReady(9, 9), t);
+    assert_eq!(
+        non_reports(&mut m),
+        vec![
+            Action::Reset(1, 21, ResetReason::Evicted),
+            Action::Use(9, 9)
+        ]
+    );
+}
+
+#[test]
+fn a_penalised_peer_is_refused_whatever_its_id() {
+    let t0 = Instant::now();
+    // Local 10: peer 5's streams win ties, peer 20's do not; a penalty binds both.
+    let mut m = M::new(cfg(), 10, 1, t0);
+    for (p, id) in [(5, 1), (20, 2)] {
+        m.handle(Event::InboundReady(p, id), t0);
+        m.handle(Event::StreamClosed(p, id, RemovalReason::Penalised), t0);
+        drain(&mut m);
+        m.handle(Event::InboundReady(p, id + 10), t0);
+        assert_eq!(
+            non_reports(&mut m),
+            vec![Action::Reset(p, id + 10, ResetReason::Penalised)],
+            "peer {p}"
+        );
+        // Without a stream (a malformed handshake): the same.
+        m.handle(Event::Penalised(p + 1), t0);
+        m.handle(Event::InboundReady(p + 1, id + 20), t0);
+        assert_eq!(
+            non_reports(&mut m),
+            vec![Action::Reset(p + 1, id + 20, ResetReason::Penalised)]
+        );
+    }
+    assert_eq!(m.stream_count(), 0);
 }
 
 #[test]
