@@ -11,6 +11,7 @@
 pub mod broadcast;
 mod canary;
 mod control;
+pub mod logthrottle;
 pub mod metrics;
 pub mod netem;
 pub mod node;

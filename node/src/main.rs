@@ -302,14 +302,22 @@ fn run(args: RunArgs) -> Result<(), Failure> {
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    // Repeated INFO/WARN lines from one call site are throttled (a hostile peer must not fill the
+    // disk with them); see syncnet_node::logthrottle.
+    let filter = filter.and(syncnet_node::logthrottle::Throttle::filter());
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = match format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(layer.with_filter(filter))
+        .init();
 }
 
 fn inspect(

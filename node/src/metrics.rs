@@ -58,6 +58,16 @@ impl Collector for StoreCollector {
             g.metric_type(),
         )?;
         g.encode(m)?;
+        let c = ConstCounter::new(
+            crate::logthrottle::SUPPRESSED.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let m = enc.encode_descriptor(
+            "log_events_suppressed",
+            "INFO/WARN log events dropped by the per-call-site throttle",
+            None,
+            c.metric_type(),
+        )?;
+        c.encode(m)?;
         let c = ConstCounter::new(self.0.inserted_total());
         let m = enc.encode_descriptor(
             "blocks_inserted",

@@ -6,6 +6,7 @@
 //! - [`handle`]: the [`P2pHandle`] the rest of the node uses, and the fault channel;
 //! - [`swarm`]: the behaviours and transport (TCP + noise + yamux, network emulation), `spawn`;
 //! - `driver`: the one task that runs the swarm and the core;
+//! - `pending`: the transport's pool of inbound connections in their handshake;
 //! - [`session`]: one sync stream's task (handshake, serving, the write queue);
 //! - [`gossip`]: the gossipsub baseline's swarm side.
 //!
@@ -16,6 +17,7 @@ mod driver;
 mod gate;
 pub mod gossip;
 mod handle;
+mod pending;
 pub mod session;
 mod swarm;
 

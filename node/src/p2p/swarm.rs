@@ -124,7 +124,18 @@ pub async fn spawn(
     let builder = builder.with_quic();
     let mut swarm = builder
         .with_other_transport(|key| {
+            let refused =
+                |why: &'static str| metrics.refused.get_or_create(&[("reason", why)]).clone();
             tcp_transport(key, netem.clone())
+                .map(|t| {
+                    super::pending::Pending::new(
+                        t,
+                        cfg.admission.max_pending,
+                        cfg.admission.pending_timeout,
+                        refused("pending_evicted"),
+                        refused("pending_timeout"),
+                    )
+                })
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })?
         // `/dns4/<pod>.<service>/...` bootnodes: on Kubernetes a pod's IP changes with every

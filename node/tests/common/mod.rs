@@ -1,6 +1,7 @@
 //! Helpers for tests that drive the `syncnode` binary.
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod net;
 
 use std::io::{Read, Write};
