@@ -48,6 +48,8 @@ pub mod dial;
 pub mod downloader;
 pub mod error;
 pub mod faults;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ida;
 pub mod keys;
 pub mod netem;

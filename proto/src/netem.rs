@@ -56,6 +56,80 @@ impl Default for NetemConfig {
 }
 
 /// Region names: what Kubernetes accepts in a label value, minus the upper case.
+/// The first bytes each end of an emulated connection sends: magic, region, peer id.
+pub const PREAMBLE_MAGIC: &[u8; 16] = b"/syncnet/netem/1";
+
+/// The preamble announcing `region` and `peer`.
+pub fn preamble(region: &str, peer: &PeerId) -> Vec<u8> {
+    let peer = peer.to_bytes();
+    let mut hello = Vec::with_capacity(PREAMBLE_MAGIC.len() + 2 + region.len() + peer.len());
+    hello.extend_from_slice(PREAMBLE_MAGIC);
+    hello.push(region.len() as u8);
+    hello.extend_from_slice(region.as_bytes());
+    hello.push(peer.len() as u8);
+    hello.extend_from_slice(&peer);
+    hello
+}
+
+/// Where parsing a peer's preamble stands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Preamble {
+    /// Read exactly this many more bytes, then parse again (bytes past the preamble belong to
+    /// the next protocol, so the reader must not take them).
+    Need(usize),
+    Done {
+        region: String,
+        peer: PeerId,
+    },
+}
+
+/// Parses the preamble from what has been read so far (sans-IO: the stream wrapper reads what
+/// [`Preamble::Need`] asks for). Errors say what is wrong, for the connection's error.
+pub fn parse_preamble(buf: &[u8]) -> Result<Preamble, String> {
+    let m = PREAMBLE_MAGIC.len();
+    if buf.len() < m {
+        return Ok(Preamble::Need(m - buf.len()));
+    }
+    if &buf[..m] != PREAMBLE_MAGIC {
+        return Err(
+            "peer does not run network emulation: set p2p.netem on every node of a network or on none"
+                .into(),
+        );
+    }
+    let field = |at: usize, max: usize| -> Result<Result<&[u8], usize>, String> {
+        let Some(&len) = buf.get(at) else {
+            return Ok(Err(1));
+        };
+        let len = usize::from(len);
+        if len == 0 || len > max {
+            return Err(format!("netem preamble field of {len} bytes (1..={max})"));
+        }
+        match buf.get(at + 1..at + 1 + len) {
+            Some(v) => Ok(Ok(v)),
+            None => Ok(Err(at + 1 + len - buf.len())),
+        }
+    };
+    let region = match field(m, 63)? {
+        Ok(r) => r,
+        Err(need) => return Ok(Preamble::Need(need)),
+    };
+    let region = std::str::from_utf8(region).map_err(|_| "netem region: not UTF-8".to_owned())?;
+    validate_region(region).map_err(|e| format!("netem region: {e}"))?;
+    let at = m + 1 + region.len();
+    let peer = match field(at, 64)? {
+        Ok(p) => p,
+        Err(need) => return Ok(Preamble::Need(need)),
+    };
+    let peer = PeerId::from_bytes(peer).map_err(|e| format!("netem peer id: {e}"))?;
+    if buf.len() > at + 1 + peer.to_bytes().len() {
+        return Err("netem preamble: bytes past its end".into());
+    }
+    Ok(Preamble::Done {
+        region: region.to_owned(),
+        peer,
+    })
+}
+
 pub fn validate_region(r: &str) -> Result<(), String> {
     crate::error::validate_name(r)
 }

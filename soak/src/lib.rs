@@ -11,6 +11,8 @@
 //! cluster). Neither the node runtime nor plotting is linked here.
 
 pub mod exec;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod judge;
 pub mod node_http;
 pub mod plan;

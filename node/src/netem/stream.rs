@@ -18,61 +18,37 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::PeerId;
 use tokio::time::Sleep;
 
-use super::{Link, Netem, validate_region};
+use super::{Link, Netem};
+use syncnet_proto::netem::{Preamble, parse_preamble, preamble};
 
 /// Sent first by both ends of an emulated connection.
-pub const MAGIC: &[u8; 16] = b"/syncnet/netem/1";
+pub use syncnet_proto::netem::PREAMBLE_MAGIC as MAGIC;
 /// Largest write accepted at once; keeps the shaper's reservations fine-grained.
 const MAX_CHUNK: usize = 64 * 1024;
 /// How often a held connection looks at the partition set again.
 const HOLD_RECHECK: Duration = Duration::from_millis(50);
 
-/// Exchanges the preamble on a fresh connection and wraps it.
+/// Exchanges the preamble on a fresh connection and wraps it. The peer's is read exactly as far
+/// as [`parse_preamble`] asks, never past it.
 pub async fn handshake<S>(mut s: S, net: Arc<Netem>) -> io::Result<NetemStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let peer = net.local_peer.to_bytes();
-    let mut hello = Vec::with_capacity(MAGIC.len() + 2 + net.region.len() + peer.len());
-    hello.extend_from_slice(MAGIC);
-    hello.push(net.region.len() as u8);
-    hello.extend_from_slice(net.region.as_bytes());
-    hello.push(peer.len() as u8);
-    hello.extend_from_slice(&peer);
-    s.write_all(&hello).await?;
+    s.write_all(&preamble(&net.region, &net.local_peer)).await?;
     s.flush().await?;
-
-    let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
-    let mut magic = [0u8; MAGIC.len()];
-    s.read_exact(&mut magic).await?;
-    if &magic != MAGIC {
-        return Err(invalid(
-            "peer does not run network emulation: set p2p.netem on every node of a network or on none"
-                .into(),
-        ));
+    let mut buf = Vec::with_capacity(160);
+    loop {
+        match parse_preamble(&buf).map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))? {
+            Preamble::Need(n) => {
+                let at = buf.len();
+                buf.resize(at + n, 0);
+                s.read_exact(&mut buf[at..]).await?;
+            }
+            Preamble::Done { region, peer } => {
+                return Ok(NetemStream::new(s, net, region, Some(peer)));
+            }
+        }
     }
-    let region = read_short(&mut s, 63).await?;
-    let region =
-        String::from_utf8(region).map_err(|_| invalid("netem region: not UTF-8".into()))?;
-    validate_region(&region).map_err(|e| invalid(format!("netem region: {e}")))?;
-    let peer = read_short(&mut s, 64).await?;
-    let peer = PeerId::from_bytes(&peer).map_err(|e| invalid(format!("netem peer id: {e}")))?;
-    Ok(NetemStream::new(s, net, region, Some(peer)))
-}
-
-async fn read_short<S: AsyncRead + Unpin>(s: &mut S, max: usize) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 1];
-    s.read_exact(&mut len).await?;
-    let len = usize::from(len[0]);
-    if len == 0 || len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("netem preamble field of {len} bytes (1..={max})"),
-        ));
-    }
-    let mut v = vec![0u8; len];
-    s.read_exact(&mut v).await?;
-    Ok(v)
 }
 
 struct Chunk {

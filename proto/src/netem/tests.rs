@@ -137,3 +137,48 @@ fn partition_set_matches_regions_and_peers() {
     assert!(!set.blocks("eu", Some(&q)));
     assert!(!PartitionSet::default().blocks("us", Some(&p)));
 }
+
+#[test]
+fn the_preamble_parses_byte_by_byte_and_names_what_is_wrong() {
+    let peer = PeerId::random();
+    let hello = preamble("eu-west", &peer);
+    // Fed exactly what it asks for, it ends with the region and the peer.
+    let mut buf = vec![];
+    let done = loop {
+        match parse_preamble(&buf).unwrap() {
+            Preamble::Need(n) => {
+                assert!(n >= 1 && buf.len() + n <= hello.len());
+                buf.extend_from_slice(&hello[buf.len()..buf.len() + n]);
+            }
+            d => break d,
+        }
+    };
+    assert_eq!(
+        done,
+        Preamble::Done {
+            region: "eu-west".into(),
+            peer
+        }
+    );
+    let m = PREAMBLE_MAGIC.len();
+    let mut bad_magic = hello.clone();
+    bad_magic[0] ^= 1;
+    let mut zero_region = hello[..m].to_vec();
+    zero_region.push(0);
+    let mut upper = hello[..m].to_vec();
+    upper.extend_from_slice(&[2, b'E', b'U']);
+    let mut bad_peer = hello[..m + 1 + 7].to_vec();
+    bad_peer.extend_from_slice(&[3, 1, 2, 3]);
+    let mut long = hello.clone();
+    long.push(0);
+    for (input, says) in [
+        (bad_magic, "p2p.netem"),
+        (zero_region, "field of 0 bytes"),
+        (upper, "netem region"),
+        (bad_peer, "netem peer id"),
+        (long, "past its end"),
+    ] {
+        let e = parse_preamble(&input).unwrap_err();
+        assert!(e.contains(says), "{e}");
+    }
+}
