@@ -47,7 +47,7 @@ impl ControlState {
             apply,
             status,
             token: token.filter(|t| !t.is_empty()),
-            body_timeout: HttpLimits::default().body_timeout,
+            body_timeout: BODY_TIMEOUT,
         })
     }
 }
@@ -136,6 +136,9 @@ fn pprof_response(r: Result<Vec<u8>, crate::profile::ProfileError>) -> Response 
     }
 }
 
+/// A request body (`PUT /faults`) must arrive within this (408 otherwise).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Fault sets are small; a body beyond this is refused (413).
 const MAX_BODY: usize = 64 * 1024;
 
@@ -179,8 +182,6 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// A request's headers must arrive within this.
     pub header_timeout: std::time::Duration,
-    /// A request body (`PUT /faults`) must arrive within this.
-    pub body_timeout: std::time::Duration,
     /// A connection is closed after this, busy or not (a CPU profile takes up to 60 s; scrapers
     /// reconnect).
     pub connection_lifetime: std::time::Duration,
@@ -191,7 +192,6 @@ impl Default for HttpLimits {
         HttpLimits {
             max_connections: 64,
             header_timeout: std::time::Duration::from_secs(5),
-            body_timeout: std::time::Duration::from_secs(5),
             connection_lifetime: std::time::Duration::from_secs(120),
         }
     }
@@ -395,5 +395,59 @@ mod tests {
         assert_eq!(body[..2], [0x1f, 0x8b]);
         // Free again.
         assert!(crate::profile::cpu(1).await.is_ok());
+    }
+
+    /// 300 connections trickling their headers once held 300 fds for as long as they liked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_http_port_caps_connections_and_cuts_slow_headers_and_bodies() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (s, _) = state(None);
+        let s = Arc::new(ControlState {
+            body_timeout: std::time::Duration::from_millis(300),
+            ..Arc::try_unwrap(s).ok().expect("one owner")
+        });
+        let limits = HttpLimits {
+            max_connections: 2,
+            header_timeout: std::time::Duration::from_millis(300),
+            connection_lifetime: std::time::Duration::from_secs(60),
+        };
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let refused = prometheus_client::metrics::counter::Counter::default();
+        let server = tokio::spawn(serve(listener, router(s), limits, stop, refused.clone()));
+        let ends_within = |mut c: tokio::net::TcpStream| async move {
+            let mut buf = vec![];
+            tokio::time::timeout(std::time::Duration::from_secs(5), c.read_to_end(&mut buf))
+                .await
+                .is_ok()
+        };
+        // Two slow-header connections take both slots; a third is closed on accept.
+        let mut a = tokio::net::TcpStream::connect(addr).await.unwrap();
+        a.write_all(b"GET /faults HTTP/1.1\r\n").await.unwrap();
+        let mut b = tokio::net::TcpStream::connect(addr).await.unwrap();
+        b.write_all(b"GET /status HT").await.unwrap();
+        let c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(ends_within(c).await, "a third connection was kept");
+        assert_eq!(refused.get(), 1);
+        // The slow headers are cut at their deadline.
+        assert!(ends_within(a).await && ends_within(b).await);
+        // A body that never finishes: 408, within the body timeout.
+        let mut d = tokio::net::TcpStream::connect(addr).await.unwrap();
+        d.write_all(b"PUT /faults HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+            .await
+            .unwrap();
+        let mut resp = vec![0u8; 64];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), d.read(&mut resp))
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&resp[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

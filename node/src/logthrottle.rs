@@ -57,6 +57,19 @@ impl Throttle {
 mod tests {
     use super::*;
 
+    fn meta(site: &'static Site, level: Level) -> Metadata<'static> {
+        Metadata::new(
+            "event",
+            "test",
+            level,
+            None,
+            None,
+            None,
+            tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(site)),
+            tracing::metadata::Kind::EVENT,
+        )
+    }
+
     #[test]
     fn a_burst_per_call_site_then_silence_until_the_window_ends() {
         let t = Throttle::default();
@@ -65,53 +78,16 @@ mod tests {
         let (mut a, mut b) = (0, 0);
         for i in 0..100u64 {
             let now = t0 + Duration::from_millis(i);
-            let ev = tracing::Metadata::new(
-                "a",
-                "test",
-                Level::WARN,
-                None,
-                None,
-                None,
-                tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&SITE_A)),
-                tracing::metadata::Kind::EVENT,
-            );
-            a += usize::from(t.allow(&ev, now));
-            let ev = tracing::Metadata::new(
-                "b",
-                "test",
-                Level::WARN,
-                None,
-                None,
-                None,
-                tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&SITE_B)),
-                tracing::metadata::Kind::EVENT,
-            );
-            b += usize::from(t.allow(&ev, now));
+            a += usize::from(t.allow(&meta(&SITE_A, Level::WARN), now));
+            b += usize::from(t.allow(&meta(&SITE_B, Level::WARN), now));
         }
         assert_eq!((a, b), (BURST as usize, BURST as usize));
         let later = t0 + WINDOW + Duration::from_millis(100);
-        let ev = tracing::Metadata::new(
-            "a",
-            "test",
-            Level::WARN,
-            None,
-            None,
-            None,
-            tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&SITE_A)),
-            tracing::metadata::Kind::EVENT,
-        );
-        assert!(t.allow(&ev, later));
-        let err = tracing::Metadata::new(
-            "e",
-            "test",
-            Level::ERROR,
-            None,
-            None,
-            None,
-            tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&SITE_A)),
-            tracing::metadata::Kind::EVENT,
-        );
-        assert!((0..100).all(|_| t.allow(&err, later)));
+        assert!(t.allow(&meta(&SITE_A, Level::WARN), later));
+        // ERROR and DEBUG are never throttled.
+        for level in [Level::ERROR, Level::DEBUG] {
+            assert!((0..100).all(|_| t.allow(&meta(&SITE_B, level), later)));
+        }
     }
 
     /// Not zero-sized: call sites are told apart by address.

@@ -20,19 +20,22 @@ fn p2p_addr(data_dir: &std::path::Path) -> String {
     )
 }
 
+/// Starts `syncnode run` on `config` (in the devnet's directory), killed on drop.
+fn run_node(net: &Devnet, config: &str) -> ChildGuard {
+    ChildGuard(
+        syncnode()
+            .args(["run", "--log-filter", "warn", "--config"])
+            .arg(net.path(config))
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn follower_gets_blocks_by(mode: &str) {
     let net = Devnet::new(&format!(
         "  interval_ms: 300\n  payload_bytes: 65536\nbroadcast:\n  mode: {mode}\n"
     ));
-    let run = |config: &str| {
-        ChildGuard(
-            syncnode()
-                .args(["run", "--log-filter", "warn", "--config"])
-                .arg(net.path(config))
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let run = |config: &str| run_node(&net, config);
     let _producer = run("node.yaml");
     let boot = p2p_addr(&net.path("data"));
     std::fs::write(
@@ -94,15 +97,7 @@ fn a_follower_gets_blocks_by_gossipsub() {
 #[test]
 fn followers_catching_up_under_ida_penalise_no_one() {
     let net = Devnet::new("  interval_ms: 50\n  payload_bytes: 32768\nbroadcast:\n  mode: ida\n");
-    let run = |config: &str| {
-        ChildGuard(
-            syncnode()
-                .args(["run", "--log-filter", "warn", "--config"])
-                .arg(net.path(config))
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let run = |config: &str| run_node(&net, config);
     let _producer = run("node.yaml");
     let boot = p2p_addr(&net.path("data"));
     let producer_metrics = metrics_addr(&net.path("data"));

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::net::*;
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::PeerId;
 use syncnet_node::p2p::{self, P2pHandle};
 use syncnet_node::ratelimit::RateLimitConfig;
-use syncnet_node::wire::{self, ErrorReply, Message, Request, Response};
+use syncnet_node::wire::{ErrorReply, Request, Response};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_discover_each_other_from_one_bootnode_and_settle() {
     let net = Net::new("testnet");
@@ -331,50 +331,8 @@ async fn peers_of_another_network_are_refused() {
 async fn oversize_frame_resets_the_stream_and_penalises() {
     let net = Net::new("testnet");
     let server = start(&net, accept_only(cfg(vec![])), 5).await;
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            Default::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .build();
-    let mut control = swarm.behaviour().new_control();
-    swarm.dial(server.addr.clone()).unwrap();
-    tokio::spawn(async move {
-        loop {
-            swarm.select_next_some().await;
-        }
-    });
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(10),
-        control.open_stream(server.id(), p2p::sync_protocol("testnet")),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let g = net.spec.genesis();
-    let hello = Message::Response {
-        id: syncnet_node::wire::ReqId::HANDSHAKE,
-        resp: Response::Status(Box::new(wire::Status {
-            genesis: net.spec.genesis_hash(),
-            head: g.header.clone(),
-            head_signature: g.signature,
-            limits: wire::Limits {
-                max_blocks_per_request: 1,
-                max_bytes_per_response: 1,
-                peer_cost_per_sec: 1,
-                peer_burst: 1,
-            },
-        })),
-    };
-    s.write_all(&wire::encode(&hello, 1 << 20).unwrap())
-        .await
-        .unwrap();
-    s.flush().await.unwrap();
+    let mut client = common::hostile::Hostile::connect(&server).await;
+    let mut s = client.open(&net, &server).await.expect("stream");
     server
         .h
         .wait_for(Duration::from_secs(10), |st| st.stream_peers.len() == 1)

@@ -5,24 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::net::*;
-use syncnet_node::downloader::DownloaderConfig;
 use syncnet_node::faults::Faults;
-
-fn scfg() -> DownloaderConfig {
-    DownloaderConfig {
-        batch_bytes: 1024 * 1024,
-        max_batch_blocks: 256,
-        max_in_flight: 8,
-        max_per_peer: 3,
-        lookahead_bytes: 64 * 1024 * 1024,
-        short_range: 32,
-        batch_timeout: Duration::from_secs(5),
-        watchdog: Duration::from_secs(3),
-        bad_peer_ttl: Duration::from_secs(5),
-        max_peers: 64,
-        tip_grace: Duration::ZERO,
-    }
-}
 
 fn injected(f: &Full, kind: &'static str) -> u64 {
     f.node
@@ -39,12 +22,12 @@ fn penalties(f: &Full, reason: &'static str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_and_restarted_nodes_reach_the_producers_head() {
     let net = Net::new("testnet");
-    let producer = start_full(&net, cfg(vec![]), scfg(), 1500).await;
+    let producer = start_full(&net, cfg(vec![]), sync_cfg(), 1500).await;
     let boot = vec![producer.node.addr.clone()];
-    let server = start_full(&net, cfg(boot.clone()), scfg(), 1500).await;
+    let server = start_full(&net, cfg(boot.clone()), sync_cfg(), 1500).await;
     let live = spawn_producer(&net, &producer.node, Duration::from_millis(200));
 
-    let fresh = start_full(&net, cfg(boot.clone()), scfg(), 0).await;
+    let fresh = start_full(&net, cfg(boot.clone()), sync_cfg(), 0).await;
     eventually(
         "fresh node at the producer's head",
         Duration::from_secs(90),
@@ -65,7 +48,7 @@ async fn fresh_and_restarted_nodes_reach_the_producers_head() {
     );
 
     // A node stopped mid-sync resumes from its store.
-    let second = start_full(&net, cfg(boot.clone()), scfg(), 0).await;
+    let second = start_full(&net, cfg(boot.clone()), sync_cfg(), 0).await;
     eventually("second node part way", Duration::from_secs(60), || {
         second.head() >= 300
     })
@@ -74,7 +57,7 @@ async fn fresh_and_restarted_nodes_reach_the_producers_head() {
     let node = start_in(&net, cfg(boot.clone()), 0, dir, key).await;
     let stopped_at = node.store.head().height;
     assert!(stopped_at >= 300);
-    let resumed = attach_sync(&net, node, scfg());
+    let resumed = attach_sync(&net, node, sync_cfg());
     eventually(
         "restarted node at the producer's head",
         Duration::from_secs(90),
@@ -112,10 +95,10 @@ async fn fresh_and_restarted_nodes_reach_the_producers_head() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_serving_corrupt_blocks_is_penalised_and_sync_completes() {
     let net = Net::new("testnet");
-    let a = start_full(&net, cfg(vec![]), scfg(), 1200).await;
+    let a = start_full(&net, cfg(vec![]), sync_cfg(), 1200).await;
     let boot = vec![a.node.addr.clone()];
-    let b = start_full(&net, cfg(boot.clone()), scfg(), 1200).await;
-    let bad = start_full(&net, cfg(boot.clone()), scfg(), 1200).await;
+    let b = start_full(&net, cfg(boot.clone()), sync_cfg(), 1200).await;
+    let bad = start_full(&net, cfg(boot.clone()), sync_cfg(), 1200).await;
     bad.node.h.update_faults(|f| f.corrupt_blocks = true).await;
     let mut c = cfg(boot.clone());
     c.streams.soft_low = 3; // talk to all three servers
@@ -129,7 +112,7 @@ async fn a_peer_serving_corrupt_blocks_is_penalised_and_sync_completes() {
         })
         .await
         .expect("streams to all three servers");
-    let fresh = attach_sync(&net, node, scfg());
+    let fresh = attach_sync(&net, node, sync_cfg());
     eventually(
         "fresh node synced despite a corrupt peer",
         Duration::from_secs(90),
@@ -158,11 +141,11 @@ async fn a_peer_serving_corrupt_blocks_is_penalised_and_sync_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_node_catches_up_through_the_short_range_watchdog() {
     let net = Net::new("testnet");
-    let producer = start_full(&net, cfg(vec![]), scfg(), 100).await;
+    let producer = start_full(&net, cfg(vec![]), sync_cfg(), 100).await;
     let boot = vec![producer.node.addr.clone()];
-    let server = start_full(&net, cfg(boot.clone()), scfg(), 100).await;
+    let server = start_full(&net, cfg(boot.clone()), sync_cfg(), 100).await;
     let live = spawn_producer(&net, &producer.node, Duration::from_millis(250));
-    let mut tcfg = scfg();
+    let mut tcfg = sync_cfg();
     tcfg.short_range = 256; // 20 s of blocks at 4/s stays within short range
     let target = start_full(&net, cfg(boot.clone()), tcfg, 0).await;
     eventually("synced before isolation", Duration::from_secs(60), || {

@@ -83,18 +83,19 @@ impl Faults {
             field: field.to_owned(),
             message: format!("{what} is a JSON object, e.g. {{\"stall_ms\": 250}}"),
         };
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-            if !v.is_object() {
-                return Err(not_object("body", "a fault set"));
-            }
-            if v.get("partition")
+        // Checked on the bytes, not only on a parsed value: a body that is not valid JSON as a
+        // whole (`[0.5]0]`) was once read as an array all the same (found by fuzzing).
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(not_object("body", "a fault set"));
+        }
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
+            && v.get("partition")
                 .is_some_and(|p| !(p.is_object() || p.is_null()))
-            {
-                return Err(not_object("partition", "a partition"));
-            }
+        {
+            return Err(not_object("partition", "a partition"));
         }
         let de = &mut serde_json::Deserializer::from_slice(body);
-        let f: Faults = serde_path_to_error::deserialize(de).map_err(|e| {
+        let f: Faults = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             // The path names the field, unknown ones included; ".", "?" or an index is the document
             // itself (not an object).
             let path = e.path().to_string();
@@ -103,6 +104,11 @@ impl Faults {
                 field: if whole { "body".to_owned() } else { path },
                 message: e.inner().to_string(),
             }
+        })?;
+        // Nothing may follow the object (`{}garbage` was accepted; found by fuzzing).
+        de.end().map_err(|e| FaultError {
+            field: "body".to_owned(),
+            message: e.to_string(),
         })?;
         f.validate()?;
         Ok(f)
@@ -246,7 +252,10 @@ mod tests {
         let e = Faults::from_json(b"{not json").unwrap_err();
         assert_eq!(e.field, "body");
         // Arrays once set fields by position (`[0.5]` set setup_failure_rate).
+        let e = Faults::from_json(br#"{"stall_ms": 5} trailing"#).unwrap_err();
+        assert_eq!(e.field, "body", "{e}");
         for (body, field) in [
+            ("[0.00000000001344305842439]0]", "body"),
             ("[0.5]", "body"),
             ("  [0, 0, 0]", "body"),
             ("0.5", "body"),

@@ -193,19 +193,29 @@ pub enum SessionEvent {
 /// Reports [`SessionEvent::Served`] at most once per `SERVED_EVERY` for one session.
 struct ServedReporter {
     epoch: std::time::Instant,
-    last_ms: std::sync::atomic::AtomicU64,
+    /// Milliseconds after `epoch` when the next report is due.
+    next_ms: std::sync::atomic::AtomicU64,
 }
 
 const SERVED_EVERY: Duration = Duration::from_secs(1);
 
 impl ServedReporter {
+    fn new() -> ServedReporter {
+        ServedReporter {
+            epoch: std::time::Instant::now(),
+            next_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether to report now (true for one caller per period).
     fn due(&self) -> bool {
-        let now = self.epoch.elapsed().as_millis() as u64 + SERVED_EVERY.as_millis() as u64;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        now >= last + SERVED_EVERY.as_millis() as u64
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Ordering::Relaxed);
+        let after = now + SERVED_EVERY.as_millis() as u64;
+        now >= next
             && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .next_ms
+                .compare_exchange(next, after, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
     }
 }
@@ -402,10 +412,7 @@ pub async fn run<S>(
     };
     let serving = Arc::new(Semaphore::new(SERVE_CONCURRENCY));
     let stream_budget = Arc::new(Semaphore::new(ctx.budget.stream_kib as usize));
-    let served = Arc::new(ServedReporter {
-        epoch: std::time::Instant::now(),
-        last_ms: std::sync::atomic::AtomicU64::new(0),
-    });
+    let served = Arc::new(ServedReporter::new());
     let reader = async {
         loop {
             let next = read_message(

@@ -143,6 +143,17 @@ pub fn request(id: u64, req: wire::Request) -> Vec<u8> {
     .unwrap()
 }
 
+/// Waits (bounded) until the server holds a sync stream with `peer`.
+pub async fn accepted(server: &Node, peer: PeerId) {
+    server
+        .h
+        .wait_for(Duration::from_secs(10), |st| {
+            st.stream_peers.contains(&peer)
+        })
+        .await
+        .unwrap_or_else(|| panic!("stream from {peer} not accepted: {:?}", server.h.state()));
+}
+
 /// Whether the server ends the stream within `within` (our reads reach EOF or an error).
 pub async fn closed_within(s: &mut Stream, within: Duration) -> bool {
     let mut sink = vec![];

@@ -199,6 +199,23 @@ pub async fn eventually_or(
     }
 }
 
+/// The downloader settings of the multi-node tests: short timeouts, so stalls show quickly.
+pub fn sync_cfg() -> DownloaderConfig {
+    DownloaderConfig {
+        batch_bytes: 1024 * 1024,
+        max_batch_blocks: 256,
+        max_in_flight: 8,
+        max_per_peer: 3,
+        lookahead_bytes: 64 * 1024 * 1024,
+        short_range: 32,
+        batch_timeout: Duration::from_secs(5),
+        watchdog: Duration::from_secs(3),
+        bad_peer_ttl: Duration::from_secs(5),
+        max_peers: 64,
+        tip_grace: Duration::ZERO,
+    }
+}
+
 pub fn streams_cfg() -> StreamConfig {
     StreamConfig {
         hard_low: 1,
