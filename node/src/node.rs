@@ -310,6 +310,9 @@ async fn produce_loop(
                 Ok((store2.insert_batch(&[verified])?, block, enc))
             })
             .await??;
+        // Counted as soon as it is committed (it used to wait for the broadcast too, and a
+        // scrape in between saw the head a block ahead of the count).
+        metrics.blocks_produced.inc();
         match (&broadcaster, encoded) {
             (Some(Broadcaster::Ida(h)), Some(enc)) => h.broadcast(block, enc).await,
             (Some(Broadcaster::Gossip), _) => {
@@ -317,7 +320,6 @@ async fn produce_loop(
             }
             _ => {}
         }
-        metrics.blocks_produced.inc();
         p2p.announce(head.header.clone(), head.signature);
         debug!(height = head.height, hash = %head.hash, "produced block");
         if last_report.elapsed() >= Duration::from_secs(30) {

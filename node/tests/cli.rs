@@ -113,7 +113,8 @@ fn producer_serves_rising_head_and_resumes_after_restart() {
         "{body}"
     );
     assert!(metric(&body, "process_open_fds").unwrap() >= 3.0);
-    assert!(metric(&body, "syncnet_blocks_produced_total").unwrap() >= later);
+    // The count follows the commit, so a scrape may land between the two: one block behind at most.
+    assert!(metric(&body, "syncnet_blocks_produced_total").unwrap() + 1.0 >= later);
     assert!(metric(&body, "syncnet_store_bytes").unwrap() > 0.0);
     assert_eq!(
         http_get(addr, "/healthz").unwrap(),
