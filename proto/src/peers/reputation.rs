@@ -65,7 +65,8 @@ impl Offence {
         match self {
             Offence::Malformed | Offence::SlowReader | Offence::Stalled => 45.0,
             Offence::SyncPenalty => 40.0,
-            Offence::BadAnnounce => 25.0,
+            // 26, not 25: four must ban even after a few seconds of decay.
+            Offence::BadAnnounce => 26.0,
             Offence::Unresponsive => 10.0,
         }
     }
