@@ -277,11 +277,19 @@ async fn write_frame<W: AsyncWrite + Unpin>(
     stall: Duration,
 ) -> std::io::Result<()> {
     for piece in frame.chunks(WRITE_CHUNK) {
-        tokio::time::timeout(stall, wr.write_all(piece))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        within(stall, wr.write_all(piece)).await?;
     }
     Ok(())
+}
+
+/// A write or flush that must make progress within `stall`; `TimedOut` (a slow reader) if not.
+async fn within(
+    stall: Duration,
+    io: impl Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    tokio::time::timeout(stall, io)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 /// Runs one stream from handshake to close, reporting to the driver through `events`.
@@ -400,9 +408,7 @@ pub async fn run<S>(
                 write_frame(&mut wr, &more, stall).await?;
                 n += more.len();
             }
-            tokio::time::timeout(stall, wr.flush())
-                .await
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            within(stall, wr.flush()).await?;
             metrics
                 .bytes
                 .get_or_create(&[("protocol", "sync"), ("direction", "out")])

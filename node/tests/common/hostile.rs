@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
-use libp2p::{Multiaddr, PeerId, Stream};
+use libp2p::{PeerId, Stream};
 use syncnet_node::p2p;
 use syncnet_node::wire::{self, Message, Response};
 
@@ -174,10 +174,4 @@ pub fn tcp_addr(server: &Node) -> std::net::SocketAddr {
         }
     }
     std::net::SocketAddr::new(ip.unwrap(), port.unwrap())
-}
-
-pub fn strip_p2p(a: &Multiaddr) -> Multiaddr {
-    a.iter()
-        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
-        .collect()
 }
