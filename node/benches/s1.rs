@@ -3,8 +3,11 @@
 //! Case A: 20,000 blocks x 16 KiB held by 4 serving nodes; one fresh node syncs to the head (every
 //! block verified and committed). In the same run, the same number of bytes is pushed over one bare
 //! libp2p stream (TCP + noise + yamux): the transport ceiling. Case B: 100,000 blocks x 1 KiB.
-//! Everything runs in this process on 127.0.0.1, on the machine's 2 cores.
-//! `S1_SCALE=0.1` shrinks both cases (for a quick look); `S1_ONLY=16k` runs only case A.
+//! Case C: 1,280 blocks x 256 KiB (IDA-sized blocks, the same bytes as case A).
+//! Everything runs in this process on 127.0.0.1, on the machine's 2 cores: the servers on one
+//! tokio runtime and the client on another, so each side's CPU time (its threads' utime + stime)
+//! is reported per GB synced.
+//! `S1_SCALE=0.1` shrinks every case (for a quick look); `S1_ONLY=16k` (or `1k`, `256k`) runs one case.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +23,7 @@ use syncnet_node::metrics::{P2pMetrics, SyncMetrics};
 use syncnet_node::p2p::{self, P2pConfig, P2pHandle};
 use syncnet_node::producer::{Producer, generate_chain};
 use syncnet_node::ratelimit::RateLimitConfig;
-use syncnet_node::store::Store;
+use syncnet_node::store::{Store, segments_dir};
 use syncnet_node::streams::StreamConfig;
 
 const SERVERS: usize = 4;
@@ -71,7 +74,54 @@ async fn start(spec: &ChainSpec, store: Arc<Store>, cfg: P2pConfig) -> (P2pHandl
     (h, addr)
 }
 
-async fn sync_case(blocks: u64, payload: u32) -> serde_json::Value {
+/// A runtime whose threads (workers and blocking pool) carry `name`, so their CPU time can be
+/// told apart. Blocking threads are kept alive: a thread that exits takes its CPU time with it.
+fn runtime(name: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .thread_keep_alive(Duration::from_secs(3600))
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// CPU seconds (user + system) of this process's threads whose name starts with `prefix`.
+fn thread_cpu_seconds(prefix: &str) -> f64 {
+    let tick = procfs::ticks_per_second() as f64;
+    let mut total = 0u64;
+    for task in procfs::process::Process::myself()
+        .unwrap()
+        .tasks()
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(stat) = task.stat()
+            && stat.comm.starts_with(prefix)
+        {
+            total += stat.utime + stat.stime;
+        }
+    }
+    total as f64 / tick
+}
+
+/// Copies a store (its index and its segment files).
+fn copy_store(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::copy(from, to).unwrap();
+    let (src, dst) = (segments_dir(from), segments_dir(to));
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+}
+
+fn sync_case(
+    servers_rt: &tokio::runtime::Runtime,
+    client_rt: &tokio::runtime::Runtime,
+    blocks: u64,
+    payload: u32,
+) -> serde_json::Value {
     let key = keys::generate();
     let spec = ChainSpec::new("s1", &keys::public_key(&key), 1_700_000_000_000).unwrap();
     let producer = Producer::new(key, PayloadSize::fixed(payload), 7);
@@ -87,9 +137,9 @@ async fn sync_case(blocks: u64, payload: u32) -> serde_json::Value {
     let mut boot = vec![];
     for i in 0..SERVERS {
         let path = dir.path().join(format!("server{i}.redb"));
-        std::fs::copy(&master, &path).unwrap();
+        copy_store(&master, &path);
         let store = Arc::new(Store::open_or_init(&path, &spec).unwrap());
-        let (h, addr) = start(&spec, store, p2p_cfg(vec![])).await;
+        let (h, addr) = servers_rt.block_on(start(&spec, store, p2p_cfg(vec![])));
         servers.push(h);
         boot.push(addr);
     }
@@ -103,48 +153,58 @@ async fn sync_case(blocks: u64, payload: u32) -> serde_json::Value {
     };
 
     let fresh_store = Arc::new(Store::open_or_init(&dir.path().join("fresh.redb"), &spec).unwrap());
+    let (client0, servers0) = (
+        thread_cpu_seconds("s1-client"),
+        thread_cpu_seconds("s1-server"),
+    );
     let t0 = Instant::now();
     let fresh_metrics = P2pMetrics::default();
-    let key = libp2p::identity::Keypair::generate_ed25519();
-    let fresh = p2p::spawn(
-        p2p_cfg(boot),
-        key,
-        spec.clone(),
-        fresh_store.clone(),
-        fresh_metrics.clone(),
-    )
-    .await
-    .unwrap();
     let sync = SyncMetrics::default();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(syncnet_node::sync::run(
-        DownloaderConfig::default(),
-        spec.clone(),
-        fresh_store.clone(),
-        fresh.clone(),
-        sync.clone(),
-        stop_rx,
-    ));
-    let first_stream = fresh
-        .wait_for(Duration::from_secs(30), |s| !s.stream_peers.is_empty())
+    let (secs, first_stream, peers_used) = client_rt.block_on(async {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let fresh = p2p::spawn(
+            p2p_cfg(boot),
+            key,
+            spec.clone(),
+            fresh_store.clone(),
+            fresh_metrics.clone(),
+        )
         .await
-        .map(|_| t0.elapsed());
-    let deadline = t0 + Duration::from_secs(600);
-    while fresh_store.head().height < blocks {
-        assert!(
-            Instant::now() < deadline,
-            "sync did not finish in 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    let peers_used = fresh.state().stream_peers.len();
-    let _ = stop.send(true);
-    let _ = task.await;
-    fresh.shutdown().await;
+        .unwrap();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(syncnet_node::sync::run(
+            DownloaderConfig::default(),
+            spec.clone(),
+            fresh_store.clone(),
+            fresh.clone(),
+            sync.clone(),
+            stop_rx,
+        ));
+        let first_stream = fresh
+            .wait_for(Duration::from_secs(30), |s| !s.stream_peers.is_empty())
+            .await
+            .map(|_| t0.elapsed());
+        let deadline = t0 + Duration::from_secs(600);
+        while fresh_store.head().height < blocks {
+            assert!(
+                Instant::now() < deadline,
+                "sync did not finish in 10 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let peers_used = fresh.state().stream_peers.len();
+        let _ = stop.send(true);
+        let _ = task.await;
+        fresh.shutdown().await;
+        (secs, first_stream, peers_used)
+    });
+    let client_cpu = thread_cpu_seconds("s1-client") - client0;
+    let servers_cpu = thread_cpu_seconds("s1-server") - servers0;
     for s in &servers {
-        s.shutdown().await;
+        servers_rt.block_on(s.shutdown());
     }
+    let gb = chain_bytes as f64 / 1e9;
     json!({
         "blocks": blocks,
         "payload_bytes": payload,
@@ -155,6 +215,10 @@ async fn sync_case(blocks: u64, payload: u32) -> serde_json::Value {
         "blocks_per_s": blocks as f64 / secs,
         "bytes": chain_bytes,
         "mb_per_s": chain_bytes as f64 / 1e6 / secs,
+        "client_cpu_seconds": client_cpu,
+        "servers_cpu_seconds": servers_cpu,
+        "client_cpu_s_per_gb": client_cpu / gb,
+        "servers_cpu_s_per_gb": servers_cpu / gb,
         "watchdog_firings": sync.watchdog_firings.get(),
         "batch_retries": sync.batch_retries.get(),
         "client_side": labelled_counters(&sync, &fresh_metrics),
@@ -265,36 +329,34 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let out = rt.block_on(async {
-        let a_blocks = (20_000.0 * scale) as u64;
-        let b_blocks = (100_000.0 * scale) as u64;
-        let a = sync_case(a_blocks, 16 * 1024).await;
-        let ceiling = bare_stream(a["bytes"].as_u64().unwrap()).await;
-        let ratio = a["mb_per_s"].as_f64().unwrap() / ceiling["mb_per_s"].as_f64().unwrap();
-        // S1_ONLY=16k skips the 1 KiB case (for profiling the 16 KiB one alone).
-        let only_16k = std::env::var("S1_ONLY").is_ok_and(|v| v == "16k");
-        let b = if only_16k {
-            json!(null)
-        } else {
-            sync_case(b_blocks, 1024).await
-        };
-        json!({
-            "bench": "s1",
-            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            "heap_profiling": std::env::var("_RJEM_MALLOC_CONF")
-                .unwrap_or_else(|_| "prof_active:true (the node's default)".into()),
-            "case_16k": a,
-            "ceiling_bare_stream": ceiling,
-            "ratio_to_ceiling": ratio,
-            "goal_ratio": 0.6,
-            "case_1k": b,
-            "goal_1k_blocks_per_s": 20_000,
-        })
+    let only = std::env::var("S1_ONLY").ok();
+    let run = |case: &str| only.as_deref().is_none_or(|o| o == case);
+    let servers_rt = runtime("s1-server");
+    let client_rt = runtime("s1-client");
+    let n = |base: f64| ((base * scale) as u64).max(10);
+    let a = run("16k").then(|| sync_case(&servers_rt, &client_rt, n(20_000.0), 16 * 1024));
+    let ceiling = a.as_ref().map(|a| {
+        // The ceiling swarms get a runtime of their own, like either side of the sync.
+        runtime("s1-bare").block_on(bare_stream(a["bytes"].as_u64().unwrap()))
+    });
+    let ratio = a
+        .as_ref()
+        .zip(ceiling.as_ref())
+        .map(|(a, c)| a["mb_per_s"].as_f64().unwrap() / c["mb_per_s"].as_f64().unwrap());
+    let b = run("1k").then(|| sync_case(&servers_rt, &client_rt, n(100_000.0), 1024));
+    let c = run("256k").then(|| sync_case(&servers_rt, &client_rt, n(1_280.0), 256 * 1024));
+    let out = json!({
+        "bench": "s1",
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "heap_profiling": std::env::var("_RJEM_MALLOC_CONF")
+            .unwrap_or_else(|_| "prof_active:true (the node's default)".into()),
+        "case_16k": a,
+        "ceiling_bare_stream": ceiling,
+        "ratio_to_ceiling": ratio,
+        "goal_ratio": 0.5,
+        "case_1k": b,
+        "goal_1k_blocks_per_s": 40_000,
+        "case_256k": c,
     });
     println!("{}", serde_json::to_string_pretty(&out).unwrap());
 }

@@ -336,7 +336,7 @@ fn inspect(
             .chain_spec()
             .map_err(usage)?;
         let n = store.check(&spec).map_err(|e| Failure::Runtime(e.into()))?;
-        eprintln!("checked {n} blocks: chain verifies and indexes agree");
+        eprintln!("checked {n} blocks: the chain verifies, and the segments and indexes agree");
     }
     let height = match hash {
         Some(h) => {

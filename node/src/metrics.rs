@@ -79,8 +79,16 @@ impl Collector for StoreCollector {
         let g = ConstGauge::new(self.0.size_bytes() as i64);
         let m = enc.encode_descriptor(
             "store",
-            "Size of the block store file",
+            "Size of the block store on disk: the index database and the segment files",
             Some(&Unit::Bytes),
+            g.metric_type(),
+        )?;
+        g.encode(m)?;
+        let g = ConstGauge::new(self.0.open_segment_handles() as i64);
+        let m = enc.encode_descriptor(
+            "store_segment_handles",
+            "Segment files the store holds open for reading (capped)",
+            None,
             g.metric_type(),
         )?;
         g.encode(m)

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::chain::{Block, ChainSpec, VerifiedBlock, VerifyError};
+use crate::chain::{ChainSpec, VerifiedBlock, VerifyError};
 use crate::downloader::{
     Action, BatchId, Downloader, DownloaderConfig, Event, FetchFailure, InsertFailure,
 };
@@ -27,20 +27,13 @@ enum Fetched {
     Failed(FetchFailure),
 }
 
-/// Decodes and verifies a batch reply; CPU work, run on the blocking pool.
+/// Decodes and verifies a batch reply; CPU work, run on the blocking pool. Blocks stay views of
+/// the reply's frame (no copy), and keep those bytes for the store.
 fn check_batch(spec: &ChainSpec, from: u64, raw: Vec<bytes::Bytes>) -> Fetched {
     if raw.is_empty() {
         return Fetched::Empty;
     }
-    let mut blocks = Vec::with_capacity(raw.len());
-    for b in raw {
-        match postcard::from_bytes::<Block>(&b) {
-            Ok(block) => blocks.push(block),
-            // Undecodable block bytes: as bad as a forged one.
-            Err(_) => return Fetched::Invalid(VerifyError::PayloadHash),
-        }
-    }
-    match spec.verify_segment(from, blocks) {
+    match spec.verify_segment_encoded(from, raw) {
         Ok(v) => Fetched::Ok(v),
         Err((_, e)) => Fetched::Invalid(e),
     }

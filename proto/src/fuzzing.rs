@@ -63,6 +63,11 @@ pub fn wire_message(data: &[u8]) {
     if let Ok((m, _)) = postcard::take_from_bytes::<Message>(data) {
         roundtrip(&m);
     }
+    // The zero-copy decoding of blocks replies accepts and refuses what postcard does.
+    let fast = wire::decode_message(bytes::Bytes::copy_from_slice(data));
+    let slow = wire::decode_with_postcard::<Message>(data);
+    assert_eq!(fast.as_ref().ok(), slow.as_ref().ok());
+    assert_eq!(fast.is_err(), slow.is_err());
 }
 
 struct IdaFixture {

@@ -210,6 +210,100 @@ pub fn encode<T: Serialize>(msg: &T, max_frame: usize) -> Result<Vec<u8>, CodecE
     Ok(out)
 }
 
+/// postcard's variant index of `Message::Response` and of `Response::Blocks`: a blocks reply
+/// built from stored records ([`blocks_reply_head`]) and its zero-copy decoding rely on them, and
+/// a test holds both to what postcard writes.
+const MESSAGE_RESPONSE: u32 = 1;
+const RESPONSE_BLOCKS: u32 = 2;
+
+/// Appends `n` as postcard writes a length (LEB128): the prefix of each block in a blocks reply
+/// and of each record in the store's segments.
+pub fn put_len(out: &mut Vec<u8>, n: usize) {
+    let mut buf = [0u8; 10];
+    let used = postcard::to_slice(&n, &mut buf).expect("a usize fits in 10 bytes");
+    out.extend_from_slice(used);
+}
+
+/// Reads a length written by [`put_len`] (postcard's own decoding): the length and the rest.
+pub fn take_len(b: &[u8]) -> Result<(usize, &[u8]), postcard::Error> {
+    postcard::take_from_bytes::<usize>(b)
+}
+
+/// The start of a `Response::Blocks` frame, up to its first block: the frame length, the message
+/// and response tags, `id`, and the block count. `records_len` bytes follow: each block's encoding
+/// prefixed by [`put_len`], which is how the store keeps them, so a reply is this head plus one
+/// read of stored bytes, with no decoding or re-encoding. The result is the frame
+/// `encode(&Message::Response { id, resp: Response::Blocks(blocks) })` would give.
+pub fn blocks_reply_head(
+    id: ReqId,
+    count: usize,
+    records_len: usize,
+    max_frame: usize,
+) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(4 + 32);
+    out.extend_from_slice(&[0; 4]);
+    out = postcard::to_extend(&(MESSAGE_RESPONSE, id.0, RESPONSE_BLOCKS), out)?;
+    put_len(&mut out, count);
+    let len = out.len() - 4 + records_len;
+    if len > max_frame {
+        return Err(CodecError::Oversize {
+            len,
+            max: max_frame,
+        });
+    }
+    out[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(out)
+}
+
+/// Decodes one frame body. A blocks reply (nearly all the bytes sync moves) is decoded by hand so
+/// that each block is a slice of the frame, not a copy; everything else goes through postcard.
+/// Both paths accept and refuse exactly the same bodies (a fuzz target checks it).
+pub fn decode_message(body: Bytes) -> Result<Message, CodecError> {
+    if let Some(r) = decode_blocks_reply(&body) {
+        return r;
+    }
+    decode_with_postcard(&body)
+}
+
+/// postcard's decoding of a whole body: no trailing bytes.
+pub fn decode_with_postcard<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+    match postcard::take_from_bytes::<T>(body) {
+        Ok((msg, [])) => Ok(msg),
+        Ok((_, rest)) => Err(CodecError::Trailing(rest.len())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `None` if `body` does not start like a blocks reply; otherwise what postcard would say.
+fn decode_blocks_reply(body: &Bytes) -> Option<Result<Message, CodecError>> {
+    let ((tag, id, resp), rest) = postcard::take_from_bytes::<(u32, u64, u32)>(body).ok()?;
+    if tag != MESSAGE_RESPONSE || resp != RESPONSE_BLOCKS {
+        return None;
+    }
+    let parse = || -> Result<Message, CodecError> {
+        let (count, mut rest) = take_len(rest)?;
+        // Not `with_capacity(count)`: the count is the peer's claim.
+        let mut blocks = Vec::new();
+        for _ in 0..count {
+            let (len, tail) = take_len(rest)?;
+            if tail.len() < len {
+                return Err(postcard::Error::DeserializeUnexpectedEnd.into());
+            }
+            let start = body.len() - tail.len();
+            blocks.push(body.slice(start..start + len));
+            rest = &tail[len..];
+        }
+        if !rest.is_empty() {
+            return Err(CodecError::Trailing(rest.len()));
+        }
+        Ok(Message::Response {
+            id: ReqId(id),
+            resp: Response::Blocks(blocks),
+        })
+    };
+    Some(parse())
+}
+
 /// Incremental frame decoder.
 #[derive(Debug)]
 pub struct FrameDecoder {
@@ -263,11 +357,26 @@ impl FrameDecoder {
     /// The next complete message, `Ok(None)` if more bytes are needed. After an error the stream
     /// must be reset: every later call returns `Poisoned`.
     pub fn next_message(&mut self) -> Result<Option<Message>, CodecError> {
-        self.next_frame()
+        let Some(body) = self.next_body()? else {
+            return Ok(None);
+        };
+        let r = decode_message(body.freeze());
+        self.poisoned = r.is_err();
+        r.map(Some)
     }
 
     /// Like `next_message`, for another protocol's message type (the IDA stream).
     pub fn next_frame<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
+        let Some(body) = self.next_body()? else {
+            return Ok(None);
+        };
+        let r = decode_with_postcard(&body);
+        self.poisoned = r.is_err();
+        r.map(Some)
+    }
+
+    /// The next complete frame's body, checked against the cap.
+    fn next_body(&mut self) -> Result<Option<BytesMut>, CodecError> {
         if self.poisoned {
             return Err(CodecError::Poisoned);
         }
@@ -286,19 +395,7 @@ impl FrameDecoder {
             return Ok(None);
         }
         self.buf.advance(4);
-        let body = self.buf.split_to(len);
-        let r = postcard::take_from_bytes::<T>(&body);
-        match r {
-            Ok((msg, [])) => Ok(Some(msg)),
-            Ok((_, rest)) => {
-                self.poisoned = true;
-                Err(CodecError::Trailing(rest.len()))
-            }
-            Err(e) => {
-                self.poisoned = true;
-                Err(e.into())
-            }
-        }
+        Ok(Some(self.buf.split_to(len)))
     }
 }
 
@@ -427,6 +524,44 @@ mod tests {
                 }
                 prop_assert!(d.buffered() < 4 + 512);
             }
+        }
+
+        /// A reply built from records (the serving fast path) is the frame `encode` gives.
+        #[test]
+        fn blocks_reply_from_records_is_the_encoded_frame(
+            id in any::<u64>(),
+            blocks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..20),
+        ) {
+            let mut records = Vec::new();
+            for b in &blocks {
+                put_len(&mut records, b.len());
+                records.extend_from_slice(b);
+            }
+            let mut frame = blocks_reply_head(ReqId(id), blocks.len(), records.len(), 1 << 20).unwrap();
+            frame.extend_from_slice(&records);
+            let m = Message::Response {
+                id: ReqId(id),
+                resp: Response::Blocks(blocks.into_iter().map(Bytes::from).collect()),
+            };
+            prop_assert_eq!(&frame, &encode(&m, 1 << 20).unwrap());
+            let mut d = FrameDecoder::new(1 << 20);
+            d.feed(&frame);
+            prop_assert_eq!(d.next_message().unwrap(), Some(m));
+        }
+
+        /// The zero-copy decoding of blocks replies agrees with postcard on any body that starts
+        /// like one, valid or not.
+        #[test]
+        fn blocks_reply_decoding_agrees_with_postcard(
+            id in any::<u64>(),
+            tail in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut body = postcard::to_stdvec(&(MESSAGE_RESPONSE, id, RESPONSE_BLOCKS)).unwrap();
+            body.extend_from_slice(&tail);
+            let fast = decode_message(Bytes::from(body.clone()));
+            let slow = decode_with_postcard::<Message>(&body);
+            prop_assert_eq!(fast.as_ref().ok(), slow.as_ref().ok());
+            prop_assert_eq!(fast.is_err(), slow.is_err());
         }
 
         #[test]

@@ -37,13 +37,13 @@ pub const PENDING_BLOCKS: usize = 64;
 
 /// Inserts blocks that broadcast delivered, in height order: a block whose parent is not in the
 /// store yet waits (bounded) for it, from broadcast or from sync.
+///
+/// The broadcast tasks only hand blocks over ([`offer`](Self::offer) never blocks); verifying and
+/// committing happen on a thread of their own, so a commit (an fsync or two) never stalls the
+/// async workers that forward chunks for every other block.
 pub struct Inserter {
-    spec: ChainSpec,
-    store: Arc<Store>,
-    p2p: P2pHandle,
+    tx: std::sync::mpsc::SyncSender<Block>,
     metrics: BroadcastMetrics,
-    mode: &'static str,
-    pending: BTreeMap<u64, Block>,
     delivered: broadcast::Sender<Delivered>,
 }
 
@@ -55,14 +55,32 @@ impl Inserter {
         metrics: BroadcastMetrics,
         mode: BroadcastMode,
     ) -> Self {
-        Inserter {
+        // The queue holds what the pending map would: blocks beyond it are dropped as orphaned
+        // (sync fetches them).
+        let (tx, rx) = std::sync::mpsc::sync_channel(PENDING_BLOCKS);
+        let delivered = broadcast::channel(256).0;
+        let mut worker = Worker {
             spec,
             store,
             p2p,
-            metrics,
+            metrics: metrics.clone(),
             mode: mode.label(),
             pending: BTreeMap::new(),
-            delivered: broadcast::channel(256).0,
+            delivered: delivered.clone(),
+        };
+        // Ends when the last sender (this Inserter) is dropped.
+        std::thread::Builder::new()
+            .name("block-inserter".into())
+            .spawn(move || {
+                while let Ok(block) = rx.recv() {
+                    worker.offer(block);
+                }
+            })
+            .expect("spawning the block inserter thread");
+        Inserter {
+            tx,
+            metrics,
+            delivered,
         }
     }
 
@@ -74,15 +92,42 @@ impl Inserter {
         self.delivered.clone()
     }
 
-    /// A complete block came in. Returns whether it was new here.
+    /// A complete block came in: queue it for the inserter thread. Returns false if the queue was
+    /// full and the block was dropped.
     pub fn offer(&mut self, block: Block) -> bool {
+        match self.tx.try_send(block) {
+            Ok(()) => true,
+            Err(_) => {
+                self.metrics
+                    .blocks
+                    .get_or_create(&[("outcome", "orphaned")])
+                    .inc();
+                false
+            }
+        }
+    }
+}
+
+/// The inserter thread's state.
+struct Worker {
+    spec: ChainSpec,
+    store: Arc<Store>,
+    p2p: P2pHandle,
+    metrics: BroadcastMetrics,
+    mode: &'static str,
+    pending: BTreeMap<u64, Block>,
+    delivered: broadcast::Sender<Delivered>,
+}
+
+impl Worker {
+    fn offer(&mut self, block: Block) {
         let head = self.store.head().height;
         if block.header.height <= head || self.pending.contains_key(&block.header.height) {
             self.metrics
                 .blocks
                 .get_or_create(&[("outcome", "stale")])
                 .inc();
-            return false;
+            return;
         }
         let latency = Duration::from_millis(now_ms().saturating_sub(block.header.timestamp_ms));
         self.metrics
@@ -104,11 +149,10 @@ impl Inserter {
                 .inc();
         }
         self.drain();
-        true
     }
 
     /// Inserts whatever now follows the head; the rest waits for sync or earlier blocks.
-    pub fn drain(&mut self) {
+    fn drain(&mut self) {
         loop {
             let head = self.store.head();
             let Some(b) = self.pending.remove(&(head.height + 1)) else {

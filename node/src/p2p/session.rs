@@ -465,22 +465,31 @@ pub async fn run<S>(
                         served.clone(),
                     );
                     tokio::spawn(async move {
-                        let resp = serve(&ctx, &peer, req).await;
-                        if matches!(resp, Response::Blocks(_) | Response::BlockHashes(_))
-                            && served.due()
+                        let reply = serve(&ctx, &peer, req_id, req).await;
+                        if matches!(
+                            reply,
+                            Reply::Frame(_)
+                                | Reply::Response(Response::Blocks(_) | Response::BlockHashes(_))
+                        ) && served.due()
                         {
                             // Best effort: a full channel means the driver is busy, not that
                             // the stream is idle; the next report comes a second later.
                             let _ = events.try_send(SessionEvent::Served { peer });
                         }
-                        let msg = Message::Response { id: req_id, resp };
-                        let frame = wire::encode(&msg, ctx.max_frame).unwrap_or_else(|_| {
+                        let too_large = || {
                             let e = Message::Response {
                                 id: req_id,
                                 resp: Response::Error(ErrorReply::TooLarge),
                             };
                             wire::encode(&e, ctx.max_frame).expect("tiny")
-                        });
+                        };
+                        let frame = match reply {
+                            Reply::Frame(f) => f,
+                            Reply::Response(resp) => {
+                                let msg = Message::Response { id: req_id, resp };
+                                wire::encode(&msg, ctx.max_frame).unwrap_or_else(|_| too_large())
+                            }
+                        };
                         let _ = tx.send((frame, budget)).await;
                         drop(permit);
                     });
@@ -544,15 +553,21 @@ struct ReplyBudget {
     _global: tokio::sync::OwnedSemaphorePermit,
 }
 
+/// A reply: a response to encode, or a blocks reply already framed from the store's records.
+enum Reply {
+    Response(Response),
+    Frame(Vec<u8>),
+}
+
 /// Answers one request from the store, after the rate limiter.
-async fn serve(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Response {
+async fn serve(ctx: &Arc<SessionCtx>, peer: &PeerId, req_id: wire::ReqId, req: Request) -> Reply {
     let faults = ctx.faults();
     if roll(faults.request_error_rate) {
         ctx.metrics
             .faults_injected
             .get_or_create(&[("kind", "request_error")])
             .inc();
-        return Response::Error(ErrorReply::Invalid);
+        return Reply::Response(Response::Error(ErrorReply::Invalid));
     }
     let stall = faults.stall_ms;
     if stall > 0 {
@@ -571,28 +586,34 @@ async fn serve(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Response {
         let _ = tokio::task::spawn_blocking(move || crate::canary::cpu_canary_burn(d)).await;
     }
     let kind = req.kind().label();
-    let resp = serve_inner(ctx, peer, req).await;
-    let outcome = match &resp {
-        Response::Error(ErrorReply::RateLimited { .. }) => {
+    let reply = serve_inner(ctx, peer, req_id, req).await;
+    let outcome = match &reply {
+        Reply::Response(Response::Error(ErrorReply::RateLimited { .. })) => {
             ctx.metrics
                 .rate_limited
                 .get_or_create(&[("direction", "sent")])
                 .inc();
             "rate_limited"
         }
-        Response::Error(_) => "error",
+        Reply::Response(Response::Error(_)) => "error",
         _ => "ok",
     };
     ctx.metrics
         .served
         .get_or_create(&[("kind", kind), ("outcome", outcome)])
         .inc();
-    resp
+    reply
 }
 
-async fn serve_inner(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Response {
+async fn serve_inner(
+    ctx: &Arc<SessionCtx>,
+    peer: &PeerId,
+    req_id: wire::ReqId,
+    req: Request,
+) -> Reply {
+    use Reply::Response as R;
     if ctx.shutting_down.load(Ordering::Relaxed) {
-        return Response::Error(ErrorReply::Shutdown);
+        return R(Response::Error(ErrorReply::Shutdown));
     }
     let limits = ctx.limits;
     let too_large = match &req {
@@ -604,19 +625,45 @@ async fn serve_inner(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Resp
         }
     };
     if too_large {
-        return Response::Error(ErrorReply::TooLarge);
+        return R(Response::Error(ErrorReply::TooLarge));
     }
     if let Err(e) = ctx.limiter.check(peer, req.cost()) {
-        return Response::Error(e);
+        return R(Response::Error(e));
     }
     if let Request::Status = req {
-        return Response::Status(Box::new(ctx.status()));
+        return R(Response::Status(Box::new(ctx.status())));
     }
     let c = ctx.clone();
-    let r = tokio::task::spawn_blocking(move || -> Result<Response, crate::store::StoreError> {
+    // The corrupt-blocks fault edits blocks, so it takes the decoded path.
+    let framed = !ctx.faults().corrupt_blocks;
+    let r = tokio::task::spawn_blocking(move || -> Result<Reply, crate::store::StoreError> {
         let head = c.store.head().height;
         let max_bytes = c.limits.max_bytes_per_response as usize;
-        Ok(match req {
+        if let Request::GetBlocksByRange {
+            from,
+            count,
+            max_bytes: asked,
+        } = req
+            && framed
+            && from <= head
+            && count > 0
+        {
+            // The stored records are the reply's body: one read into the frame, no decoding
+            // and no re-encoding.
+            let range = c
+                .store
+                .records_range(from, count, max_bytes.min(asked as usize))?;
+            return Ok(
+                match wire::blocks_reply_head(req_id, range.count, range.bytes, c.max_frame) {
+                    Ok(mut frame) => {
+                        c.store.read_records(&range, &mut frame)?;
+                        Reply::Frame(frame)
+                    }
+                    Err(_) => R(Response::Error(ErrorReply::TooLarge)),
+                },
+            );
+        }
+        Ok(R(match req {
             Request::Status => unreachable!("answered above"),
             Request::GetBlockHashes { from, count } => {
                 if from > head {
@@ -658,11 +705,11 @@ async fn serve_inner(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Resp
                     Response::Blocks(out)
                 }
             }
-        })
+        }))
     })
     .await;
     match r {
-        Ok(Ok(Response::Blocks(mut blocks))) if ctx.faults().corrupt_blocks => {
+        Ok(Ok(R(Response::Blocks(mut blocks)))) if ctx.faults().corrupt_blocks => {
             // The payload is the last field of an encoded block: flip its last byte.
             for b in &mut blocks {
                 let mut v = b.to_vec();
@@ -675,13 +722,13 @@ async fn serve_inner(ctx: &Arc<SessionCtx>, peer: &PeerId, req: Request) -> Resp
                 .faults_injected
                 .get_or_create(&[("kind", "corrupt_block")])
                 .inc();
-            Response::Blocks(blocks)
+            R(Response::Blocks(blocks))
         }
-        Ok(Ok(resp)) => resp,
+        Ok(Ok(reply)) => reply,
         Ok(Err(e)) => {
             tracing::warn!("serving a sync request: {e}");
-            Response::Error(ErrorReply::NotFound)
+            R(Response::Error(ErrorReply::NotFound))
         }
-        Err(_) => Response::Error(ErrorReply::Shutdown),
+        Err(_) => R(Response::Error(ErrorReply::Shutdown)),
     }
 }
