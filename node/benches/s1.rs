@@ -219,9 +219,28 @@ fn sync_case(
         "servers_cpu_seconds": servers_cpu,
         "client_cpu_s_per_gb": client_cpu / gb,
         "servers_cpu_s_per_gb": servers_cpu / gb,
+        "commits": commit_stats(&sync),
         "watchdog_firings": sync.watchdog_firings.get(),
         "batch_retries": sync.batch_retries.get(),
         "client_side": labelled_counters(&sync, &fresh_metrics),
+    })
+}
+
+/// How many commits, their total time and blocks per commit (from the histograms' sums).
+fn commit_stats(sync: &SyncMetrics) -> serde_json::Value {
+    let mut reg = prometheus_client::registry::Registry::default();
+    sync.register(&mut reg);
+    let text = syncnet_node::metrics::render(&reg);
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let n = value("syncnet_sync_commit_seconds_count");
+    json!({
+        "count": n,
+        "seconds_total": value("syncnet_sync_commit_seconds_sum"),
+        "blocks_per_commit": value("syncnet_sync_commit_blocks_sum") / n.max(1.0),
     })
 }
 

@@ -141,6 +141,9 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
+    // Fail points exist only in test builds (the `fail` crate's `failpoints` feature, which the
+    // crash test turns on); there `FAILPOINTS` configures them. Release builds ignore it.
+    let _failpoints = fail::has_failpoints().then(fail::FailScenario::setup);
     let cli = Cli::parse();
     match dispatch(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,

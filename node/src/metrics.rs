@@ -457,7 +457,7 @@ impl P2pMetrics {
 }
 
 /// Metrics of the downloader.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SyncMetrics {
     pub target_height: Gauge,
     pub lag: Gauge,
@@ -468,6 +468,30 @@ pub struct SyncMetrics {
     pub penalties: Family<L1, Counter>,
     pub watchdog_firings: Counter,
     pub buffered_bytes: Gauge,
+    /// One commit of fetched blocks: the segment append, its sync and the index transaction.
+    pub commit_seconds: Histogram,
+    /// Blocks per commit (ready batches in a row are committed together).
+    pub commit_blocks: Histogram,
+}
+
+impl Default for SyncMetrics {
+    fn default() -> Self {
+        SyncMetrics {
+            target_height: Gauge::default(),
+            lag: Gauge::default(),
+            phase: Family::default(),
+            blocks_synced: Family::default(),
+            batch_retries: Counter::default(),
+            invalid_blocks: Family::default(),
+            penalties: Family::default(),
+            watchdog_firings: Counter::default(),
+            buffered_bytes: Gauge::default(),
+            // 0.5 ms .. ~16 s
+            commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            // 1 .. 32768 blocks
+            commit_blocks: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+        }
+    }
 }
 
 impl SyncMetrics {
@@ -518,6 +542,17 @@ impl SyncMetrics {
             "Bytes buffered or reserved by the downloader",
             Unit::Bytes,
             self.buffered_bytes.clone(),
+        );
+        r.register_with_unit(
+            "commit",
+            "Time to commit fetched blocks: segment append and sync, then the index transaction",
+            Unit::Seconds,
+            self.commit_seconds.clone(),
+        );
+        r.register(
+            "commit_blocks",
+            "Blocks per commit",
+            self.commit_blocks.clone(),
         );
     }
 }

@@ -99,8 +99,8 @@ pub async fn run(
                     }
                     Err(e) => {
                         let why = match e {
-                            StoreError::Unlinked { .. } | StoreError::Conflict { .. } => {
-                                InsertFailure::Unlinked
+                            StoreError::Unlinked { height } | StoreError::Conflict { height } => {
+                                InsertFailure::Unlinked { height }
                             }
                             _ => InsertFailure::Local,
                         };
@@ -149,9 +149,12 @@ pub async fn run(
                     }
                 }
                 Action::Insert { id, blocks } => {
-                    let (store, tx) = (store.clone(), ins_tx.clone());
+                    let (store, tx, m) = (store.clone(), ins_tx.clone(), metrics.clone());
                     tokio::task::spawn_blocking(move || {
+                        let t = Instant::now();
                         let r = store.insert_new(&blocks);
+                        m.commit_seconds.observe(t.elapsed().as_secs_f64());
+                        m.commit_blocks.observe(blocks.len() as f64);
                         let _ = tx.blocking_send((id, r));
                     });
                 }

@@ -752,7 +752,8 @@ mod tests {
         let k = key(1);
         let spec = spec_for(&k);
         let chain = make_chain(&spec, &k, 40, 32);
-        let with = |edits: &[(usize, &dyn Fn(&mut Block))]| {
+        type Edit<'a> = (usize, &'a dyn Fn(&mut Block));
+        let with = |edits: &[Edit]| {
             let mut c = chain[10..].to_vec();
             for (i, f) in edits {
                 f(&mut c[*i]);

@@ -34,6 +34,8 @@ pub struct DownloaderConfig {
     pub max_per_peer: usize,
     /// Cap on bytes received but not yet committed plus bytes reserved by requests in flight.
     pub lookahead_bytes: u64,
+    /// Most bytes of ready batches committed together (at least one batch always is).
+    pub commit_bytes: u64,
     /// Within this many blocks of the target the downloader is in the short-range phase.
     pub short_range: u64,
     #[serde(with = "crate::util::millis")]
@@ -58,6 +60,7 @@ impl Default for DownloaderConfig {
             max_in_flight: 8,
             max_per_peer: 3,
             lookahead_bytes: 128 * 1024 * 1024,
+            commit_bytes: 32 * 1024 * 1024,
             short_range: 32,
             batch_timeout: Duration::from_secs(15),
             watchdog: Duration::from_secs(10),
@@ -72,6 +75,7 @@ impl DownloaderConfig {
     pub fn validate(&self) -> Result<(), FieldError> {
         for (name, v) in [
             ("batch_bytes", self.batch_bytes),
+            ("commit_bytes", self.commit_bytes),
             ("max_batch_blocks", self.max_batch_blocks as u64),
             ("max_in_flight", self.max_in_flight as u64),
             ("max_per_peer", self.max_per_peer as u64),
@@ -179,12 +183,12 @@ pub enum Event<P> {
         peer: P,
         why: FetchFailure,
     },
-    /// The batch was committed; the new local head.
+    /// The commit of [`Action::Insert`] `id` went through; the new local head.
     Inserted {
         id: BatchId,
         height: u64,
     },
-    /// The batch was not committed.
+    /// The commit of [`Action::Insert`] `id` did not go through (none of its blocks did).
     InsertFailed {
         id: BatchId,
         why: InsertFailure,
@@ -198,8 +202,9 @@ pub enum Event<P> {
 /// Why a commit failed: only blocks that contradict the stored chain are the peer's doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InsertFailure {
-    /// The blocks conflict with or do not link to the stored chain.
-    Unlinked,
+    /// The block at `height` conflicts with or does not link to the stored chain (or to the
+    /// block before it in the commit).
+    Unlinked { height: u64 },
     /// The store failed (I/O, or the batch did not start at the head: a scheduling race here).
     Local,
 }
@@ -217,7 +222,10 @@ pub enum Action<P> {
     Cancel {
         id: BatchId,
     },
-    /// Commit these blocks (the next ones after the local head) in one transaction.
+    /// Commit these blocks (the next ones after the local head) in one transaction. They are
+    /// every ready batch in a row from the head, up to `commit_bytes`: a commit costs a few
+    /// fsyncs whatever its size, so when fetching outruns committing the commits grow instead
+    /// of queueing. `id` is the first batch's.
     Insert {
         id: BatchId,
         blocks: Vec<VerifiedBlock>,
@@ -462,9 +470,10 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
                     self.requeue(k, false);
                 }
             }
-            Event::Inserted { id, height } => {
-                if let Some((&k, _)) = self.batches.iter().find(|(_, b)| b.id == id) {
-                    let b = self.batches.remove(&k).expect("found");
+            Event::Inserted { height, .. } => {
+                // One commit at a time: every batch being inserted was in it.
+                for k in self.inserting_keys() {
+                    let b = self.batches.remove(&k).expect("listed");
                     if let State::Inserting { bytes, .. } = b.state {
                         self.buffered -= bytes;
                     }
@@ -503,23 +512,44 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
                     self.last_progress = now;
                 }
             }
-            Event::InsertFailed { id, why } => {
-                if let Some((&k, _)) = self.batches.iter().find(|(_, b)| b.id == id)
-                    && let State::Inserting { bytes, peer } = &self.batches[&k].state
-                {
-                    let (bytes, peer) = (*bytes, peer.clone());
-                    self.buffered -= bytes;
-                    let b = self.batches.get_mut(&k).expect("found");
-                    b.state = State::Pending;
-                    if why == InsertFailure::Unlinked {
-                        b.tried.push(peer.clone());
-                        self.penalise(peer, Penalty::Unlinked, now);
+            Event::InsertFailed { why, .. } => {
+                // Nothing of the commit went in: its batches are fetched again. Only the batch
+                // holding the block that does not link is its peer's doing.
+                let keys = self.inserting_keys();
+                let culprit = match why {
+                    InsertFailure::Unlinked { height } => keys
+                        .iter()
+                        .rev()
+                        .find(|k| **k <= height)
+                        .or(keys.first())
+                        .copied(),
+                    InsertFailure::Local => None,
+                };
+                for k in keys {
+                    let b = self.batches.get_mut(&k).expect("listed");
+                    if let State::Inserting { bytes, peer } = &b.state {
+                        let (bytes, peer) = (*bytes, peer.clone());
+                        self.buffered -= bytes;
+                        b.state = State::Pending;
+                        if Some(k) == culprit {
+                            b.tried.push(peer.clone());
+                            self.penalise(peer, Penalty::Unlinked, now);
+                        }
+                        self.actions.push_back(Action::BatchRetry);
                     }
-                    self.actions.push_back(Action::BatchRetry);
                 }
             }
         }
         self.drive(now);
+    }
+
+    /// Keys of the batches in the commit under way, ascending.
+    fn inserting_keys(&self) -> Vec<u64> {
+        self.batches
+            .iter()
+            .filter(|(_, b)| matches!(b.state, State::Inserting { .. }))
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     fn in_flight_key(&self, id: BatchId, peer: &P) -> Option<u64> {
@@ -636,22 +666,34 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
             self.fire_watchdog(now);
         }
 
-        // Commit the next batch in line.
-        let next = self.local + 1;
-        if !self.inserting()
-            && let Some(b) = self.batches.get_mut(&next)
-            && matches!(b.state, State::Ready { .. })
-        {
-            let State::Ready {
-                blocks,
-                bytes,
-                peer,
-            } = std::mem::replace(&mut b.state, State::Pending)
-            else {
-                unreachable!()
-            };
-            b.state = State::Inserting { bytes, peer };
-            self.actions.push_back(Action::Insert { id: b.id, blocks });
+        // Commit the ready batches in line, as one.
+        if !self.inserting() {
+            let mut next = self.local + 1;
+            let mut commit: Option<(BatchId, Vec<VerifiedBlock>)> = None;
+            let mut total = 0u64;
+            while let Some(b) = self.batches.get_mut(&next)
+                && let State::Ready { bytes, .. } = b.state
+                && (commit.is_none() || total + bytes <= self.cfg.commit_bytes)
+            {
+                let State::Ready {
+                    blocks,
+                    bytes,
+                    peer,
+                } = std::mem::replace(&mut b.state, State::Pending)
+                else {
+                    unreachable!()
+                };
+                b.state = State::Inserting { bytes, peer };
+                total += bytes;
+                next += blocks.len() as u64;
+                match &mut commit {
+                    None => commit = Some((b.id, blocks)),
+                    Some((_, all)) => all.extend(blocks),
+                }
+            }
+            if let Some((id, blocks)) = commit {
+                self.actions.push_back(Action::Insert { id, blocks });
+            }
         }
 
         self.schedule(now);

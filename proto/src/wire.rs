@@ -351,6 +351,11 @@ impl FrameDecoder {
     }
 
     pub fn feed(&mut self, data: &[u8]) {
+        // Once a frame's length is known (and within the cap), make room for all of it at once:
+        // growing by doubling would copy a 4 MiB reply several times over.
+        if let Some(len) = self.declared_len().filter(|l| *l <= self.max_frame) {
+            self.buf.reserve((4 + len).saturating_sub(self.buf.len()));
+        }
         self.buf.extend_from_slice(data);
     }
 

@@ -207,6 +207,7 @@ pub fn sync_cfg() -> DownloaderConfig {
         max_in_flight: 8,
         max_per_peer: 3,
         lookahead_bytes: 64 * 1024 * 1024,
+        commit_bytes: 32 * 1024 * 1024,
         short_range: 32,
         batch_timeout: Duration::from_secs(5),
         watchdog: Duration::from_secs(3),

@@ -27,6 +27,8 @@ struct Harness {
     max_buffered: u64,
     /// The next this many commits fail in the store (not the peer's doing).
     local_failures: usize,
+    /// Blocks in each commit.
+    commits: Vec<usize>,
 }
 
 impl Harness {
@@ -58,6 +60,7 @@ impl Harness {
             cancels: 0,
             max_buffered: 0,
             local_failures: 0,
+            commits: vec![],
         }
     }
 
@@ -121,24 +124,30 @@ impl Harness {
                         }
                     }
                     Action::Insert { id, blocks } => {
-                        let first = &blocks[0].block().header;
+                        self.commits.push(blocks.len());
+                        // Like `Store::insert_new`: every block must follow the one before it.
+                        let mut parent = (self.local_hash, self.d.stats().local);
+                        let unlinked = blocks.iter().find_map(|b| {
+                            let h = &b.block().header;
+                            let ok = h.parent_hash == parent.0 && h.height == parent.1 + 1;
+                            parent = (b.hash(), h.height);
+                            (!ok).then_some(h.height)
+                        });
                         if self.local_failures > 0 {
                             self.local_failures -= 1;
                             events.push(Event::InsertFailed {
                                 id,
                                 why: InsertFailure::Local,
                             });
-                        } else if first.parent_hash == self.local_hash
-                            && first.height == self.d.stats().local + 1
-                        {
+                        } else if let Some(height) = unlinked {
+                            events.push(Event::InsertFailed {
+                                id,
+                                why: InsertFailure::Unlinked { height },
+                            });
+                        } else {
                             self.local_hash = blocks.last().unwrap().hash();
                             let height = blocks.last().unwrap().block().header.height;
                             events.push(Event::Inserted { id, height });
-                        } else {
-                            events.push(Event::InsertFailed {
-                                id,
-                                why: InsertFailure::Unlinked,
-                            });
                         }
                     }
                     Action::Penalise { peer, why } => self.penalties.push((peer, why)),
@@ -175,6 +184,7 @@ fn cfg() -> DownloaderConfig {
         max_in_flight: 6,
         max_per_peer: 2,
         lookahead_bytes: 96 * 1024,
+        commit_bytes: 48 * 1024,
         short_range: 8,
         batch_timeout: Duration::from_secs(5),
         watchdog: Duration::from_secs(20),
@@ -421,4 +431,134 @@ fn the_tip_waits_for_broadcast_for_the_grace_but_long_range_does_not() {
     );
     d.handle(head(500), t0);
     assert!(!fetched_heights(&mut d).is_empty());
+}
+
+/// While a commit runs, the batches fetched meanwhile wait; the next commit takes every ready one
+/// in a row (up to `commit_bytes`), so commits grow instead of queueing.
+#[test]
+fn ready_batches_in_a_row_are_committed_together() {
+    let peers = [
+        (1, Script::Honest),
+        (2, Script::Honest),
+        (3, Script::Honest),
+    ];
+    let mut h = Harness::new(600, 512, cfg(), &peers);
+    h.run(10_000);
+    assert!(h.done(), "{:?}", h.d.stats());
+    assert!(h.penalties.is_empty(), "{:?}", h.penalties);
+    let most = *h.commits.iter().max().unwrap();
+    assert!(
+        h.commits.len() < h.fetches.len() && most > 32,
+        "commits {:?}, {} fetches",
+        h.commits,
+        h.fetches.len()
+    );
+    // 48 KiB of ~700-byte blocks, plus the one batch a commit always takes.
+    assert!(most <= 48 * 1024 / 512 + 64, "{:?}", h.commits);
+    assert_eq!(h.commits.iter().sum::<usize>(), 600);
+}
+
+/// A merged commit that fails on a block that does not link blames the peer of the batch holding
+/// that block, and no other; every batch of the commit is fetched again.
+#[test]
+fn an_unlinked_block_in_a_merged_commit_blames_its_own_batch() {
+    let k = key(1);
+    let spec = spec_for(&k);
+    let chain = make_chain(&spec, &k, 100, 512);
+    let now = Instant::now();
+    // One batch per peer at a time: the first two batches go to different peers.
+    let one_each = DownloaderConfig {
+        max_per_peer: 1,
+        ..cfg()
+    };
+    let mut d: Downloader<u32> = Downloader::new(one_each, 0, now);
+    for p in [1, 2] {
+        d.handle(
+            Event::PeerHead {
+                peer: p,
+                height: 100,
+            },
+            now,
+        );
+    }
+    let mut fetches = vec![];
+    while let Some(a) = d.poll_action() {
+        if let Action::Fetch {
+            id,
+            peer,
+            from,
+            count,
+            ..
+        } = a
+        {
+            fetches.push((id, peer, from, count));
+        }
+    }
+    fetches.sort_by_key(|f| f.2);
+    let (first, second) = (fetches[0], fetches[1]);
+    assert_eq!(first.2, 1);
+    assert_eq!(second.2, 1 + first.3 as u64);
+    assert_ne!(first.1, second.1, "two peers serve the first two batches");
+    let reply = |f: (BatchId, u32, u64, u32)| {
+        let blocks = chain[f.2 as usize - 1..][..f.3 as usize].to_vec();
+        Event::Fetched {
+            id: f.0,
+            peer: f.1,
+            blocks: spec.verify_segment(f.2, blocks).unwrap(),
+        }
+    };
+    // The second batch is ready first; the first one makes both committable at once.
+    d.handle(reply(second), now);
+    d.handle(reply(first), now);
+    let mut inserts = vec![];
+    let mut more = vec![];
+    while let Some(a) = d.poll_action() {
+        match a {
+            Action::Insert { id, blocks } => inserts.push((id, blocks.len())),
+            Action::Fetch {
+                id,
+                peer,
+                from,
+                count,
+                ..
+            } => more.push((id, peer, from, count)),
+            _ => {}
+        }
+    }
+    assert_eq!(inserts.len(), 1);
+    let (id, n) = inserts[0];
+    assert_eq!(n, (first.3 + second.3) as usize);
+    d.handle(
+        Event::InsertFailed {
+            id,
+            why: InsertFailure::Unlinked {
+                height: second.2 + 1,
+            },
+        },
+        now,
+    );
+    let mut penalised = vec![];
+    let mut refetched = vec![];
+    let mut poll = |d: &mut Downloader<u32>| {
+        while let Some(a) = d.poll_action() {
+            match a {
+                Action::Penalise { peer, why } => penalised.push((peer, why)),
+                Action::Fetch { from, .. } => refetched.push(from),
+                _ => {}
+            }
+        }
+    };
+    poll(&mut d);
+    // The fetches sent meanwhile come back and free their peers for the retries.
+    for f in more {
+        d.handle(reply(f), now);
+        poll(&mut d);
+    }
+    assert_eq!(penalised, vec![(second.1, Penalty::Unlinked)]);
+    // Both batches go back to be fetched: the first at once (its peer is free), the second
+    // when a peer that has not failed it has room.
+    assert_eq!(refetched, vec![first.2]);
+    assert!(matches!(d.batches[&second.2].state, State::Pending));
+    assert_eq!(d.batches[&second.2].tried, vec![second.1]);
+    assert_eq!(d.stats().local, 0);
 }
