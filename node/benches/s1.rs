@@ -221,7 +221,10 @@ fn sync_case(
         "servers_cpu_s_per_gb": servers_cpu / gb,
         "commits": commit_stats(&sync),
         "watchdog_firings": sync.watchdog_firings.get(),
-        "batch_retries": sync.batch_retries.get(),
+        "batch_retries": syncnet_node::downloader::Retry::ALL
+            .iter()
+            .map(|r| sync.batch_retries.get_or_create(&[("reason", r.label())]).get())
+            .sum::<u64>(),
         "client_side": labelled_counters(&sync, &fresh_metrics),
     })
 }
@@ -255,10 +258,11 @@ fn labelled_counters(sync: &SyncMetrics, p2p: &P2pMetrics) -> serde_json::Value 
         "removals_total",
         "requests_total",
         "invalid_blocks_total",
+        "batch_retries_total",
     ];
     let lines: Vec<String> = text
         .lines()
-        .filter(|l| !l.starts_with('#') && keep.iter().any(|k| l.contains(k)))
+        .filter(|l| !l.starts_with('#') && !l.ends_with(" 0") && keep.iter().any(|k| l.contains(k)))
         .map(str::to_owned)
         .collect();
     json!(lines)
@@ -344,6 +348,14 @@ async fn bare_stream(bytes: u64) -> serde_json::Value {
 }
 
 fn main() {
+    // Logs only when asked (S1_LOG=warn, say): retries and penalties say why on stderr.
+    if let Ok(filter) = std::env::var("S1_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let scale: f64 = std::env::var("S1_SCALE")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -219,6 +219,8 @@ pub struct P2pMetrics {
     pub banned: Gauge,
     pub refused: Family<L1, Counter>,
     pub serve_budget_used: Gauge,
+    pub frame_pool_bytes: Gauge,
+    pub frame_buffers: Family<L1, Counter>,
     pub tracked: Family<L1, Gauge>,
     pub faults_injected: Family<L1, Counter>,
     pub ping_rtt: Histogram,
@@ -271,6 +273,8 @@ impl Default for P2pMetrics {
             banned: Gauge::default(),
             refused: Family::default(),
             serve_budget_used: Gauge::default(),
+            frame_pool_bytes: Gauge::default(),
+            frame_buffers: Family::default(),
             tracked: Family::default(),
             faults_injected: Family::default(),
             ping_rtt: latency_histogram(),
@@ -412,6 +416,22 @@ impl P2pMetrics {
             Unit::Bytes,
             self.serve_budget_used.clone(),
         );
+        r.register_with_unit(
+            "p2p_frame_pool",
+            "Idle reply frame buffers kept for reuse (cap: p2p.stream_serve_budget_bytes)",
+            Unit::Bytes,
+            self.frame_pool_bytes.clone(),
+        );
+        for source in crate::p2p::FrameSource::ALL {
+            let _ = self
+                .frame_buffers
+                .get_or_create(&[("source", source.label())]);
+        }
+        r.register(
+            "p2p_frame_buffers",
+            "Blocks reply frames built, by where the buffer came from (reused, fresh)",
+            self.frame_buffers.clone(),
+        );
         r.register(
             "p2p_tracked_entries",
             "Entries in bounded per-peer tables",
@@ -463,7 +483,7 @@ pub struct SyncMetrics {
     pub lag: Gauge,
     pub phase: Family<L1, Gauge>,
     pub blocks_synced: Family<L1, Counter>,
-    pub batch_retries: Counter,
+    pub batch_retries: Family<L1, Counter>,
     pub invalid_blocks: Family<L1, Counter>,
     pub penalties: Family<L1, Counter>,
     pub watchdog_firings: Counter,
@@ -481,7 +501,7 @@ impl Default for SyncMetrics {
             lag: Gauge::default(),
             phase: Family::default(),
             blocks_synced: Family::default(),
-            batch_retries: Counter::default(),
+            batch_retries: Family::default(),
             invalid_blocks: Family::default(),
             penalties: Family::default(),
             watchdog_firings: Counter::default(),
@@ -517,9 +537,12 @@ impl SyncMetrics {
             "Blocks committed by the downloader, by phase",
             self.blocks_synced.clone(),
         );
+        for why in crate::downloader::Retry::ALL {
+            let _ = self.batch_retries.get_or_create(&[("reason", why.label())]);
+        }
         r.register(
             "batch_retries",
-            "Batches sent back to be fetched again",
+            "Batches sent back to be fetched again, by reason",
             self.batch_retries.clone(),
         );
         r.register(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::chain::{ChainSpec, VerifiedBlock, VerifyError};
 use crate::downloader::{
@@ -175,8 +175,12 @@ pub async fn run(
                     );
                     metrics.watchdog_firings.inc();
                 }
-                Action::BatchRetry => {
-                    metrics.batch_retries.inc();
+                Action::BatchRetry(why) => {
+                    debug!(reason = why.label(), "batch retried");
+                    metrics
+                        .batch_retries
+                        .get_or_create(&[("reason", why.label())])
+                        .inc();
                 }
             }
         }

@@ -216,6 +216,46 @@ async fn node_answers_status_and_block_requests_from_its_store() {
     assert_eq!(r, Ok(Response::Error(ErrorReply::TooLarge)));
 }
 
+/// A range reply is read into a pooled buffer and the buffer comes back once written: of large
+/// replies in turn, only the first needs a fresh allocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_replies_reuse_their_frame_buffers() {
+    let net = Net::new("testnet");
+    let server = start(&net, cfg(vec![]), 1200).await;
+    let client = start(&net, cfg(vec![]), 0).await;
+    connect_pair(&client, &server).await;
+    let buffers = |source: &'static str| {
+        server
+            .metrics
+            .frame_buffers
+            .get_or_create(&[("source", source)])
+            .get()
+    };
+    let cap = cfg(vec![]).stream_serve_budget_bytes as i64;
+    let pooled = || server.metrics.frame_pool_bytes.get();
+    for i in 0..3 {
+        let req = Request::GetBlocksByRange {
+            from: 1,
+            count: 1024,
+            max_bytes: 4 << 20,
+        };
+        let Response::Blocks(raw) = client.h.request(req, None).await.unwrap().1 else {
+            panic!()
+        };
+        assert!(raw.len() > 100, "{}", raw.len());
+        // The client can hold the whole reply a moment before the server's writer is done
+        // with it and gives the buffer back.
+        eventually(
+            "the buffer back in the pool",
+            Duration::from_secs(10),
+            || pooled() > 0,
+        )
+        .await;
+        assert!(pooled() <= cap, "{} > {cap}", pooled());
+        assert_eq!((buffers("fresh"), buffers("reused")), (1, i));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flooding_client_is_rate_limited_and_polite_client_keeps_its_latency() {
     let net = Net::new("testnet");

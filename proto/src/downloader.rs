@@ -236,7 +236,53 @@ pub enum Action<P> {
     },
     /// For metrics and logs.
     WatchdogFired,
-    BatchRetry,
+    BatchRetry(Retry),
+}
+
+/// Why a batch goes back to be fetched again (`syncnet_sync_batch_retries_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Its peer's stream went away with the request in flight.
+    PeerGone,
+    /// The blocks did not verify.
+    Invalid,
+    /// The peer had none of them, or not the ones asked for.
+    Empty,
+    Misplaced,
+    /// The request failed (transport error, error reply).
+    FetchFailed,
+    /// No reply within `batch_timeout`.
+    Timeout,
+    /// The watchdog saw no progress and took every request back.
+    Watchdog,
+    /// The commit it was part of failed.
+    InsertFailed,
+}
+
+impl Retry {
+    pub const ALL: [Retry; 8] = [
+        Retry::PeerGone,
+        Retry::Invalid,
+        Retry::Empty,
+        Retry::Misplaced,
+        Retry::FetchFailed,
+        Retry::Timeout,
+        Retry::Watchdog,
+        Retry::InsertFailed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Retry::PeerGone => "peer_gone",
+            Retry::Invalid => "invalid",
+            Retry::Empty => "empty",
+            Retry::Misplaced => "misplaced",
+            Retry::FetchFailed => "fetch_failed",
+            Retry::Timeout => "timeout",
+            Retry::Watchdog => "watchdog",
+            Retry::InsertFailed => "insert_failed",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -439,7 +485,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
                     .map(|(k, _)| *k)
                     .collect();
                 for k in ids {
-                    self.requeue(k, true);
+                    self.requeue(k, true, Retry::PeerGone);
                 }
                 self.target = self
                     .peers
@@ -453,7 +499,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
             Event::Invalid { id, peer, why } => {
                 if let Some(k) = self.in_flight_key(id, &peer) {
                     self.penalise(peer, Penalty::Invalid(why), now);
-                    self.requeue(k, false);
+                    self.requeue(k, false, Retry::Invalid);
                 }
             }
             Event::Empty { id, peer } => {
@@ -462,12 +508,12 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
                     if claimed >= k {
                         self.penalise(peer, Penalty::CannotServe, now);
                     }
-                    self.requeue(k, false);
+                    self.requeue(k, false, Retry::Empty);
                 }
             }
             Event::FetchFailed { id, peer, .. } => {
                 if let Some(k) = self.in_flight_key(id, &peer) {
-                    self.requeue(k, false);
+                    self.requeue(k, false, Retry::FetchFailed);
                 }
             }
             Event::Inserted { height, .. } => {
@@ -535,7 +581,8 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
                             b.tried.push(peer.clone());
                             self.penalise(peer, Penalty::Unlinked, now);
                         }
-                        self.actions.push_back(Action::BatchRetry);
+                        self.actions
+                            .push_back(Action::BatchRetry(Retry::InsertFailed));
                     }
                 }
             }
@@ -562,7 +609,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
     }
 
     /// Back to pending; `cancel` tells the driver to drop the request.
-    fn requeue(&mut self, key: u64, cancel: bool) {
+    fn requeue(&mut self, key: u64, cancel: bool, why: Retry) {
         let Some(b) = self.batches.get_mut(&key) else {
             return;
         };
@@ -577,7 +624,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
             if cancel {
                 self.actions.push_back(Action::Cancel { id: b.id });
             }
-            self.actions.push_back(Action::BatchRetry);
+            self.actions.push_back(Action::BatchRetry(why));
         }
     }
 
@@ -597,14 +644,14 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
             if claimed >= k {
                 self.penalise(peer, Penalty::CannotServe, now);
             }
-            self.requeue(k, false);
+            self.requeue(k, false, Retry::Empty);
             return;
         }
         let b = self.batches.get(&k).expect("in flight");
         let n = blocks.len() as u64;
         if blocks[0].block().header.height != b.from || n > b.count as u64 {
             self.penalise(peer, Penalty::Misplaced, now);
-            self.requeue(k, false);
+            self.requeue(k, false, Retry::Misplaced);
             return;
         }
         let bytes: u64 = blocks
@@ -651,7 +698,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
             .map(|(k, _)| *k)
             .collect();
         for k in expired {
-            self.requeue(k, true);
+            self.requeue(k, true, Retry::Timeout);
         }
         for p in self.peers.values_mut() {
             if p.bad_until.is_some_and(|u| u <= now) {
@@ -718,7 +765,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Downloader<P> {
             .map(|(k, _)| *k)
             .collect();
         for k in keys {
-            self.requeue(k, true);
+            self.requeue(k, true, Retry::Watchdog);
         }
         self.last_progress = now;
     }

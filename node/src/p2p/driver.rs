@@ -669,16 +669,19 @@ impl Driver {
                 signature: announce.signature,
             },
             SessionEvent::Served { peer } => Input::Served(peer),
-            SessionEvent::Closed { peer, id, why } => Input::SessionClosed {
-                peer,
-                session: id,
-                offence: match why {
-                    CloseReason::Malformed => Some(Offence::Malformed),
-                    CloseReason::SlowReader => Some(Offence::SlowReader),
-                    CloseReason::Stalled => Some(Offence::Stalled),
-                    CloseReason::Eof | CloseReason::Io => None,
-                },
-            },
+            SessionEvent::Closed { peer, id, why } => {
+                debug!(%peer, session = id, why = ?why, "session closed");
+                Input::SessionClosed {
+                    peer,
+                    session: id,
+                    offence: match why {
+                        CloseReason::Malformed => Some(Offence::Malformed),
+                        CloseReason::SlowReader => Some(Offence::SlowReader),
+                        CloseReason::Stalled => Some(Offence::Stalled),
+                        CloseReason::Eof | CloseReason::Io => None,
+                    },
+                }
+            }
         };
         self.peers.handle(input, now);
     }

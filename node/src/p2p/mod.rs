@@ -8,12 +8,14 @@
 //! - `driver`: the one task that runs the swarm and the core;
 //! - `pending`: the transport's pool of inbound connections in their handshake;
 //! - [`session`]: one sync stream's task (handshake, serving, the write queue);
+//! - `frames`: the pool of reply frame buffers, capped in bytes;
 //! - [`gossip`]: the gossipsub baseline's swarm side.
 //!
 //! Every dial goes through the dial manager and uses a fresh port (`allocate_new_port`), so two
 //! peers dialling each other at once get two TCP connections instead of one broken one.
 
 mod driver;
+mod frames;
 mod gate;
 pub mod gossip;
 mod handle;
@@ -27,6 +29,7 @@ use anyhow::Context;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identity};
 use serde::Serialize;
 
+pub use frames::Source as FrameSource;
 pub use handle::{FaultsRx, P2pHandle};
 pub use swarm::spawn;
 pub use syncnet_proto::config::P2pConfig;

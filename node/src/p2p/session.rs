@@ -52,6 +52,8 @@ pub struct SessionCtx {
     pub canaries: Canaries,
     pub shutting_down: AtomicBool,
     pub budget: ServeBudget,
+    /// Reply frames, reused once written.
+    pub frames: super::frames::FramePool,
 }
 
 /// The memory replies may hold, in KiB: a reply reserves its bound before it is built and keeps
@@ -391,6 +393,7 @@ pub async fn run<S>(
     // Replies come with the budget they hold, released once written.
     let (reply_tx, mut reply_rx) = mpsc::channel::<(Vec<u8>, ReplyBudget)>(SERVE_CONCURRENCY);
     let stall = ctx.budget.write_stall;
+    let frames = ctx.clone();
     let writer = async move {
         loop {
             let (frame, budget) = tokio::select! {
@@ -402,6 +405,9 @@ pub async fn run<S>(
             };
             write_frame(&mut wr, &frame, stall).await?;
             let mut n = frame.len();
+            if budget.is_some() {
+                frames.frames.give(frame);
+            }
             drop(budget);
             // Drain what is queued before one flush.
             while let Ok(more) = rx.try_recv() {
@@ -655,7 +661,13 @@ async fn serve_inner(
                 .records_range(from, count, max_bytes.min(asked as usize))?;
             return Ok(
                 match wire::blocks_reply_head(req_id, range.count, range.bytes, c.max_frame) {
-                    Ok(mut frame) => {
+                    Ok(head) => {
+                        let (mut frame, source) = c.frames.take(head.len() + range.bytes);
+                        c.metrics
+                            .frame_buffers
+                            .get_or_create(&[("source", source.label())])
+                            .inc();
+                        frame.extend_from_slice(&head);
                         c.store.read_records(&range, &mut frame)?;
                         Reply::Frame(frame)
                     }

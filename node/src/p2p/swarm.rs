@@ -182,6 +182,12 @@ pub async fn spawn(
         canaries: crate::canary::Canaries::new(Instant::now()),
         shutting_down: AtomicBool::new(false),
         budget: session::ServeBudget::new(&cfg),
+        // Idle reply buffers: up to one stream's serve budget, one frame of the largest size each.
+        frames: super::frames::FramePool::new(
+            cfg.stream_serve_budget_bytes as usize,
+            cfg.max_frame_bytes + 4,
+            metrics.frame_pool_bytes.clone(),
+        ),
     });
     let (session_tx, session_rx) = mpsc::channel(1024);
     let (net_events, net_events_rx) = mpsc::channel(NET_EVENTS);

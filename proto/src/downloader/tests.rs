@@ -29,6 +29,8 @@ struct Harness {
     local_failures: usize,
     /// Blocks in each commit.
     commits: Vec<usize>,
+    /// Why each batch went back to be fetched again.
+    retries: Vec<Retry>,
 }
 
 impl Harness {
@@ -58,6 +60,7 @@ impl Harness {
             penalties: vec![],
             watchdogs: 0,
             cancels: 0,
+            retries: vec![],
             max_buffered: 0,
             local_failures: 0,
             commits: vec![],
@@ -153,7 +156,7 @@ impl Harness {
                     Action::Penalise { peer, why } => self.penalties.push((peer, why)),
                     Action::WatchdogFired => self.watchdogs += 1,
                     Action::Cancel { .. } => self.cancels += 1,
-                    Action::BatchRetry => {}
+                    Action::BatchRetry(why) => self.retries.push(why),
                 }
                 self.max_buffered = self.max_buffered.max(self.d.stats().buffered_bytes);
             }
@@ -232,6 +235,7 @@ fn tampering_peer_is_penalised_and_its_batches_complete_elsewhere() {
             .any(|(p, why)| *p == 2 && *why == Penalty::Invalid(VerifyError::PayloadHash))
     );
     assert!(h.penalties.iter().all(|(p, _)| *p == 2));
+    assert!(h.retries.contains(&Retry::Invalid), "{:?}", h.retries);
     // Set aside for bad_peer_ttl: no more fetches to 2 after its penalty within the run.
     let first_penalty_fetch = h.fetches.iter().position(|f| f.0 == 2).unwrap();
     let later: Vec<_> = h.fetches[first_penalty_fetch + 1..]
@@ -255,6 +259,7 @@ fn stalling_peer_times_out_and_the_batch_is_retried_elsewhere() {
     );
     let retried = h.fetches.iter().filter(|f| f.0 == 2).count();
     assert!(retried >= 1);
+    assert!(h.retries.contains(&Retry::Timeout), "{:?}", h.retries);
 }
 
 #[test]
@@ -268,6 +273,8 @@ fn watchdog_fires_when_the_head_does_not_move_and_sets_the_staller_aside() {
     assert!(h.done(), "{:?}", h.d.stats());
     assert!(h.watchdogs >= 1);
     assert!(h.penalties.contains(&(1, Penalty::Stalled)));
+    assert!(h.retries.contains(&Retry::Watchdog), "{:?}", h.retries);
+    assert!(!h.retries.contains(&Retry::Timeout), "{:?}", h.retries);
 }
 
 #[test]
@@ -354,6 +361,13 @@ fn a_commit_failing_in_the_store_retries_without_a_penalty() {
     assert!(h.done(), "{:?}", h.d.stats());
     assert_eq!(h.local_failures, 0);
     assert!(h.penalties.is_empty(), "{:?}", h.penalties);
+    // Each failed commit sends back at least its own batch, and nothing else went back.
+    assert!(h.retries.len() >= 3, "{:?}", h.retries);
+    assert!(
+        h.retries.iter().all(|r| *r == Retry::InsertFailed),
+        "{:?}",
+        h.retries
+    );
 }
 
 #[test]
