@@ -7,7 +7,8 @@
 //! Everything runs in this process on 127.0.0.1, on the machine's 2 cores: the servers on one
 //! tokio runtime and the client on another, so each side's CPU time (its threads' utime + stime)
 //! is reported per GB synced.
-//! `S1_SCALE=0.1` shrinks every case (for a quick look); `S1_ONLY=16k` (or `1k`, `256k`) runs one case.
+//! `S1_SCALE=0.1` shrinks every case (for a quick look); `S1_ONLY=16k` (or `1k`, `256k`) runs one case;
+//! `S1_LOG=syncnet_node=debug` (an env filter) logs to stderr, e.g. why batches were retried.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
