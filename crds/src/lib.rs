@@ -271,8 +271,16 @@ pub enum FaultAction {
     ErrorRate,
     /// Sync streams of the targets are reset with probability `rate` per request.
     StreamReset,
+    /// The targets' outbound sync stream setups fail with probability `rate`.
+    SetupFailure,
     /// Every reply the targets serve is delayed by `ms`.
     Stall,
+    /// Blocks the targets serve carry a flipped payload byte (receivers reject and penalise).
+    CorruptBlocks,
+    /// IDA chunks the targets receive are dropped with probability `rate`.
+    ChunkDrop,
+    /// Every IDA chunk the targets send has a flipped byte (receivers reject it by its proof).
+    CorruptChunks,
     /// Discovery runs every `ms` whatever the stream count.
     DiscoveryPeriod,
     /// CANARY: the targets keep `kibPerSetup` KiB per stream setup forever.
@@ -295,7 +303,11 @@ impl FaultAction {
             FaultAction::Partition => "partition",
             FaultAction::ErrorRate => "error-rate",
             FaultAction::StreamReset => "stream-reset",
+            FaultAction::SetupFailure => "setup-failure",
             FaultAction::Stall => "stall",
+            FaultAction::CorruptBlocks => "corrupt-blocks",
+            FaultAction::ChunkDrop => "chunk-drop",
+            FaultAction::CorruptChunks => "corrupt-chunks",
             FaultAction::DiscoveryPeriod => "discovery-period",
             FaultAction::LeakCanary => "leak-canary",
             FaultAction::StormCanary => "storm-canary",
@@ -367,7 +379,7 @@ pub struct FaultSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(max = 19)))]
     pub regions: Vec<String>,
-    /// error-rate, stream-reset: probability 0..1.
+    /// error-rate, stream-reset, setup-failure, chunk-drop: probability 0..1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<f64>,
     /// stall, discovery-period: milliseconds.

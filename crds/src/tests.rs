@@ -145,6 +145,43 @@ fn bad_specs_name_the_field() {
     assert!(e.message.contains("directed"), "{e}");
 }
 
+/// Every node fault of docs/faults.md has an action; each takes exactly its own parameter.
+#[test]
+fn the_fault_actions_for_every_node_fault_validate_their_parameters() {
+    let with = |action: &str| GOOD.replacen("action: error-rate, rate: 0.05", action, 1);
+    for ok in [
+        "action: setup-failure, rate: 0.5",
+        "action: corrupt-blocks",
+        "action: chunk-drop, rate: 0.2",
+        "action: corrupt-chunks",
+    ] {
+        let sn = SyncNetwork::from_yaml(&with(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(
+            sn.spec.faults[2].action.label(),
+            ok[8..].split(',').next().unwrap()
+        );
+    }
+    for (bad, field) in [
+        ("action: setup-failure", "spec.faults[2].rate"),
+        ("action: setup-failure, rate: 2", "spec.faults[2].rate"),
+        ("action: chunk-drop", "spec.faults[2].rate"),
+        ("action: corrupt-blocks, rate: 0.5", "spec.faults[2].rate"),
+        ("action: corrupt-chunks, ms: 5", "spec.faults[2].ms"),
+    ] {
+        assert_eq!(field_of(&with(bad)), field, "{bad}");
+    }
+    // Chunks exist only in IDA gossip.
+    for action in ["action: chunk-drop, rate: 0.2", "action: corrupt-chunks"] {
+        let yaml = with(action).replace(
+            "payloadBytes: 16384}",
+            "payloadBytes: 16384}\n  broadcast: {mode: gossipsub}",
+        );
+        let e = SyncNetwork::from_yaml(&yaml).unwrap_err();
+        assert_eq!(e.field, "spec.faults[2].action", "{action}: {e}");
+        assert!(e.message.contains("ida"), "{e}");
+    }
+}
+
 #[test]
 fn the_crd_has_the_status_subresource_short_name_and_columns() {
     let crd = crate::crd();

@@ -317,7 +317,10 @@ impl SyncNetworkSpec {
             }
         };
         match f.action {
-            FaultAction::ErrorRate | FaultAction::StreamReset => {
+            FaultAction::ErrorRate
+            | FaultAction::StreamReset
+            | FaultAction::SetupFailure
+            | FaultAction::ChunkDrop => {
                 let r = f.rate.unwrap_or(-1.0);
                 need((0.0..=1.0).contains(&r), "rate", "a probability 0..1")?;
             }
@@ -363,7 +366,23 @@ impl SyncNetworkSpec {
                     "1..=10000 µs",
                 )?;
             }
-            FaultAction::KillRestart | FaultAction::StormCanary => {}
+            FaultAction::KillRestart
+            | FaultAction::StormCanary
+            | FaultAction::CorruptBlocks
+            | FaultAction::CorruptChunks => {}
+        }
+        if matches!(
+            f.action,
+            FaultAction::ChunkDrop | FaultAction::CorruptChunks
+        ) && self.broadcast.mode != crate::BroadcastMode::Ida
+        {
+            return Err(err(
+                "action",
+                format!(
+                    "{} acts on IDA chunks: it needs broadcast.mode ida",
+                    f.action.label()
+                ),
+            ));
         }
         // Parameters an action does not use are mistakes, not silently ignored.
         let unused = [
@@ -375,7 +394,13 @@ impl SyncNetworkSpec {
             (
                 "rate",
                 f.rate.is_some(),
-                matches!(f.action, FaultAction::ErrorRate | FaultAction::StreamReset),
+                matches!(
+                    f.action,
+                    FaultAction::ErrorRate
+                        | FaultAction::StreamReset
+                        | FaultAction::SetupFailure
+                        | FaultAction::ChunkDrop
+                ),
             ),
             (
                 "ms",

@@ -200,14 +200,20 @@ impl CodecError {
 pub fn encode<T: Serialize>(msg: &T, max_frame: usize) -> Result<Vec<u8>, CodecError> {
     let mut out = postcard::to_extend(msg, vec![0u8; 4])?;
     let len = out.len() - 4;
+    set_frame_len(&mut out, len, max_frame)?;
+    Ok(out)
+}
+
+/// Writes the frame length `len` into the first 4 bytes of `frame`, if within `max_frame`.
+fn set_frame_len(frame: &mut [u8], len: usize, max_frame: usize) -> Result<(), CodecError> {
     if len > max_frame {
         return Err(CodecError::Oversize {
             len,
             max: max_frame,
         });
     }
-    out[..4].copy_from_slice(&(len as u32).to_le_bytes());
-    Ok(out)
+    frame[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
 }
 
 /// postcard's variant index of `Message::Response` and of `Response::Blocks`: a blocks reply
@@ -245,13 +251,7 @@ pub fn blocks_reply_head(
     out = postcard::to_extend(&(MESSAGE_RESPONSE, id.0, RESPONSE_BLOCKS), out)?;
     put_len(&mut out, count);
     let len = out.len() - 4 + records_len;
-    if len > max_frame {
-        return Err(CodecError::Oversize {
-            len,
-            max: max_frame,
-        });
-    }
-    out[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    set_frame_len(&mut out, len, max_frame)?;
     Ok(out)
 }
 

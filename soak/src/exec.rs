@@ -158,7 +158,11 @@ impl Executor {
                 }
                 FaultAction::ErrorRate => f.request_error_rate = f.request_error_rate.max(rate),
                 FaultAction::StreamReset => f.stream_reset_rate = f.stream_reset_rate.max(rate),
+                FaultAction::SetupFailure => f.setup_failure_rate = f.setup_failure_rate.max(rate),
                 FaultAction::Stall => f.stall_ms = f.stall_ms.max(ms),
+                FaultAction::CorruptBlocks => f.corrupt_blocks = true,
+                FaultAction::ChunkDrop => f.chunk_drop_rate = f.chunk_drop_rate.max(rate),
+                FaultAction::CorruptChunks => f.corrupt_chunks = true,
                 FaultAction::DiscoveryPeriod => {
                     // The shorter period is the harsher one.
                     f.forced_discovery_ms = Some(f.forced_discovery_ms.map_or(ms, |m| m.min(ms)))
@@ -298,6 +302,41 @@ mod tests {
         );
         assert_eq!(e.poll(11.0), [Step::Began(0), Step::Kill(0)]);
         assert_eq!(e.poll(13.0), [Step::Ended(0), Step::Restart(0)]);
+    }
+
+    /// The node-fault actions each set their own field, and overlapping ones keep the harsher rate.
+    #[test]
+    fn every_node_fault_action_sets_its_field() {
+        let with_rate = |action, rate| FaultSpec {
+            rate: Some(rate),
+            ..spec(action)
+        };
+        let specs = [
+            with_rate(FaultAction::SetupFailure, 0.3),
+            with_rate(FaultAction::SetupFailure, 0.6),
+            spec(FaultAction::CorruptBlocks),
+            with_rate(FaultAction::ChunkDrop, 0.2),
+            spec(FaultAction::CorruptChunks),
+        ];
+        let windows = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| window(i, s.action, 0, 10, &[0]))
+            .collect();
+        let mut e = Executor::new(&specs, windows, 1);
+        e.poll(0.0);
+        assert_eq!(
+            e.wanted(0),
+            Faults {
+                setup_failure_rate: 0.6,
+                corrupt_blocks: true,
+                chunk_drop_rate: 0.2,
+                corrupt_chunks: true,
+                ..Faults::default()
+            }
+        );
+        e.poll(10.0);
+        assert_eq!(e.wanted(0), Faults::default());
     }
 
     #[test]

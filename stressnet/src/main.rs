@@ -14,8 +14,10 @@ use stressnet::{compare, local, plan, report};
     version,
     about = "Run a SyncNetwork spec as a local network of syncnode processes with faults; \
              judge sync progress, leaks and storms; write a report",
-    after_help = "Exit codes: 0 pass, 1 a verdict failed, 2 bad spec or usage, 3 the run could \
-                  not be carried out, 130 interrupted (the report is still written)."
+    after_help = "Exit codes (every subcommand): 0 pass, 1 a verdict failed, 2 bad spec or usage \
+                  (a spec that does not validate, a directory that is no run directory), 3 the \
+                  run or the cluster call could not be carried out, 4 inconclusive (nothing \
+                  failed, some verdict undecided), 130 interrupted (the report is still written)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -26,6 +28,7 @@ struct Cli {
 enum Cmd {
     /// Run a spec locally (one syncnode process per replica on 127.0.0.1) and report.
     Run {
+        /// The SyncNetwork spec (YAML), e.g. examples/quickstart.yaml.
         spec: PathBuf,
         /// Run directory (must not exist or be empty). Default: runs/<name>-<time>.
         #[arg(long)]
@@ -53,28 +56,77 @@ enum Cmd {
     },
     /// Validate a spec and print the nodes and the fault schedule it gives; starts nothing.
     Check {
+        /// The SyncNetwork spec (YAML).
         spec: PathBuf,
+        /// Seed of the fault targets' draw, as for `run`.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Leave out every canary fault, as for `run`.
         #[arg(long)]
         no_canaries: bool,
     },
     /// Judge a run directory again and re-render its report.
-    Report { run_dir: PathBuf },
+    Report {
+        /// A run directory (holds run.json), e.g. runs/quickstart-20261204-101500.
+        run_dir: PathBuf,
+    },
     /// Two runs side by side: verdicts, throughput, catch-up, worst slopes, storms.
-    Compare { run_a: PathBuf, run_b: PathBuf },
+    Compare {
+        /// The first run directory (its summary.json is read).
+        run_a: PathBuf,
+        /// The second run directory.
+        run_b: PathBuf,
+    },
     /// Validate a spec and apply it to the cluster of the current kubeconfig (the operator runs it).
     Apply {
+        /// The SyncNetwork spec (YAML).
         spec: PathBuf,
+        /// Namespace. Default: the kubeconfig context's (the spec's own is overridden).
         #[arg(long, short)]
         namespace: Option<String>,
     },
     /// A SyncNetwork's status on the cluster: phase, regions, conditions, verdict.
     Status {
+        /// The SyncNetwork's name.
         name: String,
+        /// Namespace. Default: the kubeconfig context's.
         #[arg(long, short)]
         namespace: Option<String>,
     },
+}
+
+/// Output on stdout. `println!` panics when the reader has gone (`stressnet check … | head`); here
+/// the rest of the output is dropped instead and the exit code is still the verdict's.
+fn say_fmt(args: std::fmt::Arguments, newline: bool) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static GONE: AtomicBool = AtomicBool::new(false);
+    if GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let r = out
+        .write_fmt(args)
+        .and_then(|_| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|_| out.flush());
+    if r.is_err() {
+        // A closed pipe or a full disk: nothing more can be said there.
+        GONE.store(true, Ordering::Relaxed);
+    }
+}
+
+macro_rules! say {
+    ($($t:tt)*) => { say_fmt(format_args!($($t)*), false) };
+}
+
+macro_rules! sayln {
+    ($($t:tt)*) => { say_fmt(format_args!($($t)*), true) };
 }
 
 fn main() -> ExitCode {
@@ -103,17 +155,27 @@ fn main() -> ExitCode {
             seed,
             no_canaries,
         } => check(&spec, seed, no_canaries),
-        Cmd::Report { run_dir } => match report::finish(&run_dir) {
-            Ok(s) => verdict(&s, &run_dir),
-            Err(e) => fail(3, e),
-        },
+        Cmd::Report { run_dir } => {
+            if let Err(e) = stressnet::run_dir::read_info(&run_dir) {
+                return fail(2, e);
+            }
+            match report::finish(&run_dir) {
+                Ok(s) => verdict(&s, &run_dir),
+                Err(e) => fail(3, e),
+            }
+        }
         Cmd::Compare { run_a, run_b } => {
+            for dir in [&run_a, &run_b] {
+                if let Err(e) = stressnet::run_dir::read_info(dir) {
+                    return fail(2, e);
+                }
+            }
             let (a, b) = match (compare::load(&run_a), compare::load(&run_b)) {
                 (Ok(a), Ok(b)) => (a, b),
                 (Err(e), _) | (_, Err(e)) => return fail(2, e),
             };
             let rows = compare::rows(&a, &b);
-            print!(
+            say!(
                 "{}",
                 compare::table(
                     &run_a.display().to_string(),
@@ -131,7 +193,7 @@ fn main() -> ExitCode {
             cluster(async move {
                 match stressnet::cluster::apply(&sn, namespace.as_deref()).await {
                     Ok(at) => {
-                        println!(
+                        sayln!(
                             "applied {at}; follow with `stressnet status {}`",
                             sn.metadata.name.as_deref().unwrap_or("")
                         );
@@ -145,7 +207,7 @@ fn main() -> ExitCode {
             match stressnet::cluster::get(&name, namespace.as_deref()).await {
                 Ok(sn) => {
                     let s = sn.status.unwrap_or_default();
-                    print!("{}", stressnet::cluster::format_status(&name, &s));
+                    say!("{}", stressnet::cluster::format_status(&name, &s));
                     // Like `run`: 1 when a verdict failed, 4 when some could not be decided.
                     match s.verdict.as_deref() {
                         Some(v) if v.starts_with("inconclusive") => ExitCode::from(4),
@@ -182,7 +244,7 @@ fn check(spec: &Path, seed: u64, no_canaries: bool) -> ExitCode {
         Ok(w) => w,
         Err(e) => return fail(2, e),
     };
-    println!(
+    sayln!(
         "{}: valid; {} nodes in {} regions, {} s soak, {} fault windows",
         spec.display(),
         nodes.len(),
@@ -191,7 +253,7 @@ fn check(spec: &Path, seed: u64, no_canaries: bool) -> ExitCode {
         windows.len()
     );
     for n in &nodes {
-        println!(
+        sayln!(
             "  node {}{}",
             n.name,
             if n.producer { " (producer)" } else { "" }
@@ -199,7 +261,7 @@ fn check(spec: &Path, seed: u64, no_canaries: bool) -> ExitCode {
     }
     for w in &windows {
         let targets: Vec<&str> = w.targets.iter().map(|i| nodes[*i].name.as_str()).collect();
-        println!(
+        sayln!(
             "  {:>5}s..{:<5}s {} ({}) on {}",
             w.start,
             w.end,
@@ -274,7 +336,7 @@ fn run(opts: local::RunOptions) -> ExitCode {
 }
 
 fn verdict(s: &report::RunSummary, dir: &Path) -> ExitCode {
-    println!(
+    sayln!(
         "{}: {} nodes, {:.0} s, head {}, {:.2} blocks/s, worst catch-up {}",
         s.name,
         s.nodes,
@@ -284,22 +346,45 @@ fn verdict(s: &report::RunSummary, dir: &Path) -> ExitCode {
         s.worst_catch_up_secs
             .map_or("–".into(), |x| format!("{x:.1} s"))
     );
-    println!("report: {}", dir.join(stressnet::run_dir::REPORT).display());
+    sayln!("report: {}", dir.join(stressnet::run_dir::REPORT).display());
     match s.outcome {
         Outcome::Pass => {
-            println!("verdict: PASS");
+            sayln!("verdict: PASS");
             ExitCode::SUCCESS
         }
         Outcome::Fail => {
-            println!("verdict: FAIL {}", s.failed.join(" "));
+            sayln!("verdict: FAIL {}", s.failed.join(" "));
             ExitCode::from(1)
         }
         Outcome::Inconclusive => {
-            println!(
+            sayln!(
                 "verdict: INCONCLUSIVE not judged: {}",
                 s.undecided.join(" ")
             );
             ExitCode::from(4)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn every_argument_of_every_subcommand_has_help() {
+        let cli = Cli::command();
+        let mut missing = vec![];
+        for sub in cli.get_subcommands() {
+            assert!(sub.get_about().is_some(), "{} has no about", sub.get_name());
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{} {id}", sub.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help: {missing:?}");
     }
 }

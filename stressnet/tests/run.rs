@@ -367,3 +367,73 @@ fn every_example_spec_checks() {
     }
     assert!(seen >= 4, "quickstart, soak-s3 and the two canaries");
 }
+
+/// The node faults without an action of their own until issue 19 (setup failures, corrupt
+/// blocks, chunk drops, corrupt chunks): `check` lists each window, and a short run sets each on
+/// its target (a `fault_applied` event is written only once the node has accepted the set).
+#[test]
+fn every_node_fault_is_settable_from_a_spec() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kinds = [
+        ("setup-failure", ", rate: 0.5", "setup_failure_rate=0.5"),
+        ("corrupt-blocks", "", "corrupt_blocks=true"),
+        ("chunk-drop", ", rate: 0.25", "chunk_drop_rate=0.25"),
+        ("corrupt-chunks", "", "corrupt_chunks=true"),
+    ];
+    let faults: String = kinds
+        .iter()
+        .map(|(action, param, _)| {
+            format!(
+                "    - {{name: {action}, atSecs: 2, durationSecs: 4, target: {{count: 1}}, \
+                 action: {action}{param}}}\n"
+            )
+        })
+        .collect();
+    let spec = write(
+        tmp.path(),
+        "faults.yaml",
+        &format!(
+            r#"
+apiVersion: syncnet.dev/v1alpha1
+kind: SyncNetwork
+metadata: {{name: faults}}
+spec:
+  regions: [{{name: us, replicas: 3}}]
+  producer: {{region: us, blockIntervalMs: 500, payloadBytes: 65536}}
+  broadcast: {{mode: ida}}
+  faults:
+{faults}  soak: {{durationSecs: 10, warmupSecs: 2, scrapeIntervalSecs: 1}}
+"#
+        ),
+    );
+    let o = stressnet().arg("check").arg(&spec).output().unwrap();
+    let listed = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{listed}");
+    for (action, _, _) in kinds {
+        assert!(
+            listed.contains(&format!("({action})")),
+            "{action}: {listed}"
+        );
+    }
+
+    let run = tmp.path().join("run");
+    let o = run_to_end(&spec, &run, &["--no-profiles"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    // The faults may well make a verdict fail; the run itself must have been carried out.
+    assert!(
+        matches!(o.status.code(), Some(0 | 1 | 4)),
+        "{:?}: {stdout}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
+    for (action, _, set) in kinds {
+        assert!(
+            events
+                .lines()
+                .any(|l| l.contains("\"fault_applied\"") && l.contains(set)),
+            "{action}: no fault_applied with {set}:\n{events}"
+        );
+    }
+    assert!(!events.contains("\"apply_failed\""), "{events}");
+}
