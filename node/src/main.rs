@@ -313,7 +313,10 @@ fn init_logging(format: LogFormat, filter: &str) {
     // Repeated INFO/WARN lines from one call site are throttled (a hostile peer must not fill the
     // disk with them); see syncnet_node::logthrottle.
     let filter = filter.and(syncnet_node::logthrottle::Throttle::filter());
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only for a terminal: stressnet and the operator keep node logs in files.
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let layer = match format {
         LogFormat::Text => layer.boxed(),
         LogFormat::Json => layer.json().boxed(),

@@ -252,6 +252,22 @@ fn check(spec: &Path, seed: u64, no_canaries: bool) -> ExitCode {
         sn.spec.soak.duration_secs,
         windows.len()
     );
+    // Leak verdicts need MIN_POINTS windows after the warm-up; fewer, and every one of them
+    // would come out undecided (INCONCLUSIVE) however the nodes behave.
+    let soak = &sn.spec.soak;
+    let judged = soak.duration_secs.saturating_sub(soak.warmup_secs);
+    let bucket = sn.spec.verdicts.leak_bucket_secs.max(1);
+    let windows_left = judged / bucket;
+    if (windows_left as usize) < stressnet::verdict::MIN_POINTS {
+        eprintln!(
+            "warning: spec.soak: {judged} s are left after the {} s warm-up: {windows_left} leak \
+             windows of {bucket} s (spec.verdicts.leakBucketSecs), fewer than the {} a leak \
+             verdict needs; every leak verdict will be undecided (INCONCLUSIVE). Lengthen \
+             durationSecs, shorten warmupSecs or leakBucketSecs.",
+            soak.warmup_secs,
+            stressnet::verdict::MIN_POINTS
+        );
+    }
     for n in &nodes {
         sayln!(
             "  node {}{}",

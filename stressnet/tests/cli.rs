@@ -85,3 +85,36 @@ fn help_documents_the_exit_codes() {
         assert!(text.contains(code), "{code}: {text}");
     }
 }
+
+/// A warm-up that leaves too few leak windows is worth a warning before anyone waits for the run.
+#[test]
+fn check_warns_when_the_warm_up_leaves_too_little_to_judge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = |soak: &str| {
+        let p = tmp.path().join("s.yaml");
+        std::fs::write(
+            &p,
+            format!(
+                "apiVersion: syncnet.dev/v1alpha1\nkind: SyncNetwork\nmetadata: {{name: s}}\n\
+                 spec:\n  regions: [{{name: us, replicas: 2}}]\n  \
+                 producer: {{region: us, blockIntervalMs: 500, payloadBytes: 4096}}\n  \
+                 soak: {soak}\n  verdicts: {{leakBucketSecs: 10}}\n"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    // 100 s after a 30 s warm-up: 7 windows of 10 s, one short of 8.
+    let p = spec("{durationSecs: 100, warmupSecs: 30}");
+    let (code, err) = status(&["check", p.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("7 leak windows"),
+        "{err}"
+    );
+    // 8 windows: nothing to say.
+    let p = spec("{durationSecs: 110, warmupSecs: 30}");
+    let (code, err) = status(&["check", p.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+}

@@ -436,4 +436,13 @@ spec:
         );
     }
     assert!(!events.contains("\"apply_failed\""), "{events}");
+    // Node logs are files: no colour escapes.
+    let mut logs = 0;
+    for e in std::fs::read_dir(run.join("nodes")).unwrap() {
+        let log = e.unwrap().path().join("node.log");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(!text.contains('\x1b'), "{}: colour escapes", log.display());
+        logs += 1;
+    }
+    assert_eq!(logs, 3);
 }
