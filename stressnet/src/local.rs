@@ -849,3 +849,44 @@ fn status_line(procs: &[Proc], exec: &Executor) -> String {
     }
     s
 }
+
+/// What a node keeps of its chain in its data directory: the store (`chain.redb`) and its
+/// segment files (`chain.segments/`); docs/config.md, "Files a running node writes".
+const STORE_FILES: [&str; 2] = ["chain.redb", "chain.segments"];
+
+/// Removes every node's chain store from a finished run (`--keep-data`); returns the bytes freed.
+/// Logs, configs and everything the report reads stay.
+pub fn remove_node_data(run_dir: &Path) -> anyhow::Result<u64> {
+    let nodes = run_dir.join("nodes");
+    let mut freed = 0;
+    for e in std::fs::read_dir(&nodes).with_context(|| nodes.display().to_string())? {
+        let dir = e?.path();
+        for name in STORE_FILES {
+            let p = dir.join(name);
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if meta.is_dir() {
+                freed += dir_bytes(&p);
+                std::fs::remove_dir_all(&p).with_context(|| p.display().to_string())?;
+            } else {
+                freed += meta.len();
+                std::fs::remove_file(&p).with_context(|| p.display().to_string())?;
+            }
+        }
+    }
+    Ok(freed)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

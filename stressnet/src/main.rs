@@ -53,6 +53,11 @@ enum Cmd {
         /// Take no heap or CPU profiles of the nodes (profiles/; verdicts then name no code).
         #[arg(long)]
         no_profiles: bool,
+        /// When to keep the nodes' chain stores (nodes/<name>/chain.*) after the report is
+        /// written: on-fail keeps them unless the run passed. Logs, metrics, events and
+        /// profiles are always kept.
+        #[arg(long, value_enum, default_value_t = KeepData::OnFail)]
+        keep_data: KeepData,
     },
     /// Validate a spec and print the nodes and the fault schedule it gives; starts nothing.
     Check {
@@ -140,16 +145,20 @@ fn main() -> ExitCode {
             node_log,
             no_progress,
             no_profiles,
-        } => run(local::RunOptions {
-            spec,
-            out,
-            syncnode,
-            seed,
-            no_canaries,
-            node_log,
-            progress: !no_progress && std::io::stderr().is_terminal(),
-            profiles: !no_profiles,
-        }),
+            keep_data,
+        } => run(
+            local::RunOptions {
+                spec,
+                out,
+                syncnode,
+                seed,
+                no_canaries,
+                node_log,
+                progress: !no_progress && std::io::stderr().is_terminal(),
+                profiles: !no_profiles,
+            },
+            keep_data,
+        ),
         Cmd::Check {
             spec,
             seed,
@@ -289,7 +298,14 @@ fn check(spec: &Path, seed: u64, no_canaries: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(opts: local::RunOptions) -> ExitCode {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum KeepData {
+    Never,
+    OnFail,
+    Always,
+}
+
+fn run(opts: local::RunOptions, keep_data: KeepData) -> ExitCode {
     // Everything that can be wrong with the spec or the setup fails here, before any process.
     let sn = match local::load_spec(&opts.spec, opts.no_canaries) {
         Ok(s) => s,
@@ -341,6 +357,21 @@ fn run(opts: local::RunOptions) -> ExitCode {
     match report::finish(&dir) {
         Ok(s) => {
             let code = verdict(&s, &dir);
+            let passed = s.outcome == Outcome::Pass && !interrupted;
+            if keep_data == KeepData::Never || (keep_data == KeepData::OnFail && passed) {
+                match local::remove_node_data(&dir) {
+                    Ok(freed) => eprintln!(
+                        "stressnet: removed the nodes' chain stores ({:.1} MB; --keep-data {})",
+                        freed as f64 / 1e6,
+                        if keep_data == KeepData::Never {
+                            "never"
+                        } else {
+                            "on-fail, the run passed"
+                        }
+                    ),
+                    Err(e) => eprintln!("warning: removing the nodes' chain stores: {e:#}"),
+                }
+            }
             if interrupted {
                 ExitCode::from(130)
             } else {

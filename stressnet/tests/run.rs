@@ -244,6 +244,11 @@ fn canary_run(tmp: &Path, name: &str, secs: u64, canary: &str) -> (String, Vec<S
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "{name}: {stdout}");
     assert!(stdout.contains("verdict: FAIL"), "{stdout}");
+    // A failed run keeps its chain stores (`--keep-data on-fail`, the default).
+    assert!(
+        run.join("nodes/us-0/chain.redb").is_file(),
+        "{name}: the stores of a failed run are gone"
+    );
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
     let w = &info["schedule"]
@@ -417,7 +422,7 @@ spec:
     }
 
     let run = tmp.path().join("run");
-    let o = run_to_end(&spec, &run, &["--no-profiles"]);
+    let o = run_to_end(&spec, &run, &["--no-profiles", "--keep-data", "never"]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     // The faults may well make a verdict fail; the run itself must have been carried out.
     assert!(
@@ -436,13 +441,22 @@ spec:
         );
     }
     assert!(!events.contains("\"apply_failed\""), "{events}");
-    // Node logs are files: no colour escapes.
+    // Node logs are files: no colour escapes. `--keep-data never` took the chain stores and
+    // nothing else.
     let mut logs = 0;
     for e in std::fs::read_dir(run.join("nodes")).unwrap() {
-        let log = e.unwrap().path().join("node.log");
+        let dir = e.unwrap().path();
+        let log = dir.join("node.log");
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(!text.contains('\x1b'), "{}: colour escapes", log.display());
+        assert!(dir.join("node.yaml").is_file());
+        for store in ["chain.redb", "chain.segments"] {
+            assert!(!dir.join(store).exists(), "{}: {store} kept", dir.display());
+        }
         logs += 1;
     }
     assert_eq!(logs, 3);
+    assert!(run.join("report.html").is_file() && run.join("summary.json").is_file());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("removed the nodes' chain stores"), "{err}");
 }
