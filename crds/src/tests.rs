@@ -182,6 +182,34 @@ fn the_fault_actions_for_every_node_fault_validate_their_parameters() {
     }
 }
 
+/// A field indented into another mapping that ignores unknown keys (here a Kubernetes
+/// toleration) is "missing" where it belongs: the message names the line it is really on, and
+/// no message repeats the path in front of it.
+#[test]
+fn a_mis_indented_field_is_found_at_its_real_line() {
+    let soak = "  soak: {durationSecs: 300, warmupSecs: 60, scrapeIntervalSecs: 5}\n";
+    assert!(GOOD.contains(soak));
+    let moved = GOOD.replace(soak, "").replace(
+        "  faults:",
+        concat!(
+            "  kubernetes:\n    tolerations:\n      - key: dedicated\n",
+            "        operator: Exists\n        soak: {durationSecs: 300}\n  faults:"
+        ),
+    );
+    let line = 1 + moved.lines().position(|l| l.contains("soak:")).unwrap();
+    let e = SyncNetwork::from_yaml(&moved).unwrap_err();
+    assert_eq!(e.field, "spec", "{e}");
+    assert!(e.message.starts_with("missing field `soak`"), "{e}");
+    assert!(
+        e.message.contains(&format!("`soak:` is at line {line}")),
+        "{e}"
+    );
+    // An unknown field: the path is said once, by the field.
+    let e = SyncNetwork::from_yaml(&GOOD.replace("count: 1}", "count: 1, soak: 1}")).unwrap_err();
+    assert_eq!(e.field, "spec.faults[0].target.soak", "{e}");
+    assert!(e.message.starts_with("unknown field `soak`"), "{e}");
+}
+
 #[test]
 fn the_crd_has_the_status_subresource_short_name_and_columns() {
     let crd = crate::crd();

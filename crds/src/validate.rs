@@ -70,10 +70,8 @@ impl SyncNetwork {
         let de = serde_yaml::Deserializer::from_str(text);
         let doc: Doc = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            err(
-                if path == "." { "document".into() } else { path },
-                e.inner().to_string(),
-            )
+            let message = yaml_message(&path, &e.inner().to_string(), text);
+            err(if path == "." { "document".into() } else { path }, message)
         })?;
         if doc.api_version != API_VERSION || doc.kind != KIND {
             return Err(err(
@@ -93,6 +91,40 @@ impl SyncNetwork {
             status: doc.status,
         })
     }
+}
+
+/// serde_yaml's message for an error at `path`, without the path it repeats ("spec: spec:
+/// missing field ..."). A missing field is reported at the start of its parent mapping; when a
+/// key of that name is in the text, mis-indented into another mapping that ignores it, its line
+/// is what the author needs.
+fn yaml_message(path: &str, inner: &str, text: &str) -> String {
+    let message = match inner.split_once(": ") {
+        Some((prefix, rest)) if !prefix.is_empty() && path.starts_with(prefix) => rest,
+        _ => inner,
+    };
+    let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split_once('`'))
+        .map(|(f, _)| f)
+    else {
+        return message.to_owned();
+    };
+    let key = format!("{field}:");
+    let lines: Vec<String> = (text.lines().enumerate())
+        .filter(|(_, l)| {
+            let l = l.trim_start().trim_start_matches("- ").trim_start();
+            l.starts_with(&key)
+        })
+        .map(|(i, _)| (i + 1).to_string())
+        .take(3)
+        .collect();
+    if lines.is_empty() {
+        return message.to_owned();
+    }
+    format!(
+        "{message}; `{key}` is at line {}, inside another mapping: check its indentation",
+        lines.join(", ")
+    )
 }
 
 impl SyncNetworkSpec {
