@@ -228,6 +228,25 @@ pub struct P2pMetrics {
     pub netem: NetemMetrics,
 }
 
+/// Where a blocks-reply buffer came from (`syncnet_p2p_frame_buffers_total{source}`): the
+/// reply-frame pool (`p2p/frames.rs`) or a fresh allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameSource {
+    Reused,
+    Fresh,
+}
+
+impl FrameSource {
+    pub const ALL: [FrameSource; 2] = [FrameSource::Reused, FrameSource::Fresh];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FrameSource::Reused => "reused",
+            FrameSource::Fresh => "fresh",
+        }
+    }
+}
+
 /// Metrics of the network emulation wrapper (`netem`), all zero when it is off.
 #[derive(Clone, Debug, Default)]
 pub struct NetemMetrics {
@@ -422,7 +441,7 @@ impl P2pMetrics {
             Unit::Bytes,
             self.frame_pool_bytes.clone(),
         );
-        for source in crate::p2p::FrameSource::ALL {
+        for source in FrameSource::ALL {
             let _ = self
                 .frame_buffers
                 .get_or_create(&[("source", source.label())]);

@@ -12,6 +12,8 @@ use std::sync::Mutex;
 
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::metrics::FrameSource as Source;
+
 /// Buffers below this are cheap to allocate (malloc's arenas, not mmap): not worth keeping.
 pub const MIN_KEPT: usize = 256 * 1024;
 
@@ -27,24 +29,6 @@ pub struct FramePool {
 struct Idle {
     bufs: Vec<Vec<u8>>,
     bytes: usize,
-}
-
-/// Where a buffer came from, for `syncnet_p2p_frame_buffers_total{source}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    Reused,
-    Fresh,
-}
-
-impl Source {
-    pub const ALL: [Source; 2] = [Source::Reused, Source::Fresh];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Source::Reused => "reused",
-            Source::Fresh => "fresh",
-        }
-    }
 }
 
 impl FramePool {

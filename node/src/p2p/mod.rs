@@ -29,7 +29,6 @@ use anyhow::Context;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identity};
 use serde::Serialize;
 
-pub use frames::Source as FrameSource;
 pub use handle::{FaultsRx, P2pHandle};
 pub use swarm::spawn;
 pub use syncnet_proto::config::P2pConfig;
