@@ -57,6 +57,31 @@ pub fn leak_config(spec: &SyncNetworkSpec, name: &str) -> LeakConfig {
     }
 }
 
+/// The unit a leak verdict of `name` reports in: the spec's unit for its budget.
+pub fn unit_of(name: &str) -> &'static str {
+    match name {
+        "rss" => "MiB",
+        "fds" => "fds",
+        "threads" => "threads",
+        "cpu" => "cores",
+        "cpu_per_request" => "ms/request",
+        other => unreachable!("no unit for {other}"),
+    }
+}
+
+/// Measured units per reported unit ([`unit_of`]): memory is measured in bytes.
+fn scale_of(name: &str) -> f64 {
+    if name == "rss" { 1024.0 * 1024.0 } else { 1.0 }
+}
+
+/// A verdict's slopes from measured units into reported ones (÷ `k`).
+fn rescale(v: &mut LeakVerdict, k: f64) {
+    v.slope_per_hour /= k;
+    v.slope_interval_per_hour = v.slope_interval_per_hour.map(|(a, b)| (a / k, b / k));
+    v.floor_slope_per_hour /= k;
+    v.late_slope_per_hour = v.late_slope_per_hour.map(|x| x / k);
+}
+
 /// Derived series: CPU cores in use, from `process_cpu_seconds_total`.
 pub const CPU_RATE: &str = "cpu_cores";
 /// Derived series: milliseconds of CPU per request served, per scrape interval that served any
@@ -66,17 +91,28 @@ pub const CPU_PER_REQUEST: &str = "cpu_ms_per_request";
 pub const NOT_SERVING: &str = "served requests in too few windows (not judged)";
 pub const CPU_TOTAL: &str = "process_cpu_seconds_total";
 pub const HEIGHT: &str = "syncnet_chain_head_height";
+/// The process's soft limit on open files (-1: unlimited): the fds verdict's limit.
+pub const MAX_FDS: &str = "process_max_fds";
 pub const SETUPS: &str = "syncnet_p2p_stream_setups_total{outcome=\"ok\"}";
 
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeLeak {
     pub node: String,
     pub metric: &'static str,
+    /// The unit of the verdict's slopes (per hour), of `budget_per_hour` and `limit`: the spec's
+    /// units (`MiB` for memory, as `leakSlopeMibPerHour` and `memoryLimitMiB`; see [`unit_of`]).
+    pub unit: &'static str,
+    /// The spec's budget for the slope, `unit` per hour.
+    pub budget_per_hour: f64,
+    /// Where the resource hurts, in `unit`, when known: `memoryLimitMiB` for memory, the
+    /// process's soft fd limit for fds, `cpuCores` for CPU. `verdict.time_to_limit_hours` follows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<f64>,
     pub verdict: LeakVerdict,
-    /// RSS only: bytes per unit of work, by work (`setup`, `request`, `block`).
+    /// RSS only: MiB per unit of work, by work (`setup`, `request`, `block`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub per_unit: Vec<(&'static str, verdict::PerUnit)>,
-    /// RSS only, with `verdicts.production.memoryLimitMiB`: when the node reaches it.
+    /// RSS only, with `verdicts.production.memoryLimitMiB`: when the node reaches it (MiB/h).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub projection: Option<verdict::Projection>,
     /// RSS only, from the run's heap profiles: the top growing allocation sites (filled in by
@@ -317,6 +353,11 @@ pub struct Lives {
 }
 
 impl Lives {
+    /// When each restarted process's samples begin (soak clock), oldest first.
+    pub fn starts(&self) -> &[f64] {
+        &self.starts
+    }
+
     pub fn of<'a>(samples: impl IntoIterator<Item = &'a Sample>, node: &str) -> Lives {
         let cpu = series(samples, node, CPU_TOTAL);
         let starts = cpu
@@ -486,8 +527,22 @@ pub fn judge<'a>(
             .iter()
             .map(|&(unit, metric)| (unit, processes.split(of(node), node, metric)))
             .collect();
+        let max_fds = series(of(node), node, MAX_FDS)
+            .last()
+            .map(|p| p.1)
+            .filter(|&l| l > 0.0);
         for &(name, metric) in LEAK_METRICS {
             let mut cfg = leak_config(spec, name);
+            cfg.limit = match name {
+                "rss" => v
+                    .production
+                    .as_ref()
+                    .and_then(|p| p.memory_limit_mib)
+                    .map(|l| l * 1024.0 * 1024.0),
+                "fds" => max_fds,
+                "cpu" => Some(v.cpu_cores),
+                _ => None,
+            };
             // CPU comes in bursts: a window's median of per-scrape rates misses growth in how
             // much each burst uses; its mean is the CPU used over the window.
             cfg.mean_windows = metric == CPU_RATE;
@@ -526,15 +581,28 @@ pub fn judge<'a>(
                 });
             }
             // Per unit of work and the projection are reported for memory.
-            let (per_unit, projection) = if name == "rss" {
+            let (mut per_unit, mut projection) = if name == "rss" {
                 let projection = rss_projection(spec, &lives, &verdict, &per);
                 (per, projection)
             } else {
                 (vec![], None)
             };
+            // Reported in the spec's units (computed in the measured ones).
+            let k = scale_of(name);
+            rescale(&mut verdict, k);
+            for (_, p) in &mut per_unit {
+                (p.per_unit, p.low, p.high) = (p.per_unit / k, p.low / k, p.high / k);
+            }
+            if let Some(p) = &mut projection {
+                (p.per_hour, p.per_hour_low, p.per_hour_high) =
+                    (p.per_hour / k, p.per_hour_low / k, p.per_hour_high / k);
+            }
             leaks.push(NodeLeak {
                 node: node.clone(),
                 metric: name,
+                unit: unit_of(name),
+                budget_per_hour: cfg.slope_budget_per_hour / k,
+                limit: cfg.limit.map(|l| l / k),
                 verdict,
                 per_unit,
                 projection,
@@ -572,6 +640,106 @@ pub fn judge<'a>(
         cpu,
         storms,
     }
+}
+
+/// When a failed verdict would first have failed: the run time of the earliest scrape by which
+/// the samples up to it already fail it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Detection {
+    pub verdict: String,
+    pub at_secs: f64,
+}
+
+/// Most prefixes judged per node by [`detections`]: the answer is as fine as the run's length
+/// over this (or the scrape interval, when coarser), and its cost bounded on long soaks.
+const MAX_REPLAYS: usize = 120;
+
+/// When each failed verdict of `summary` would first have failed.
+///
+/// Per-node verdicts (leaks, CPU, storms) are judged again on growing prefixes of that node's
+/// samples, the one node alone (its verdicts read only its own series). Sync progress is read off
+/// its verdict: a missed catch-up fails at its deadline, a stuck interval once it has lasted the
+/// allowance.
+pub fn detections<'a>(
+    spec: &SyncNetworkSpec,
+    samples: impl IntoIterator<Item = &'a Sample>,
+    faults: &[FaultWindow],
+    summary: &Summary,
+) -> Vec<Detection> {
+    let mut out = vec![];
+    let allowance = spec.verdicts.catch_up_secs as f64;
+    if !summary.progress.pass {
+        let missed = summary
+            .progress
+            .catch_ups
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.fault_end + allowance);
+        let stuck = summary.progress.stuck.iter().map(|s| s.from + allowance);
+        if let Some(t) = missed.chain(stuck).min_by(f64::total_cmp) {
+            out.push(Detection {
+                verdict: "sync_progress".to_owned(),
+                at_secs: t,
+            });
+        }
+    }
+    let node_of = |name: &str| {
+        let mut parts = name.splitn(3, ':');
+        match (parts.next(), parts.next()) {
+            (Some("leak" | "cpu" | "storm"), Some(node)) => Some(node.to_owned()),
+            _ => None,
+        }
+    };
+    let mut by_node: std::collections::BTreeMap<String, Vec<&String>> = Default::default();
+    for f in &summary.failed {
+        if let Some(n) = node_of(f) {
+            by_node.entry(n).or_default().push(f);
+        }
+    }
+    if by_node.is_empty() {
+        out.sort_by(|a, b| a.at_secs.total_cmp(&b.at_secs));
+        return out;
+    }
+    let mut mine: HashMap<&str, Vec<&Sample>> = HashMap::new();
+    for s in samples {
+        if by_node.contains_key(&s.node) {
+            mine.entry(s.node.as_str()).or_default().push(s);
+        }
+    }
+    for (node, names) in &by_node {
+        let Some(own) = mine.get_mut(node.as_str()) else {
+            continue;
+        };
+        own.sort_by(|a, b| a.t.total_cmp(&b.t));
+        let mut times: Vec<f64> = own.iter().map(|s| s.t).collect();
+        times.dedup();
+        let stride = times.len().div_ceil(MAX_REPLAYS).max(1);
+        let mut cuts: Vec<f64> = times.iter().copied().step_by(stride).collect();
+        if cuts.last() != times.last() {
+            cuts.extend(times.last());
+        }
+        let mut left: Vec<&String> = names.clone();
+        let one = [node.clone()];
+        for t in cuts {
+            let n = own.partition_point(|s| s.t <= t);
+            let failed = judge(spec, &one, own[..n].iter().copied(), faults).failed;
+            left.retain(|name| {
+                let hit = failed.contains(name);
+                if hit {
+                    out.push(Detection {
+                        verdict: (*name).clone(),
+                        at_secs: t,
+                    });
+                }
+                !hit
+            });
+            if left.is_empty() {
+                break;
+            }
+        }
+    }
+    out.sort_by(|a, b| a.at_secs.total_cmp(&b.at_secs));
+    out
 }
 
 #[cfg(test)]
@@ -657,6 +825,40 @@ spec:
         assert!((causes[0].count - 200.0).abs() < 1e-9, "{causes:?}");
         assert!((causes[1].count - 10.0).abs() < 1e-9, "{causes:?}");
         assert!(s.storms[0].causes.is_empty());
+        // Memory is reported in the spec's units (MiB/h), with its budget.
+        let l = s
+            .leaks
+            .iter()
+            .find(|l| l.node == "us-1" && l.metric == "rss")
+            .unwrap();
+        assert_eq!((l.unit, l.budget_per_hour), ("MiB", 1.0));
+        assert!(
+            (l.verdict.slope_per_hour - 20.0).abs() < 1.0,
+            "{:?}",
+            l.verdict
+        );
+        // When each would first have failed: the storm within its first minute (it starts at
+        // 30 min), the leak after the warm-up and before the run's end.
+        let d = detections(&spec, &bad, &[], &s);
+        let at = |v: &str| d.iter().find(|d| d.verdict == v).map(|d| d.at_secs);
+        let storm = at("storm:us-2").unwrap();
+        assert!((1800.0..=1870.0).contains(&storm), "{d:?}");
+        let leak = at("leak:us-1:rss").unwrap();
+        assert!(leak > 300.0 && leak < 3590.0, "{d:?}");
+        assert_eq!(d.len(), 2);
+        // Prefixes up to the detection time fail it; the one judged before (360 scrapes over at
+        // most 120 replays: every third, 30 s earlier) does not.
+        let upto = |t: f64| bad.iter().filter(|x| x.t <= t).cloned().collect::<Vec<_>>();
+        assert!(
+            judge(&spec, &names(), &upto(storm), &[])
+                .failed
+                .contains(&"storm:us-2".into())
+        );
+        assert!(
+            !judge(&spec, &names(), &upto(storm - 30.0), &[])
+                .failed
+                .contains(&"storm:us-2".into())
+        );
 
         // A storm of discovery rounds whose setups all fail (peers refuse them) is one too.
         let refused = run(|n, t, v| {
@@ -671,6 +873,35 @@ spec:
         assert_eq!(s.failed, ["storm:us-0"]);
         assert!(s.storms[0].discovery.max_per_minute > 500.0);
         assert!(s.storms[1].discovery.max_per_minute < 10.0);
+    }
+
+    #[test]
+    fn fds_rising_toward_the_soft_limit_give_a_time_to_limit() {
+        let spec = SyncNetwork::from_yaml(SPEC).unwrap().spec;
+        // us-0 opens 100 fds an hour more, with a soft limit of 1024: (1024 - ~140) / 100 ≈ 9 h.
+        let s = run(|n, t, v| {
+            v.insert(MAX_FDS.to_owned(), 1024.0);
+            if n == 0 {
+                *v.get_mut("process_open_fds").unwrap() += 100.0 * t / 3600.0;
+            }
+        });
+        let sum = judge(&spec, &names(), &s, &[]);
+        let fds = |n: &str| {
+            sum.leaks
+                .iter()
+                .find(|l| l.node == n && l.metric == "fds")
+                .unwrap()
+        };
+        assert_eq!(fds("us-0").limit, Some(1024.0));
+        let h = fds("us-0").verdict.time_to_limit_hours.unwrap();
+        assert!((8.0..10.0).contains(&h), "{h}");
+        // A flat node is not heading for it.
+        assert!(
+            fds("us-1")
+                .verdict
+                .time_to_limit_hours
+                .is_none_or(|h| h > 100.0)
+        );
     }
 
     #[test]
@@ -782,10 +1013,11 @@ spec:
         };
         let l = rss("us-1");
         let (_, block) = l.per_unit.iter().find(|(u, _)| *u == "block").unwrap();
-        assert!((block.per_unit / 1024.0 - 5.69).abs() < 0.3, "{block:?}");
+        // Reported in MiB, as the spec speaks.
+        assert!((block.per_unit * 1024.0 - 5.69).abs() < 0.3, "{block:?}");
         let p = l.projection.as_ref().unwrap();
         assert_eq!(p.driver, "block");
-        assert!((p.per_hour / 1048576.0 - 40.0).abs() < 2.0, "{p:?}");
+        assert!((p.per_hour - 40.0).abs() < 2.0, "{p:?}");
         // ~115 MiB now, 1024 MiB limit: about 23 h.
         let h = p.hours.unwrap();
         assert!((20.0..26.0).contains(&h), "{h}");

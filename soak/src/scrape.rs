@@ -15,6 +15,7 @@ pub const KEPT: &[&str] = &[
     "process_cpu_seconds_total",
     "process_open_fds",
     "process_threads",
+    "process_max_fds",
     "syncnet_chain_head_height",
     "syncnet_sync_target_height",
     "syncnet_sync_lag",

@@ -58,6 +58,9 @@ enum Cmd {
         /// profiles are always kept.
         #[arg(long, value_enum, default_value_t = KeepData::OnFail)]
         keep_data: KeepData,
+        /// Start every chart's y-axis at zero (default: each axis spans its data).
+        #[arg(long)]
+        zero_based: bool,
     },
     /// Validate a spec and print the nodes and the fault schedule it gives; starts nothing.
     Check {
@@ -74,6 +77,9 @@ enum Cmd {
     Report {
         /// A run directory (holds run.json), e.g. runs/quickstart-20261204-101500.
         run_dir: PathBuf,
+        /// Start every chart's y-axis at zero (default: each axis spans its data).
+        #[arg(long)]
+        zero_based: bool,
     },
     /// Two runs side by side: verdicts, throughput, catch-up, worst slopes, storms.
     Compare {
@@ -146,6 +152,7 @@ fn main() -> ExitCode {
             no_progress,
             no_profiles,
             keep_data,
+            zero_based,
         } => run(
             local::RunOptions {
                 spec,
@@ -158,17 +165,21 @@ fn main() -> ExitCode {
                 profiles: !no_profiles,
             },
             keep_data,
+            report::ChartOptions { zero_based },
         ),
         Cmd::Check {
             spec,
             seed,
             no_canaries,
         } => check(&spec, seed, no_canaries),
-        Cmd::Report { run_dir } => {
+        Cmd::Report {
+            run_dir,
+            zero_based,
+        } => {
             if let Err(e) = stressnet::run_dir::read_info(&run_dir) {
                 return fail(2, e);
             }
-            match report::finish(&run_dir) {
+            match report::finish(&run_dir, &report::ChartOptions { zero_based }) {
                 Ok(s) => verdict(&s, &run_dir),
                 Err(e) => fail(3, e),
             }
@@ -305,7 +316,7 @@ enum KeepData {
     Always,
 }
 
-fn run(opts: local::RunOptions, keep_data: KeepData) -> ExitCode {
+fn run(opts: local::RunOptions, keep_data: KeepData, charts: report::ChartOptions) -> ExitCode {
     // Everything that can be wrong with the spec or the setup fails here, before any process.
     let sn = match local::load_spec(&opts.spec, opts.no_canaries) {
         Ok(s) => s,
@@ -350,11 +361,11 @@ fn run(opts: local::RunOptions, keep_data: KeepData) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             // Whatever ran is still judged and reported below; the exit code says it failed.
-            let _ = report::finish(&dir);
+            let _ = report::finish(&dir, &charts);
             return ExitCode::from(3);
         }
     };
-    match report::finish(&dir) {
+    match report::finish(&dir, &charts) {
         Ok(s) => {
             let code = verdict(&s, &dir);
             let passed = s.outcome == Outcome::Pass && !interrupted;

@@ -279,6 +279,93 @@ fn verdicts(run: &Path, kind: &str) -> String {
     format!("{kind}: {}", summary["verdicts"][kind])
 }
 
+/// The leak run's report as a reader meets it: each chart's SVG checked (labels inside the picture
+/// and readable, the legend beside the plot, the y-axis following the data, the leaker flagged),
+/// the page's verdict strip and detection time, and the page rendered by headless Chromium when
+/// one is installed (Debian `chromium`; .ci/run installs it).
+fn report_reads_as_it_should(run: &Path, leaker: &str) {
+    use stressnet::report::{self, svgcheck};
+    let info = stressnet::run_dir::read_info(run).unwrap();
+    let samples = stressnet::run_dir::read_samples(run).unwrap();
+    let events = stressnet::run_dir::read_events(run).unwrap();
+    let summary = report::summarize(&info, &samples, &events);
+    for c in report::charts(&info, &samples, &summary.verdicts) {
+        let svg = std::fs::read_to_string(run.join("charts").join(c.file)).unwrap();
+        let ys: Vec<f64> = c
+            .series
+            .iter()
+            .flat_map(|s| s.2.iter().map(|p| p.1))
+            .filter(|y| y.is_finite())
+            .collect();
+        let range = ys.iter().copied().fold(None, |r: Option<(f64, f64)>, y| {
+            Some(r.map_or((y, y), |(a, b)| (a.min(y), b.max(y))))
+        });
+        let legend: Vec<String> = if c.by_region {
+            vec!["us (".to_owned()]
+        } else {
+            info.nodes.iter().map(|n| n.name.clone()).collect()
+        };
+        let legend: Vec<&str> = legend.iter().map(String::as_str).collect();
+        let problems = svgcheck::problems(&svg, &legend, range);
+        assert!(problems.is_empty(), "{}: {problems:#?}", c.file);
+    }
+    let rss = std::fs::read_to_string(run.join("charts/rss.svg")).unwrap();
+    assert!(
+        rss.contains(&format!("{leaker} (flagged)")),
+        "the leaker is not flagged"
+    );
+    assert!(rss.contains("budget 64.00 MiB/h"), "no budget line");
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    let at = s["detected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["verdict"] == format!("leak:{leaker}:rss").as_str())
+        .and_then(|d| d["at_secs"].as_f64())
+        .expect("no detection time for the leak");
+    assert!((40.0..=160.0).contains(&at), "detected at {at}");
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(html.contains(&format!("href=\"nodes/{leaker}/node.log\"")));
+    assert!(html.contains(&format!("leak:{leaker}:rss (from ")));
+    assert!(run.join("nodes").join(leaker).join("node.log").is_file());
+
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        eprintln!("SKIPPED the report screenshot: no chromium on PATH (apt-get install chromium)");
+        return;
+    };
+    let png = run.join("report.png");
+    let o = Command::new("timeout")
+        .arg("120")
+        .arg(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,4000",
+        ])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", run.join("report.html").display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A blank page compresses to a few KiB; this one has tables and eight charts.
+    let len = std::fs::metadata(&png).unwrap().len();
+    assert!(
+        len > 100_000,
+        "the screenshot is {len} bytes: is the page blank?"
+    );
+}
+
 #[test]
 fn shortened_canary_runs_are_flagged_by_name() {
     // Kept when an assertion fails, so the runs can be read; removed at the end otherwise.
@@ -296,6 +383,7 @@ fn shortened_canary_runs_are_flagged_by_name() {
         "{failed:?}\n{}",
         verdicts(&run, "leaks")
     );
+    report_reads_as_it_should(&run, &leaker);
     // The heap profiles name the canary's allocation site as the leaker's top growth, and the
     // raw profiles are in the run directory.
     let summary: serde_json::Value =
@@ -350,6 +438,16 @@ fn shortened_canary_runs_are_flagged_by_name() {
     let table = String::from_utf8_lossy(&cmp.stdout);
     assert!(table.contains("worst RSS slope"), "{table}");
     assert!(table.contains(&leaker), "{table}");
+    // The worst slope comes with its p, and the first failure with its time.
+    assert!(table.contains(", p "), "{table}");
+    let first = table
+        .lines()
+        .find(|l| l.starts_with("first failure"))
+        .unwrap();
+    assert!(
+        first.contains(":rss at ") && first.ends_with(" s"),
+        "{table}"
+    );
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 

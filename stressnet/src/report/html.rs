@@ -32,9 +32,10 @@ pub fn html(
     let _ = write!(
         h,
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>stressnet: {name} {verdict}</title>\
-<style>body{{font-family:sans-serif;margin:1.5em;max-width:1000px}}table{{border-collapse:collapse;margin:.5em 0 1.5em}}\
-td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pass{{color:#080}}.fail{{color:#b00;font-weight:bold}}\
-.badge{{font-size:150%;padding:2px 10px;border-radius:4px;color:#fff}}</style></head><body>\
+<style>body{{font-family:sans-serif;font-size:15px;margin:1.5em;max-width:1150px}}table{{border-collapse:collapse;margin:.5em 0 1.5em}}\
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}table.strip td{{white-space:nowrap;font-size:90%}}td.n{{text-align:right;font-variant-numeric:tabular-nums}}\
+.pass{{color:#080}}.fail{{color:#b00;font-weight:bold}}.warn{{color:#a60}}td.cfail{{background:#fbdede}}td.cwarn{{background:#fdf1d6}}td.cpass{{background:#e3f4e3}}\
+.badge{{font-size:150%;padding:2px 10px;border-radius:4px;color:#fff}}svg{{max-width:100%;height:auto}}</style></head><body>\
 <h1>stressnet run <code>{name}</code> <span class=\"badge\" style=\"background:{bg}\">{verdict}</span></h1>",
         name = esc(&s.name),
         bg = match s.outcome {
@@ -44,10 +45,18 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pas
         },
     );
     if !s.failed.is_empty() {
+        let named: Vec<String> = s
+            .failed
+            .iter()
+            .map(|f| match s.detected.iter().find(|d| d.verdict == *f) {
+                Some(d) => format!("{} (from {:.0} s)", esc(f), d.at_secs),
+                None => esc(f),
+            })
+            .collect();
         let _ = write!(
             h,
-            "<p class=\"fail\">Failed: {}</p>",
-            esc(&s.failed.join(", "))
+            "<p class=\"fail\">Failed: {}</p><p>(from: the run time by which the samples first failed the verdict.)</p>",
+            named.join(", ")
         );
     }
     if !s.undecided.is_empty() {
@@ -65,7 +74,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pas
         "<table><tr><th>nodes</th><td>{}</td><th>regions</th><td>{}</td><th>seed</th><td>{}</td></tr>\
 <tr><th>ran</th><td>{:.0} s of {} s</td><th>head</th><td>{}</td><th>blocks/s</th><td>{:.2}</td></tr>\
 <tr><th>faults</th><td>{}</td><th>kills</th><td>{}</td><th>crashes</th><td>{}</td></tr>\
-<tr><th>worst catch-up</th><td>{}</td><th>broadcast</th><td>{:?}</td><th>block interval</th><td>{} ms</td></tr></table>",
+<tr><th>worst catch-up</th><td>{}</td><th>broadcast</th><td>{}</td><th>block interval</th><td>{} ms</td></tr></table>",
         s.nodes,
         info.spec.regions.len(),
         s.seed,
@@ -78,9 +87,11 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pas
         s.crashes,
         s.worst_catch_up_secs
             .map_or("–".into(), |x| format!("{x:.1} s")),
-        info.spec.broadcast.mode,
+        format!("{:?}", info.spec.broadcast.mode).to_lowercase(),
         info.spec.producer.block_interval_ms,
     );
+
+    node_strip(&mut h, info, s);
 
     h.push_str("<h2>Fault schedule</h2><table><tr><th>fault</th><th>action</th><th>from</th><th>to</th><th>targets</th></tr>");
     for w in &info.schedule {
@@ -102,7 +113,10 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pas
     h.push_str("</table>");
 
     h.push_str(
-        "<h2>Charts</h2><p>Shaded: kills and partitions (other faults: see the schedule).</p>",
+        "<h2>Charts</h2><p>Shaded: kills and partitions (other faults: see the schedule). Blue dashed: the end of the \
+warm-up. Red dashed: the verdict's bound. On the leak charts, the solid grey line is the worst node's fitted trend \
+(the verdict's slope) and the dashed one its budget from the same start. Nodes a verdict flagged are red and thick, the \
+others faint. Each y-axis spans its data (<code>--zero-based</code> starts them at zero).</p>",
     );
     for (c, svg) in charts.iter().zip(svgs) {
         let _ = write!(
@@ -124,7 +138,16 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pas
         info.spec.verdicts.catch_up_blocks,
         info.spec.verdicts.catch_up_secs,
     );
+    let run_end = s.planned_secs as f64;
     for c in &v.progress.catch_ups {
+        if c.fault_end >= run_end {
+            let _ = write!(
+                h,
+                "<tr><td>at the end ({:.0} s)</td><td colspan=\"3\">the fault lasted the whole run: no catch-up to judge (its effect is in the stuck check and the charts)</td></tr>",
+                c.fault_end
+            );
+            continue;
+        }
         let _ = write!(
             h,
             "<tr><td>{:.0} s</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -161,67 +184,42 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}}.pas
 after its warm-up ({} s at the first start, {} s after a restart), {} s medians and minima. A leak needs a trend \
 (Mann–Kendall with the Hamed–Rao correction, summed over incarnations, p &lt; {}), a pooled Theil–Sen slope over the budget \
 for the medians and for the minima (the floor), and growth in the last third of at least half the budget; \
-significant growth that fails the last two is a high-water mark. A node restarted so often that no life outgrows its warm-up is judged <i>between lives</i>: the levels its restarted lives reached at the same age, life after life (growth that carries over restarts; the same tests, budget and floor). Budgets per hour: RSS {} MiB, fds {}, threads {}, \
-CPU {} cores, CPU per request served {} ms (<code>cpu_per_request</code>: the process's CPU over the requests it served, \
-per scrape).</p><table><tr><th>node</th><th>metric</th><th>lives</th><th>points</th><th>slope / h</th>\
-<th>floor / h</th><th>last third / h</th><th>p</th><th>time to limit</th><th>verdict</th></tr>",
-        info.spec.soak.warmup_secs,
-        vs.restart_warmup_secs,
-        vs.leak_bucket_secs,
-        vs.leak_p,
-        vs.leak_slope_mib_per_hour,
-        vs.fds_per_hour,
-        vs.threads_per_hour,
-        vs.cpu_cores_per_hour,
-        vs.cpu_ms_per_request_per_hour,
+significant growth that fails the last two is a high-water mark. A node restarted so often that no life outgrows its warm-up is judged <i>between lives</i>: the levels its restarted lives reached at the same age, life after life (growth that carries over restarts; the same tests, budget and floor). \
+<code>cpu_per_request</code> is the process's CPU over the requests it served, per scrape. Slopes are per hour in the spec's units; \
+<i>× budget</i> is the slope over its budget; the limit is <code>verdicts.production.memoryLimitMiB</code> for memory, the \
+process's soft fd limit for fds and <code>verdicts.cpuCores</code> for CPU. Rows: flagged and undecided first, then by slope over budget.</p>\
+<table><tr><th>node</th><th>resource</th><th>unit</th><th>lives</th><th>points</th><th>slope / h</th><th>budget / h</th><th>× budget</th>\
+<th>floor / h</th><th>last third / h</th><th>p</th><th>limit</th><th>time to limit</th><th>verdict</th></tr>",
+        info.spec.soak.warmup_secs, vs.restart_warmup_secs, vs.leak_bucket_secs, vs.leak_p,
     );
-    for l in &v.leaks {
-        let lv = &l.verdict;
-        let unit = |x: f64| {
-            if l.metric == "rss" {
-                format!("{:.2} MiB", x / 1048576.0)
-            } else {
-                format!("{x:.3}")
-            }
-        };
-        let word = match (lv.leak, lv.high_water, lv.undecided) {
-            (true, _, _) => "<b class=\"fail\">LEAK</b>".to_owned(),
-            (false, _, Some(judge::NOT_SERVING)) => "n/a (served too little)".to_owned(),
-            (false, _, Some(why)) => format!("<b>undecided</b> ({})", esc(why)),
-            (false, true, None) if lv.jumps > 0 => {
-                format!("ok (high-water mark, {} jumps)", lv.jumps)
-            }
-            (false, true, None) => "ok (high-water mark)".to_owned(),
-            (false, false, None) => "ok".to_owned(),
-        } + if lv.basis == verdict::BETWEEN_LIVES && lv.undecided.is_none() {
-            " (between lives)"
-        } else {
-            ""
-        };
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{word}</td></tr>",
-            esc(&l.node),
-            l.metric,
-            lv.incarnations,
-            lv.points,
-            unit(lv.slope_per_hour),
-            unit(lv.floor_slope_per_hour),
-            lv.late_slope_per_hour.map_or("–".into(), unit),
-            if lv.p.is_finite() {
-                format!("{:.2e}", lv.p)
-            } else {
-                "–".into()
-            },
-            opt(lv.time_to_limit_hours, 1)
-                + if lv.time_to_limit_hours.is_some() {
-                    " h"
-                } else {
-                    ""
-                },
-        );
+    let mut rows: Vec<&judge::NodeLeak> = v.leaks.iter().collect();
+    rows.sort_by(|a, b| {
+        leak_rank(a)
+            .cmp(&leak_rank(b))
+            .then(ratio(b).total_cmp(&ratio(a)))
+            .then(a.node.cmp(&b.node))
+    });
+    // The rows that need reading, then the quiet rest folded away (a node and resource each).
+    const SHOWN: usize = 12;
+    let shown = rows
+        .iter()
+        .take_while(|l| leak_rank(l) < 2)
+        .count()
+        .max(SHOWN.min(rows.len()));
+    for (k, l) in rows.iter().enumerate() {
+        if k == shown {
+            let _ = write!(
+                h,
+                "</table><details><summary>{} more rows: every one ok</summary><table>",
+                rows.len() - shown
+            );
+        }
+        leak_row(&mut h, l);
     }
     h.push_str("</table>");
+    if shown < rows.len() {
+        h.push_str("</details>");
+    }
 
     // RSS per unit of work, and the projection to production when the spec gives one.
     let production = vs.production.as_ref();
@@ -250,11 +248,12 @@ soonest and latest.",
                 .iter()
                 .find(|(n, _)| *n == u)
                 .map_or("–".to_owned(), |(_, p)| {
+                    // Reported in MiB per unit, shown in KiB (a leak per setup is small).
                     format!(
                         "{:.1} KiB ({:.1}–{:.1})",
-                        p.per_unit / 1024.0,
-                        p.low / 1024.0,
-                        p.high / 1024.0
+                        p.per_unit * 1024.0,
+                        p.low * 1024.0,
+                        p.high * 1024.0
                     )
                 })
         };
@@ -262,7 +261,7 @@ soonest and latest.",
         let projected = l.projection.as_ref().map_or("–".to_owned(), |p| {
             format!(
                 "{:.2} MiB/h by {}: limit in {} ({} – {})",
-                p.per_hour / 1048576.0,
+                p.per_hour,
                 p.driver,
                 hours(p.hours),
                 hours(p.hours_soonest),
@@ -438,4 +437,266 @@ fn where_section(h: &mut String, s: &RunSummary) {
         );
     }
     h.push_str("</table>");
+}
+
+/// A p-value: two decimals, or the exponent once it is small.
+fn p_value(p: f64) -> String {
+    if p >= 0.01 {
+        format!("{p:.2}")
+    } else {
+        format!("{p:.1e}")
+    }
+}
+
+/// Sort key of a leak row: flagged, undecided, the rest.
+fn leak_rank(l: &judge::NodeLeak) -> u8 {
+    match (l.verdict.leak, l.verdict.undecided) {
+        (true, _) => 0,
+        (false, Some(u)) if u != judge::NOT_SERVING => 1,
+        _ => 2,
+    }
+}
+
+/// Slope over budget (the slope itself when there is no budget).
+fn ratio(l: &judge::NodeLeak) -> f64 {
+    if l.verdict.undecided.is_some() {
+        f64::NEG_INFINITY
+    } else if l.budget_per_hour > 0.0 {
+        l.verdict.slope_per_hour / l.budget_per_hour
+    } else {
+        l.verdict.slope_per_hour
+    }
+}
+
+/// A number in a unit, with as many decimals as its size needs.
+pub(super) fn amount(x: f64) -> String {
+    let a = x.abs();
+    if a == 0.0 || a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn leak_row(h: &mut String, l: &judge::NodeLeak) {
+    let lv = &l.verdict;
+    let u = l.unit;
+    let (word, class) = match (lv.leak, lv.high_water, lv.undecided) {
+        (true, _, _) => ("<b>LEAK</b>".to_owned(), "cfail"),
+        (false, _, Some(judge::NOT_SERVING)) => ("n/a (served too little)".to_owned(), ""),
+        (false, _, Some(why)) => (format!("<b>undecided</b> ({})", esc(why)), "cwarn"),
+        (false, true, None) if lv.jumps > 0 => {
+            (format!("ok (high-water mark, {} jumps)", lv.jumps), "cwarn")
+        }
+        (false, true, None) => ("ok (high-water mark)".to_owned(), "cwarn"),
+        (false, false, None) => ("ok".to_owned(), "cpass"),
+    };
+    let basis = if lv.basis == verdict::BETWEEN_LIVES && lv.undecided.is_none() {
+        " (between lives)"
+    } else {
+        ""
+    };
+    let decided = lv.undecided.is_none();
+    let per_h = amount;
+    let _ = write!(
+        h,
+        "<tr><td>{}</td><td>{}</td><td>{u}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+<td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+<td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"{class}\">{word}{basis}</td></tr>",
+        esc(&l.node),
+        l.metric,
+        lv.incarnations,
+        lv.points,
+        if decided {
+            per_h(lv.slope_per_hour)
+        } else {
+            "–".into()
+        },
+        per_h(l.budget_per_hour),
+        if decided && l.budget_per_hour > 0.0 {
+            format!("{:.2}", lv.slope_per_hour / l.budget_per_hour)
+        } else {
+            "–".into()
+        },
+        if decided {
+            per_h(lv.floor_slope_per_hour)
+        } else {
+            "–".into()
+        },
+        lv.late_slope_per_hour
+            .filter(|_| decided)
+            .map_or("–".into(), per_h),
+        if lv.p.is_finite() && decided {
+            format!("{:.1e}", lv.p)
+        } else {
+            "–".into()
+        },
+        l.limit
+            .map_or("none set".into(), |x| format!("{} {u}", amount(x))),
+        match (l.limit, lv.time_to_limit_hours) {
+            (None, _) => "–".to_owned(),
+            (Some(_), None) => "not rising".to_owned(),
+            (Some(_), Some(t)) if t > 24.0 * 365.0 => "> 1 year".to_owned(),
+            (Some(_), Some(t)) if t > 48.0 => format!("{:.0} days", t / 24.0),
+            (Some(_), Some(t)) => format!("{t:.1} h"),
+        },
+    );
+}
+
+/// The verdicts per node at a glance: one row each, failing nodes first, with a link to the log.
+fn node_strip(h: &mut String, info: &RunInfo, s: &RunSummary) {
+    let v = &s.verdicts;
+    let vs = &info.spec.verdicts;
+    h.push_str(
+        "<h2>Nodes</h2><p>Each node's verdicts: sync, memory/fds/threads slope over budget (p), CPU level, \
+worst minute of stream setups / the storm bound. Red: failed; amber: undecided or a high-water mark. \
+The log is the node's own (<code>nodes/&lt;name&gt;/node.log</code>).</p>\
+<table class=\"strip\"><tr><th>node</th><th>region</th><th>verdict</th><th>sync</th><th>memory</th><th>fds</th><th>threads</th>\
+<th>CPU mean / p95</th><th>setups, worst min</th><th>log</th></tr>",
+    );
+    let names = |list: &[String], node: &str| -> Vec<String> {
+        list.iter()
+            .filter(|f| {
+                f.split(':').nth(1) == Some(node) || (f.starts_with("crash:") && &f[6..] == node)
+            })
+            .cloned()
+            .collect()
+    };
+    let mut order: Vec<(u8, &crate::run_dir::NodeInfo, usize)> = info
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let rank = if !names(&s.failed, &n.name).is_empty() {
+                0
+            } else if !names(&s.undecided, &n.name).is_empty() {
+                1
+            } else {
+                2
+            };
+            (rank, n, i)
+        })
+        .collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.name.cmp(&b.1.name)));
+    for (rank, n, i) in order {
+        let name = n.name.as_str();
+        let (word, class) = match rank {
+            0 => ("FAIL", "cfail"),
+            1 => ("UNDECIDED", "cwarn"),
+            _ => ("pass", "cpass"),
+        };
+        let stuck: Vec<String> = v
+            .progress
+            .stuck
+            .iter()
+            .filter(|st| st.node == i)
+            .map(|st| format!("stuck {:.0}–{:.0} s", st.from, st.to))
+            .collect();
+        let late = v
+            .progress
+            .catch_ups
+            .iter()
+            .filter(|c| !c.ok && c.worst_node == Some(i))
+            .count();
+        let (sync, sync_class) = if !stuck.is_empty() {
+            (stuck.join(", "), "cfail")
+        } else if late > 0 {
+            (format!("late catch-up ×{late}"), "cfail")
+        } else {
+            ("ok".to_owned(), "cpass")
+        };
+        let leak = |metric: &str| -> (String, &'static str) {
+            let Some(l) = v
+                .leaks
+                .iter()
+                .find(|l| l.node == name && l.metric == metric)
+            else {
+                return ("–".into(), "");
+            };
+            let lv = &l.verdict;
+            match lv.undecided {
+                Some(_) => ("undecided".into(), "cwarn"),
+                None => (
+                    format!(
+                        "{}{}{}/h · {:.1}× · p {}",
+                        if lv.slope_per_hour >= 0.0 { "+" } else { "" },
+                        amount(lv.slope_per_hour),
+                        // The column names the count; memory keeps its unit.
+                        if metric == "rss" { " MiB" } else { "" },
+                        if l.budget_per_hour > 0.0 {
+                            lv.slope_per_hour / l.budget_per_hour
+                        } else {
+                            0.0
+                        },
+                        p_value(lv.p)
+                    ),
+                    if lv.leak {
+                        "cfail"
+                    } else if lv.high_water {
+                        "cwarn"
+                    } else {
+                        "cpass"
+                    },
+                ),
+            }
+        };
+        let (cpu, cpu_class) = match v.cpu.iter().find(|c| c.node == name) {
+            Some(c) if c.verdict.undecided.is_none() => (
+                format!("{:.3} / {:.3} cores", c.verdict.mean, c.verdict.p95),
+                if c.verdict.over { "cfail" } else { "cpass" },
+            ),
+            Some(_) => ("undecided".into(), "cwarn"),
+            None => ("–".into(), ""),
+        };
+        let (storm, storm_class) = match v.storms.iter().find(|st| st.node == name) {
+            Some(st) => (
+                format!(
+                    "{:.1} / {}",
+                    st.verdict.max_per_minute, vs.setups_per_minute
+                ),
+                if st.verdict.storm || st.discovery.storm {
+                    "cfail"
+                } else {
+                    "cpass"
+                },
+            ),
+            None => ("–".into(), ""),
+        };
+        let _ = write!(
+            h,
+            "<tr><td><b>{}</b></td><td>{}</td><td class=\"{class}\">{word}</td><td class=\"{sync_class}\">{}</td>",
+            esc(name),
+            esc(&n.region),
+            esc(&sync)
+        );
+        for m in ["rss", "fds", "threads"] {
+            let (text, c) = leak(m);
+            let _ = write!(h, "<td class=\"{c}\">{}</td>", esc(&text));
+        }
+        let _ = write!(
+            h,
+            "<td class=\"{cpu_class}\">{}</td><td class=\"{storm_class}\">{}</td><td><a href=\"nodes/{n}/node.log\">node.log</a></td></tr>",
+            esc(&cpu),
+            esc(&storm),
+            n = esc(name),
+        );
+    }
+    h.push_str("</table>");
+    if !s.detected.is_empty() {
+        h.push_str(
+            "<p>When each failed verdict was first detectable: the earliest scrape by which the samples \
+so far already failed it (judged again on growing prefixes of the run).</p><table><tr><th>verdict</th><th>first failed at</th></tr>",
+        );
+        for d in &s.detected {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=\"n\">{:.0} s</td></tr>",
+                esc(&d.verdict),
+                d.at_secs
+            );
+        }
+        h.push_str("</table>");
+    }
 }

@@ -13,8 +13,9 @@ use crate::scrape::Sample;
 
 mod charts;
 mod html;
+pub mod svgcheck;
 
-pub use charts::{charts, render};
+pub use charts::{ChartOptions, charts, render};
 pub use html::html;
 
 /// What `summary.json` holds: the verdicts and the run's figures (what `compare` reads).
@@ -47,6 +48,9 @@ pub struct RunSummary {
     pub kills: usize,
     pub crashes: usize,
     pub verdicts: judge::Summary,
+    /// When each failed verdict would first have failed (run seconds), earliest first: a crash
+    /// at its event, the others from the samples ([`judge::detections`]).
+    pub detected: Vec<judge::Detection>,
     /// What the nodes' profiles name: top growing allocation sites, top CPU sites, per node
     /// ([`attribution`]); empty for runs without profiles.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -66,12 +70,32 @@ pub struct Chart {
     pub title: &'static str,
     pub y_label: &'static str,
     pub series: Vec<Line>,
-    /// Colour by region (heights) instead of by node.
+    /// Drawn per region (the lowest and highest node) instead of per node: heads overlap.
     pub by_region: bool,
+    /// What the chart's verdict is judged against: the warm-up, bounds, trend and budget.
+    pub marks: Vec<Mark>,
+    /// Nodes the chart's verdict flagged, drawn on top and thick.
+    pub flagged: Vec<String>,
+}
+
+/// A line a chart draws besides its data.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mark {
+    /// A time (the warm-up's end).
+    Vertical { x: f64, label: String },
+    /// A level (a storm bound, the CPU bound, the catch-up distance).
+    Bound { y: f64, label: String },
+    /// A segment: a node's fitted trend, or its budget from the same start (dashed).
+    Line {
+        from: (f64, f64),
+        to: (f64, f64),
+        label: String,
+        dashed: bool,
+    },
 }
 
 /// Judges the run in `dir` and writes `summary.json`, `report.html` and `charts/`.
-pub fn finish(dir: &Path) -> anyhow::Result<RunSummary> {
+pub fn finish(dir: &Path, opts: &ChartOptions) -> anyhow::Result<RunSummary> {
     let info = run_dir::read_info(dir)?;
     let samples = run_dir::read_samples(dir)?;
     let events = run_dir::read_events(dir)?;
@@ -82,11 +106,11 @@ pub fn finish(dir: &Path) -> anyhow::Result<RunSummary> {
         Err(e) => summary.attribution_error = Some(e),
     }
     attach_sites(&mut summary);
-    let charts = charts(&info, &samples);
+    let charts = charts(&info, &samples, &summary.verdicts);
     std::fs::create_dir_all(dir.join(run_dir::CHARTS))?;
     let mut svgs = vec![];
     for c in &charts {
-        let svg = render(c, &info)?;
+        let svg = render(c, &info, opts)?;
         std::fs::write(dir.join(run_dir::CHARTS).join(c.file), &svg)?;
         svgs.push(svg);
     }
@@ -154,6 +178,19 @@ pub fn summarize(info: &RunInfo, samples: &[Sample], events: &[Event]) -> RunSum
         undecided.push("run:interrupted".to_owned());
     }
     let outcome = judge::Outcome::of(&failed, &undecided);
+    let mut detected = judge::detections(&info.spec, samples, &info.schedule, &verdicts);
+    for n in &crashed {
+        let first = events
+            .iter()
+            .find(|e| e.kind == EventKind::Crashed && e.node.as_deref() == Some(n));
+        if let Some(e) = first {
+            detected.push(judge::Detection {
+                verdict: format!("crash:{n}"),
+                at_secs: e.t,
+            });
+        }
+    }
+    detected.sort_by(|a, b| a.at_secs.total_cmp(&b.at_secs));
     RunSummary {
         name: info.name.clone(),
         outcome,
@@ -175,6 +212,7 @@ pub fn summarize(info: &RunInfo, samples: &[Sample], events: &[Event]) -> RunSum
             .count(),
         crashes,
         verdicts,
+        detected,
         attribution: vec![],
         attribution_error: None,
     }

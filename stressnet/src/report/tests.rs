@@ -90,7 +90,7 @@ fn every_chart_has_a_series_per_node_and_the_html_carries_the_verdict() {
     assert_eq!(s.head, 115);
     assert!((s.blocks_per_sec - 1.0).abs() < 1e-9);
     assert!(s.worst_catch_up_secs.is_some());
-    let charts = charts(&info, &samples);
+    let charts = charts(&info, &samples, &s.verdicts);
     assert_eq!(charts.len(), 8);
     for c in &charts {
         assert_eq!(c.series.len(), 2, "{}", c.file);
@@ -101,7 +101,10 @@ fn every_chart_has_a_series_per_node_and_the_html_carries_the_verdict() {
     // The lag chart measures against the best node of the same scrape.
     let lag = &charts.iter().find(|c| c.file == "lag.svg").unwrap().series[1].2;
     assert!(lag.contains(&(60.0, 20.0)), "{lag:?}");
-    let svgs: Vec<String> = charts.iter().map(|c| render(c, &info).unwrap()).collect();
+    let svgs: Vec<String> = charts
+        .iter()
+        .map(|c| render(c, &info, &ChartOptions::default()).unwrap())
+        .collect();
     assert!(
         svgs.iter()
             .all(|s| s.starts_with("<svg") && s.contains("polyline"))
@@ -173,4 +176,175 @@ fn a_node_never_judged_makes_the_run_inconclusive_and_is_named() {
         "{:?}",
         s.undecided
     );
+}
+
+/// The y range of a chart's data.
+fn data_range(c: &Chart) -> Option<(f64, f64)> {
+    let ys: Vec<f64> = c
+        .series
+        .iter()
+        .flat_map(|s| s.2.iter().map(|p| p.1))
+        .filter(|y| y.is_finite())
+        .collect();
+    let lo = ys.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (lo <= hi).then_some((lo, hi))
+}
+
+#[test]
+fn charts_follow_their_data_with_legends_beside_the_plot_and_nothing_clipped() {
+    let info = info();
+    // eu-0 leaks 2 MiB a scrape (1.4 GiB/h) from its restart on: flagged on the memory chart.
+    let mut samples = samples();
+    for s in samples
+        .iter_mut()
+        .filter(|s| s.node == "eu-0" && s.t >= 60.0)
+    {
+        *s.values.get_mut("process_resident_memory_bytes").unwrap() +=
+            2.0 * 1048576.0 * (s.t - 60.0) / 5.0;
+    }
+    let s = summarize(&info, &samples, &[]);
+    let charts = charts(&info, &samples, &s.verdicts);
+    let out = std::env::var_os("REPORT_SVG_DIR").map(std::path::PathBuf::from);
+    for c in &charts {
+        let svg = render(c, &info, &ChartOptions::default()).unwrap();
+        if let Some(dir) = &out {
+            std::fs::write(dir.join(c.file), &svg).unwrap();
+        }
+        let legend: Vec<&str> = if c.by_region {
+            vec!["us (", "eu ("]
+        } else {
+            vec!["us-0", "eu-0"]
+        };
+        let problems = svgcheck::problems(&svg, &legend, data_range(c));
+        assert!(problems.is_empty(), "{}: {problems:#?}", c.file);
+        // Every chart marks the end of the warm-up.
+        assert!(svg.contains("warm-up (10 s)"), "{}", c.file);
+    }
+    let get = |f: &str| charts.iter().find(|c| c.file == f).unwrap();
+    // Memory (~29 MiB, far from zero): the axis starts near the data, not at 0.
+    let rss = get("rss.svg");
+    let svg = render(rss, &info, &ChartOptions::default()).unwrap();
+    let ticks = svgcheck::y_ticks(&svg);
+    assert!(ticks.iter().all(|&t| t > 20.0), "{ticks:?}");
+    // ... and from zero when asked.
+    let zero = render(rss, &info, &ChartOptions { zero_based: true }).unwrap();
+    assert!(svgcheck::y_ticks(&zero).contains(&0.0));
+    // CPU near 0.01 cores is not a flat line on a 0–1 axis.
+    let cpu = svgcheck::y_ticks(&render(get("cpu.svg"), &info, &Default::default()).unwrap());
+    assert!(cpu.iter().all(|&t| t < 0.1), "{cpu:?}");
+    // The storm and CPU bounds are far above these data: said in the legend, not drawn.
+    assert!(svg.contains("(above)") || !rss.marks.iter().any(|m| matches!(m, Mark::Bound { .. })));
+    // The leak is flagged, its trend and budget drawn.
+    if s.failed.contains(&"leak:eu-0:rss".to_owned()) {
+        assert_eq!(rss.flagged, ["eu-0"]);
+        assert!(svg.contains("eu-0 (flagged)"));
+    }
+    let lines: Vec<&str> = rss
+        .marks
+        .iter()
+        .filter_map(|m| match m {
+            Mark::Line { label, .. } => Some(label.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lines.len(), 2, "{:?}", rss.marks);
+    assert!(
+        lines[0].starts_with("trend eu-0 +") && lines[0].ends_with("MiB/h"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[1], "budget 10.00 MiB/h");
+    let setups = get("setups.svg");
+    assert!(
+        setups
+            .marks
+            .iter()
+            .any(|m| matches!(m, Mark::Bound { label, .. } if label.starts_with("storm bound")))
+    );
+}
+
+#[test]
+fn the_svg_check_finds_clipped_labels_legends_on_the_plot_and_axes_from_zero() {
+    let svg = r##"<svg width="300" height="100" viewBox="0 0 300 100" xmlns="http://www.w3.org/2000/svg">
+<polyline fill="none" opacity="1" stroke="#FF0000" stroke-width="1" points="40,90 100,50 200,10 "/>
+<text x="296" y="95" dy="0.76em" text-anchor="middle" font-family="sans-serif" font-size="13" opacity="1" fill="#000000">300.0</text>
+<text x="30" y="90" dy="0.5ex" text-anchor="end" font-family="sans-serif" font-size="13" opacity="1" fill="#000000">0</text>
+<text x="30" y="10" dy="0.5ex" text-anchor="end" font-family="sans-serif" font-size="13" opacity="1" fill="#000000">100</text>
+<text x="150" y="20" font-family="sans-serif" font-size="8" opacity="1" fill="#000000">us-0</text>
+</svg>"##;
+    let p = svgcheck::problems(svg, &["us-0", "eu-0"], Some((95.0, 99.0)));
+    let has = |s: &str| p.iter().any(|x| x.contains(s));
+    assert!(has("\"300.0\" is clipped"), "{p:#?}");
+    assert!(has("\"us-0\" is set in 8 px"), "{p:#?}");
+    assert!(
+        has("legend entry \"us-0\" at x 150 is inside the plot"),
+        "{p:#?}"
+    );
+    assert!(has("legend entry \"eu-0\" is missing"), "{p:#?}");
+    assert!(has("stray from the data"), "{p:#?}");
+}
+
+#[test]
+fn the_page_puts_failing_nodes_first_with_their_logs_and_when_each_verdict_failed() {
+    let info = info();
+    // eu-0 keeps 2 MiB a scrape from 60 s on.
+    let mut samples = samples();
+    for s in samples
+        .iter_mut()
+        .filter(|s| s.node == "eu-0" && s.t >= 60.0)
+    {
+        *s.values.get_mut("process_resident_memory_bytes").unwrap() +=
+            2.0 * 1048576.0 * (s.t - 60.0) / 5.0;
+    }
+    let s = summarize(&info, &samples, &[]);
+    assert_eq!(s.failed, ["leak:eu-0:rss"], "{:?}", s.verdicts.leaks);
+    let d = &s.detected;
+    assert_eq!(d.len(), 1);
+    assert!((60.0..=115.0).contains(&d[0].at_secs), "{d:?}");
+    let charts = charts(&info, &samples, &s.verdicts);
+    let svgs: Vec<String> = charts
+        .iter()
+        .map(|c| render(c, &info, &ChartOptions::default()).unwrap())
+        .collect();
+    let page = html(&info, &s, &charts, &svgs, &[]);
+    assert!(page.contains(&format!("leak:eu-0:rss (from {:.0} s)", d[0].at_secs)));
+    // The strip: eu-0 first (failing), each node with its log.
+    let strip =
+        &page[page.find("<h2>Nodes</h2>").unwrap()..page.find("<h2>Fault schedule").unwrap()];
+    let (eu, us) = (
+        strip.find("<b>eu-0</b>").unwrap(),
+        strip.find("<b>us-0</b>").unwrap(),
+    );
+    assert!(eu < us, "the failing node is not first");
+    for n in ["eu-0", "us-0"] {
+        assert!(
+            strip.contains(&format!("href=\"nodes/{n}/node.log\"")),
+            "{n}"
+        );
+    }
+    // The leak table: the leak first, in MiB with its budget, over-budget ratio and limit.
+    let leaks = &page[page.find("<h2>Leaks</h2>").unwrap()..];
+    let first_row = &leaks[leaks.find("<tr><td>").unwrap()..];
+    let first_row = &first_row[..first_row.find("</tr>").unwrap()];
+    assert!(
+        first_row.contains("<td>eu-0</td><td>rss</td><td>MiB</td>"),
+        "{first_row}"
+    );
+    assert!(
+        first_row.contains("LEAK") && first_row.contains("none set"),
+        "{first_row}"
+    );
+}
+
+#[test]
+fn a_fault_lasting_the_whole_run_has_no_catch_up_to_judge() {
+    let mut info = info();
+    info.schedule[0].start = 0;
+    info.schedule[0].end = info.spec.soak.duration_secs;
+    info.schedule[0].action = syncnet_crds::FaultAction::ErrorRate;
+    let samples = samples();
+    let s = summarize(&info, &samples, &[]);
+    let page = html(&info, &s, &[], &[], &[]);
+    assert!(page.contains("the fault lasted the whole run"), "{page}");
+    assert!(!page.contains("<td>never</td>"));
 }
