@@ -210,7 +210,7 @@ pub struct StormCause {
 }
 
 /// The node's counters behind [`StormCause`], by what the report calls them.
-const STORM_CAUSES: [(&str, &str); 8] = [
+const STORM_CAUSES: [(&str, &str); 11] = [
     (
         "removed: stream_error",
         "syncnet_p2p_stream_removals_total{reason=\"stream_error\"}",
@@ -228,6 +228,10 @@ const STORM_CAUSES: [(&str, &str); 8] = [
         "syncnet_p2p_stream_removals_total{reason=\"penalised\"}",
     ),
     (
+        "removed: evicted",
+        "syncnet_p2p_stream_removals_total{reason=\"evicted\"}",
+    ),
+    (
         "reset: full",
         "syncnet_p2p_stream_resets_total{reason=\"full\"}",
     ),
@@ -242,6 +246,14 @@ const STORM_CAUSES: [(&str, &str); 8] = [
     (
         "reset: conflict",
         "syncnet_p2p_stream_resets_total{reason=\"conflict\"}",
+    ),
+    (
+        "reset: penalised",
+        "syncnet_p2p_stream_resets_total{reason=\"penalised\"}",
+    ),
+    (
+        "reset: evicted",
+        "syncnet_p2p_stream_resets_total{reason=\"evicted\"}",
     ),
 ];
 
@@ -810,7 +822,15 @@ spec:
                 *v.get_mut(SETUPS).unwrap() += 200.0 * (t - 1800.0) / 60.0;
                 // Each setup ends in a stream error; a few of the peer's are refused as duplicates.
                 v.insert(STORM_CAUSES[0].1.to_owned(), 200.0 * (t - 1800.0) / 60.0);
-                v.insert(STORM_CAUSES[5].1.to_owned(), (t - 1800.0) / 6.0);
+                v.insert(
+                    STORM_CAUSES
+                        .iter()
+                        .find(|c| c.0 == "reset: duplicate")
+                        .unwrap()
+                        .1
+                        .to_owned(),
+                    (t - 1800.0) / 6.0,
+                );
             }
         });
         let s = judge(&spec, &names(), &bad, &[]);
@@ -908,6 +928,21 @@ spec:
     fn every_storm_cause_is_a_kept_series() {
         for (_, key) in STORM_CAUSES {
             assert!(crate::scrape::KEPT.contains(&key), "{key}");
+        }
+        // ... and every reason the node gives is one (the node's closed sets).
+        use syncnet_proto::streams::{RemovalReason, ResetReason};
+        let causes: Vec<&str> = STORM_CAUSES.iter().map(|c| c.0).collect();
+        for r in RemovalReason::ALL {
+            assert!(
+                causes.contains(&format!("removed: {}", r.label()).as_str()),
+                "{r:?}"
+            );
+        }
+        for r in ResetReason::ALL {
+            assert!(
+                causes.contains(&format!("reset: {}", r.label()).as_str()),
+                "{r:?}"
+            );
         }
     }
 

@@ -1,4 +1,4 @@
-//! What a scrape keeps: the OpenMetrics text a node serves at /metrics, reduced to the series the
+//! What a scrape keeps: the text a node serves at /metrics (the Prometheus text format, or OpenMetrics when asked for: both parse alike here), reduced to the series the
 //! verdicts and the report use, as one JSON line per node and scrape (`metrics.jsonl` in the run
 //! directory: an open format any tool reads). Sans-IO: parsing and the record type; the runner does
 //! the HTTP.
@@ -31,10 +31,13 @@ pub const KEPT: &[&str] = &[
     "syncnet_p2p_stream_removals_total{reason=\"disconnected\"}",
     "syncnet_p2p_stream_removals_total{reason=\"conflict\"}",
     "syncnet_p2p_stream_removals_total{reason=\"penalised\"}",
+    "syncnet_p2p_stream_removals_total{reason=\"evicted\"}",
     "syncnet_p2p_stream_resets_total{reason=\"full\"}",
     "syncnet_p2p_stream_resets_total{reason=\"duplicate\"}",
     "syncnet_p2p_stream_resets_total{reason=\"cooldown\"}",
     "syncnet_p2p_stream_resets_total{reason=\"conflict\"}",
+    "syncnet_p2p_stream_resets_total{reason=\"penalised\"}",
+    "syncnet_p2p_stream_resets_total{reason=\"evicted\"}",
 ];
 
 /// Derived series: every stream setup that reached a conclusion (any `outcome`), summed at parse
@@ -59,7 +62,7 @@ pub struct Sample {
     pub values: BTreeMap<String, f64>,
 }
 
-/// Picks the kept series out of an OpenMetrics text body. Lines it does not understand are skipped
+/// Picks the kept series out of a /metrics body (either format). Lines it does not understand are skipped
 /// (comments, histograms' buckets, `# EOF`); a malformed value is skipped, never a panic.
 pub fn parse(body: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
