@@ -629,9 +629,7 @@ fn draw_legend(
 type Points = Vec<(f64, f64)>;
 
 /// The lowest and highest value among a region's nodes at each scrape time.
-fn envelope<'a>(
-    lines: impl Iterator<Item = &'a Vec<(f64, f64)>>,
-) -> (Points, Points) {
+fn envelope<'a>(lines: impl Iterator<Item = &'a Vec<(f64, f64)>>) -> (Points, Points) {
     let mut at: std::collections::BTreeMap<u64, (f64, f64, f64)> = Default::default();
     for &(t, y) in lines.flatten() {
         if !y.is_finite() || t < 0.0 {
