@@ -26,7 +26,7 @@ use syncnet_node::chain::ChainSpec;
 use syncnet_node::config::PayloadSize;
 use syncnet_node::ida::IdaParams;
 use syncnet_node::keys;
-use syncnet_node::metrics::{BroadcastMetrics, P2pMetrics};
+use syncnet_node::metrics::{BroadcastMetrics, ChunkOutcome, P2pMetrics, RepairKind};
 use syncnet_node::netem::NetemConfig;
 use syncnet_node::p2p::{self, P2pConfig, P2pHandle};
 use syncnet_node::producer::Producer;
@@ -401,24 +401,25 @@ async fn run_mode(
     // Chunk outcomes per node and block (warm-up included), to see where upload goes.
     let per = (nodes.len() * (blocks + 1)) as f64;
     let chunks: BTreeMap<&str, f64> = [
-        "sent",
-        "received",
-        "forwarded",
-        "duplicate",
-        "late",
-        "skipped_has",
-        "queue_full",
-        "invalid",
+        ChunkOutcome::Sent,
+        ChunkOutcome::Received,
+        ChunkOutcome::Forwarded,
+        ChunkOutcome::Duplicate,
+        ChunkOutcome::Late,
+        ChunkOutcome::SkippedHas,
+        ChunkOutcome::QueueFull,
+        ChunkOutcome::Invalid,
     ]
     .into_iter()
     .map(|o| {
         let total: u64 = nodes.iter().map(|n| n.bm.chunk(o).get()).sum();
-        (o, total as f64 / per)
+        (o.label(), total as f64 / per)
     })
     .collect();
+    let requested = RepairKind::Requested.label();
     let repairs: u64 = nodes
         .iter()
-        .map(|n| n.bm.repairs.get_or_create(&[("kind", "requested")]).get())
+        .map(|n| n.bm.repairs.get_or_create(&[("kind", requested)]).get())
         .sum();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     for nd in &nodes {

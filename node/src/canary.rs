@@ -14,7 +14,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::metrics::P2pMetrics;
+use crate::faults::FaultKind;
+use crate::metrics::{P2pMetrics, Tracked};
 
 /// The memory canary stops growing here.
 const LEAK_CAP_BYTES: usize = 4 << 30;
@@ -117,8 +118,8 @@ impl Canaries {
             *held += kib * 1024;
             count(
                 metrics,
-                "leak_canary",
-                "leak_canary_kib",
+                FaultKind::LeakCanary,
+                Tracked::LeakCanaryKib,
                 (*held / 1024) as i64,
             );
         }
@@ -131,7 +132,12 @@ impl Canaries {
         }
         if let Ok(f) = std::fs::File::open("/dev/null") {
             fds.push(f);
-            count(metrics, "fd_canary", "fd_canary", fds.len() as i64);
+            count(
+                metrics,
+                FaultKind::FdCanary,
+                Tracked::FdCanary,
+                fds.len() as i64,
+            );
         }
     }
 
@@ -153,8 +159,8 @@ impl Canaries {
             threads.push(h);
             count(
                 metrics,
-                "thread_canary",
-                "thread_canary",
+                FaultKind::ThreadCanary,
+                Tracked::ThreadCanary,
                 threads.len() as i64,
             );
         }
@@ -175,12 +181,15 @@ impl Canaries {
     }
 }
 
-fn count(metrics: &P2pMetrics, kind: &'static str, table: &'static str, held: i64) {
+fn count(metrics: &P2pMetrics, kind: FaultKind, table: Tracked, held: i64) {
     metrics
         .faults_injected
-        .get_or_create(&[("kind", kind)])
+        .get_or_create(&[("kind", kind.label())])
         .inc();
-    metrics.tracked.get_or_create(&[("table", table)]).set(held);
+    metrics
+        .tracked
+        .get_or_create(&[("table", table.label())])
+        .set(held);
 }
 
 /// The memory canary's allocation site, kept out of line so that heap profiles name it.

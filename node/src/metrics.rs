@@ -1,18 +1,33 @@
 //! Prometheus metrics. prometheus-client has no process collector, so [`ProcessCollector`] reads
 //! /proc/self at scrape time (via the procfs crate) and exports the standard `process_*` names that
 //! dashboards and `deriv(process_resident_memory_bytes[6h])` expect.
+//!
+//! Every label value comes from a closed enum (`labels`, or the protocol core's), and every
+//! labelled family is registered with all its label sets at zero, so a fresh node exposes every
+//! family and `rate()` over one is 0 rather than empty. [`exposition`] serves the registry as
+//! OpenMetrics or as the Prometheus text format.
+
+pub mod exposition;
+mod labels;
 
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::config::BroadcastMode;
+use crate::downloader::{Penalty, Phase, Retry};
+use crate::faults::FaultKind;
+use crate::peers::{Offence, RequestOutcome};
 use crate::store::Store;
+use crate::streams::{RemovalReason, ResetReason};
+use crate::wire::RequestKind;
+pub use labels::*;
 
 /// Chain and store metrics of one node. Cheap to clone (atomics behind `Arc`s). The head height
 /// and the inserted-block count are read from the store at scrape time, so every insertion path
@@ -189,6 +204,31 @@ impl Collector for ProcessCollector {
 pub type L1 = [(&'static str, &'static str); 1];
 pub type L2 = [(&'static str, &'static str); 2];
 
+/// Creates the family's series for each of `values`, at zero: the family is exposed before its
+/// first event.
+fn zeroed<M, C: MetricConstructor<M>>(
+    family: &Family<L1, M, C>,
+    key: &'static str,
+    values: impl IntoIterator<Item = &'static str>,
+) {
+    for v in values {
+        let _ = family.get_or_create(&[(key, v)]);
+    }
+}
+
+/// [`zeroed`] for two labels: every combination.
+fn zeroed2<M, C: MetricConstructor<M>>(
+    family: &Family<L2, M, C>,
+    (key_a, a): (&'static str, &[&'static str]),
+    (key_b, b): (&'static str, &[&'static str]),
+) {
+    for &va in a {
+        for &vb in b {
+            let _ = family.get_or_create(&[(key_a, va), (key_b, vb)]);
+        }
+    }
+}
+
 /// Metrics of the p2p layer (stream manager, dials, sync requests). Clone = same underlying metrics.
 #[derive(Clone, Debug)]
 pub struct P2pMetrics {
@@ -228,34 +268,32 @@ pub struct P2pMetrics {
     pub netem: NetemMetrics,
 }
 
-/// Where a blocks-reply buffer came from (`syncnet_p2p_frame_buffers_total{source}`): the
-/// reply-frame pool (`p2p/frames.rs`) or a fresh allocation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FrameSource {
-    Reused,
-    Fresh,
-}
-
-impl FrameSource {
-    pub const ALL: [FrameSource; 2] = [FrameSource::Reused, FrameSource::Fresh];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            FrameSource::Reused => "reused",
-            FrameSource::Fresh => "fresh",
-        }
-    }
-}
-
 /// Metrics of the network emulation wrapper (`netem`), all zero when it is off.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct NetemMetrics {
+    /// `syncnet_netem_bytes_total{direction}`; `bytes_out` and `bytes_in` are its two series.
+    pub bytes: Family<L1, Counter>,
     pub bytes_out: Counter,
     pub bytes_in: Counter,
     pub queued_bytes: Gauge,
     pub unknown_region: Counter,
     /// Shares `faults_injected_total{kind="partition"}`: connections that started being held.
     pub partition_holds: Counter,
+}
+
+impl Default for NetemMetrics {
+    fn default() -> Self {
+        let bytes = Family::<L1, Counter>::default();
+        let series = |d: Direction| bytes.get_or_create(&[("direction", d.label())]).clone();
+        NetemMetrics {
+            bytes_out: series(Direction::Out),
+            bytes_in: series(Direction::In),
+            bytes,
+            queued_bytes: Gauge::default(),
+            unknown_region: Counter::default(),
+            partition_holds: Counter::default(),
+        }
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -304,7 +342,65 @@ impl Default for P2pMetrics {
 }
 
 impl P2pMetrics {
+    /// Every series of a closed label set, at zero (see [`zeroed`]).
+    fn zero(&self) {
+        zeroed(&self.setups, "outcome", crate::streams::setup_outcomes());
+        zeroed(
+            &self.removals,
+            "reason",
+            RemovalReason::ALL.map(|r| r.label()),
+        );
+        zeroed(&self.resets, "reason", ResetReason::ALL.map(|r| r.label()));
+        zeroed(
+            &self.discovery_rounds,
+            "outcome",
+            Discovery::ALL.iter().map(|d| d.label()),
+        );
+        zeroed(
+            &self.dials,
+            "outcome",
+            crate::dial::DialOutcome::ALL.iter().map(|o| o.label()),
+        );
+        let kinds = RequestKind::ALL.map(|k| k.label());
+        let outcomes: Vec<_> = RequestOutcome::all().map(|o| o.label()).collect();
+        zeroed2(&self.requests, ("kind", &kinds), ("outcome", &outcomes));
+        zeroed(&self.request_duration, "kind", kinds);
+        let served: Vec<_> = ServeOutcome::ALL.iter().map(|o| o.label()).collect();
+        zeroed2(&self.served, ("kind", &kinds), ("outcome", &served));
+        zeroed(
+            &self.rate_limited,
+            "direction",
+            RateLimitDirection::ALL.iter().map(|d| d.label()),
+        );
+        let protocols: Vec<_> = Protocol::ALL.iter().map(|p| p.label()).collect();
+        let directions: Vec<_> = Direction::ALL.iter().map(|d| d.label()).collect();
+        zeroed2(
+            &self.bytes,
+            ("protocol", &protocols),
+            ("direction", &directions),
+        );
+        zeroed(
+            &self.frame_errors,
+            "reason",
+            FrameError::ALL.iter().map(|e| e.label()),
+        );
+        zeroed(&self.offences, "offence", Offence::ALL.map(|o| o.label()));
+        zeroed(&self.refused, "reason", Refused::all().map(|r| r.label()));
+        zeroed(
+            &self.frame_buffers,
+            "source",
+            FrameSource::ALL.iter().map(|s| s.label()),
+        );
+        zeroed(&self.tracked, "table", Tracked::all().map(|t| t.label()));
+        zeroed(
+            &self.faults_injected,
+            "kind",
+            FaultKind::ALL.iter().map(|k| k.label()),
+        );
+    }
+
     pub fn register(&self, registry: &mut Registry) {
+        self.zero();
         let r = registry.sub_registry_with_prefix("syncnet");
         r.register(
             "p2p_streams",
@@ -441,11 +537,6 @@ impl P2pMetrics {
             Unit::Bytes,
             self.frame_pool_bytes.clone(),
         );
-        for source in FrameSource::ALL {
-            let _ = self
-                .frame_buffers
-                .get_or_create(&[("source", source.label())]);
-        }
         r.register(
             "p2p_frame_buffers",
             "Blocks reply frames built, by where the buffer came from (reused, fresh)",
@@ -461,9 +552,10 @@ impl P2pMetrics {
             "Faults injected on purpose, by kind",
             self.faults_injected.clone(),
         );
-        r.register(
-            "p2p_ping_rtt_seconds",
+        r.register_with_unit(
+            "p2p_ping_rtt",
             "Round-trip times measured by libp2p ping (emulated latency included)",
+            Unit::Seconds,
             self.ping_rtt.clone(),
         );
         r.register(
@@ -472,19 +564,16 @@ impl P2pMetrics {
             self.ping_failures.clone(),
         );
         let n = &self.netem;
-        r.register(
-            "netem_bytes_out",
-            "Bytes written to sockets by the emulation wrapper (all protocols)",
-            n.bytes_out.clone(),
+        r.register_with_unit(
+            "netem",
+            "Bytes through sockets under the emulation wrapper (all protocols), by direction",
+            Unit::Bytes,
+            n.bytes.clone(),
         );
-        r.register(
-            "netem_bytes_in",
-            "Bytes read from sockets by the emulation wrapper (all protocols)",
-            n.bytes_in.clone(),
-        );
-        r.register(
-            "netem_queued_bytes",
+        r.register_with_unit(
+            "netem_queued",
             "Bytes held in emulated delay lines (latency, bandwidth, partitions)",
+            Unit::Bytes,
             n.queued_bytes.clone(),
         );
         r.register(
@@ -534,7 +623,22 @@ impl Default for SyncMetrics {
 }
 
 impl SyncMetrics {
+    /// Every series of a closed label set, at zero (see [`zeroed`]).
+    fn zero(&self) {
+        let phases = Phase::ALL.map(|p| p.label());
+        zeroed(&self.phase, "phase", phases);
+        zeroed(&self.blocks_synced, "phase", phases);
+        zeroed(&self.batch_retries, "reason", Retry::ALL.map(|r| r.label()));
+        zeroed(
+            &self.invalid_blocks,
+            "reason",
+            crate::chain::VerifyError::ALL.map(|e| e.reason()),
+        );
+        zeroed(&self.penalties, "reason", Penalty::all().map(|p| p.label()));
+    }
+
     pub fn register(&self, registry: &mut Registry) {
+        self.zero();
         let r = registry.sub_registry_with_prefix("syncnet_sync");
         r.register(
             "target_height",
@@ -556,9 +660,6 @@ impl SyncMetrics {
             "Blocks committed by the downloader, by phase",
             self.blocks_synced.clone(),
         );
-        for why in crate::downloader::Retry::ALL {
-            let _ = self.batch_retries.get_or_create(&[("reason", why.label())]);
-        }
         r.register(
             "batch_retries",
             "Batches sent back to be fetched again, by reason",
@@ -651,11 +752,52 @@ impl Default for BroadcastMetrics {
 }
 
 impl BroadcastMetrics {
-    pub fn chunk(&self, outcome: &'static str) -> Counter {
-        self.chunks.get_or_create(&[("outcome", outcome)]).clone()
+    pub fn chunk(&self, outcome: ChunkOutcome) -> Counter {
+        self.chunks
+            .get_or_create(&[("outcome", outcome.label())])
+            .clone()
+    }
+
+    pub fn block(&self, outcome: BlockOutcome) -> Counter {
+        self.blocks
+            .get_or_create(&[("outcome", outcome.label())])
+            .clone()
+    }
+
+    /// Every series of a closed label set, at zero (see [`zeroed`]).
+    fn zero(&self) {
+        zeroed(
+            &self.chunks,
+            "outcome",
+            ChunkOutcome::ALL.iter().map(|o| o.label()),
+        );
+        zeroed(
+            &self.invalid_chunks,
+            "reason",
+            crate::ida::ChunkError::ALL.map(|e| e.reason()),
+        );
+        // The modes that push blocks (`off` delivers none); only IDA's frames are counted here
+        // (gossipsub's bytes are libp2p's own).
+        zeroed(
+            &self.delivery_seconds,
+            "mode",
+            [BroadcastMode::Ida, BroadcastMode::Gossipsub].map(|m| m.label()),
+        );
+        zeroed(&self.bytes_sent, "mode", [BroadcastMode::Ida.label()]);
+        zeroed(
+            &self.blocks,
+            "outcome",
+            BlockOutcome::ALL.iter().map(|o| o.label()),
+        );
+        zeroed(
+            &self.repairs,
+            "kind",
+            RepairKind::ALL.iter().map(|k| k.label()),
+        );
     }
 
     pub fn register(&self, registry: &mut Registry) {
+        self.zero();
         let r = registry.sub_registry_with_prefix("syncnet_broadcast");
         r.register("ida_chunks", "IDA chunks by outcome", self.chunks.clone());
         r.register(
@@ -721,6 +863,15 @@ pub fn render(registry: &Registry) -> String {
     out
 }
 
+/// Renders a registry in `format` (what [`exposition::negotiate`] chose).
+pub fn render_as(registry: &Registry, format: exposition::Format) -> String {
+    let openmetrics = render(registry);
+    match format {
+        exposition::Format::OpenMetrics => openmetrics,
+        exposition::Format::Text004 => exposition::to_text_004(&openmetrics),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -740,6 +891,49 @@ mod tests {
             "process_max_fds ",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+
+    /// What a node registers, but the store's collector (it needs a store; the node tests
+    /// cover it).
+    fn registry() -> Registry {
+        let mut r = Registry::default();
+        r.register_collector(Box::new(ProcessCollector));
+        P2pMetrics::default().register(&mut r);
+        SyncMetrics::default().register(&mut r);
+        BroadcastMetrics::default().register(&mut r);
+        r
+    }
+
+    #[test]
+    fn every_family_has_samples_before_its_first_event() {
+        let text = render_as(&registry(), exposition::Format::Text004);
+        let families: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' '))
+            .collect();
+        assert!(families.len() > 50, "{text}");
+        for (name, kind) in families {
+            let sample = match kind {
+                "histogram" => format!("{name}_count"),
+                _ => name.to_owned(),
+            };
+            assert!(
+                text.lines().any(|l| l
+                    .strip_prefix(&sample)
+                    .is_some_and(|r| r.starts_with([' ', '{']))),
+                "{name} has no sample:\n{text}"
+            );
+        }
+    }
+
+    /// prometheus-client writes help text unescaped: a backslash in one would be read as an
+    /// escape.
+    #[test]
+    fn help_texts_need_no_escaping() {
+        let text = render(&registry());
+        for help in text.lines().filter(|l| l.starts_with("# HELP ")) {
+            assert!(!help.contains('\\'), "{help}");
         }
     }
 

@@ -18,7 +18,9 @@ use tracing::{debug, error, info};
 use crate::broadcast::{BroadcastMode, Inserter};
 use crate::config::Loaded;
 use crate::ida::{Encoded, IdaParams};
-use crate::metrics::{BroadcastMetrics, NodeMetrics, P2pMetrics, ProcessCollector, SyncMetrics};
+use crate::metrics::{
+    BroadcastMetrics, NodeMetrics, P2pMetrics, ProcessCollector, SyncMetrics, exposition,
+};
 use crate::producer::Producer;
 use crate::store::Store;
 pub use syncnet_proto::config::{ADDRS_FILE, BoundAddrs};
@@ -164,10 +166,17 @@ pub async fn run(
             }),
             Arc::new(move || {
                 let net = p2p_status.state();
-                let phase = ["idle", "long", "short"]
+                let phase = crate::downloader::Phase::ALL
                     .into_iter()
-                    .find(|p| sync_status.phase.get_or_create(&[("phase", p)]).get() == 1)
-                    .unwrap_or("idle");
+                    .find(|p| {
+                        sync_status
+                            .phase
+                            .get_or_create(&[("phase", p.label())])
+                            .get()
+                            == 1
+                    })
+                    .unwrap_or(crate::downloader::Phase::Idle)
+                    .label();
                 serde_json::json!({
                     "height": store_status.head().height,
                     "target": sync_status.target_height.get(),
@@ -329,13 +338,25 @@ async fn produce_loop(
     }
 }
 
-async fn serve_metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+/// OpenMetrics or the Prometheus text format, as the client's `Accept` says
+/// (`metrics::exposition`).
+async fn serve_metrics(
+    State(state): State<Arc<HttpState>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    // Several Accept lines read as one list.
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let format = exposition::negotiate(&accept.join(","));
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        crate::metrics::render(&state.registry),
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "accept"),
+        ],
+        crate::metrics::render_as(&state.registry, format),
     )
 }
 

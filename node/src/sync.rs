@@ -197,11 +197,7 @@ pub async fn run(
             );
             last_phase = s.phase;
         }
-        for p in [
-            crate::downloader::Phase::Idle,
-            crate::downloader::Phase::Long,
-            crate::downloader::Phase::Short,
-        ] {
+        for p in crate::downloader::Phase::ALL {
             metrics
                 .phase
                 .get_or_create(&[("phase", p.label())])

@@ -108,6 +108,19 @@ fn producer_serves_rising_head_and_resumes_after_restart() {
 
     let (status, body) = http_get(addr, "/metrics").unwrap();
     assert_eq!(status, 200);
+    // Without an Accept header: the Prometheus text format; with Prometheus's: OpenMetrics.
+    let (_, head, _) = http_get_with(addr, "/metrics", &[]).unwrap();
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+    let (_, head, om) = http_get_with(addr, "/metrics", &[("Accept", accept)]).unwrap();
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(om.ends_with("# EOF\n"), "{om}");
     assert!(
         metric(&body, "process_resident_memory_bytes").unwrap() > 1e6,
         "{body}"

@@ -250,6 +250,21 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
+    /// One of each kind (the labels' closed set; the fields are not part of the label).
+    pub const ALL: [VerifyError; 8] = [
+        VerifyError::Height { got: 0, parent: 0 },
+        VerifyError::ParentHash,
+        VerifyError::Timestamp,
+        VerifyError::PayloadLength {
+            got: 0,
+            expected: 0,
+        },
+        VerifyError::PayloadHash,
+        VerifyError::UnknownProducer,
+        VerifyError::Signature,
+        VerifyError::Encoding,
+    ];
+
     /// Closed set of label values for metrics.
     pub fn reason(&self) -> &'static str {
         match self {

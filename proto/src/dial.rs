@@ -38,15 +38,28 @@ pub enum DialDecision<A> {
 }
 
 impl<A> DialDecision<A> {
-    /// Closed set of label values for metrics.
-    pub fn label(&self) -> &'static str {
+    /// The decision's `dials_total{outcome}`.
+    pub fn outcome(&self) -> DialOutcome {
         match self {
-            DialDecision::Dial(_) => "started",
-            DialDecision::AlreadyDialing => "already_dialing",
-            DialDecision::Backoff(_) => "backoff",
-            DialDecision::TooMany => "too_many",
-            DialDecision::Blocked => "blocked",
+            DialDecision::Dial(_) => DialOutcome::Started,
+            DialDecision::AlreadyDialing => DialOutcome::AlreadyDialing,
+            DialDecision::Backoff(_) => DialOutcome::Backoff,
+            DialDecision::TooMany => DialOutcome::TooMany,
+            DialDecision::Blocked => DialOutcome::Blocked,
         }
+    }
+}
+
+crate::label_enum! {
+    /// `dials_total{outcome}`: a dial decision, then how a started dial ended.
+    pub enum DialOutcome {
+        Started => "started",
+        AlreadyDialing => "already_dialing",
+        Backoff => "backoff",
+        TooMany => "too_many",
+        Blocked => "blocked",
+        Connected => "connected",
+        Failed => "failed",
     }
 }
 

@@ -109,6 +109,8 @@ pub enum Phase {
 }
 
 impl Phase {
+    pub const ALL: [Phase; 3] = [Phase::Idle, Phase::Long, Phase::Short];
+
     pub fn label(&self) -> &'static str {
         match self {
             Phase::Idle => "idle",
@@ -141,6 +143,16 @@ pub enum Penalty {
 }
 
 impl Penalty {
+    /// One of each label value: every verify error, then the others.
+    pub fn all() -> impl Iterator<Item = Penalty> {
+        VerifyError::ALL.into_iter().map(Penalty::Invalid).chain([
+            Penalty::Misplaced,
+            Penalty::Unlinked,
+            Penalty::CannotServe,
+            Penalty::Stalled,
+        ])
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Penalty::Invalid(e) => e.reason(),

@@ -57,6 +57,31 @@ pub struct Partition {
     pub peers: Vec<String>,
 }
 
+crate::label_enum! {
+    /// `syncnet_faults_injected_total{kind}`: one value per fault acting, counted by its one
+    /// consumer (docs/faults.md).
+    pub enum FaultKind {
+        SetupFailure => "setup_failure",
+        RequestError => "request_error",
+        StreamReset => "stream_reset",
+        Stall => "stall",
+        CorruptBlock => "corrupt_block",
+        Isolate => "isolate",
+        ChunkDrop => "chunk_drop",
+        CorruptChunk => "corrupt_chunk",
+        ForcedDiscovery => "forced_discovery",
+        /// A connection that started being held by a partition.
+        Partition => "partition",
+        LeakCanary => "leak_canary",
+        FdCanary => "fd_canary",
+        ThreadCanary => "thread_canary",
+        /// A served request that burned CPU.
+        CpuCanary => "cpu_canary",
+        /// A discovery round the storm canary caused.
+        StormCanary => "storm_canary",
+    }
+}
+
 /// A rejected fault set: which field, and why.
 pub type FaultError = FieldError;
 

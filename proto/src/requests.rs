@@ -99,6 +99,7 @@ pub enum ReqAction<P, R> {
     Abandon {
         id: ReqId,
         peer: P,
+        req: R,
     },
     Failed {
         id: ReqId,
@@ -329,6 +330,15 @@ impl<P: Clone + Eq + Hash + std::fmt::Debug, R: Clone> RequestManager<P, R> {
         self.dispatch(now);
     }
 
+    /// The request of the in-flight attempt `id`, if it is on `from`: what a reply from `from`
+    /// answers.
+    pub fn request(&self, id: ReqId, from: &P) -> Option<&R> {
+        self.in_flight
+            .get(&id)
+            .filter(|f| f.peer == *from)
+            .map(|f| &f.q.req)
+    }
+
     /// The in-flight attempt `id` if it is on `from` (a reply from an abandoned attempt is not).
     fn take(&mut self, id: ReqId, from: &P) -> Option<InFlight<P, R>> {
         if self.in_flight.get(&id)?.peer != *from {
@@ -358,10 +368,12 @@ impl<P: Clone + Eq + Hash + std::fmt::Debug, R: Clone> RequestManager<P, R> {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            let peer = self.in_flight[&id].peer.clone();
+            let f = &self.in_flight[&id];
+            let (peer, req) = (f.peer.clone(), f.q.req.clone());
             self.actions.push_back(ReqAction::Abandon {
                 id,
                 peer: peer.clone(),
+                req,
             });
             self.on_failure(id, &peer, FailKind::Timeout, now);
         }
@@ -617,7 +629,11 @@ mod tests {
         assert_eq!(m.poll_timeout(), Some(t + Duration::from_secs(5)));
         m.tick(t + Duration::from_secs(5));
         let acts: Vec<_> = std::iter::from_fn(|| m.poll_action()).collect();
-        assert!(acts.contains(&ReqAction::Abandon { id, peer: 1 }));
+        assert!(acts.contains(&ReqAction::Abandon {
+            id,
+            peer: 1,
+            req: "r"
+        }));
         assert!(
             acts.contains(&ReqAction::Send {
                 id,

@@ -871,6 +871,7 @@ fn evict_earliest<P: Clone + Eq + Hash, V>(map: &mut HashMap<P, V>, key: impl Fn
 
 mod config;
 mod labels;
+pub use labels::{setup_outcome, setup_outcomes};
 
 pub use config::StreamConfig;
 #[cfg(test)]

@@ -43,3 +43,45 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Declares a closed set of metric label values: a fieldless enum, its `label()` and `ALL`, all
+/// from one list, so that pre-created label sets (a family shows every value at 0 from the start)
+/// cannot miss a variant.
+///
+/// ```
+/// syncnet_proto::label_enum! {
+///     /// Where a reply buffer came from.
+///     pub enum Source {
+///         Reused => "reused",
+///         Fresh => "fresh",
+///     }
+/// }
+/// assert_eq!(Source::ALL.iter().map(|s| s.label()).collect::<Vec<_>>(), ["reused", "fresh"]);
+/// ```
+#[macro_export]
+macro_rules! label_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident => $label:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The metric label value.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}

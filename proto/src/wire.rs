@@ -109,6 +109,8 @@ impl Request {
     }
 }
 
+/// A request's kind: the one `kind` label of the client's (`sync_requests_total`,
+/// `sync_request_duration_seconds`) and the server's (`sync_served_total`) request metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RequestKind {
     Status,
@@ -118,6 +120,13 @@ pub enum RequestKind {
 }
 
 impl RequestKind {
+    pub const ALL: [RequestKind; 4] = [
+        RequestKind::Status,
+        RequestKind::BlockHashes,
+        RequestKind::BlocksByRange,
+        RequestKind::BlocksByHashes,
+    ];
+
     /// Closed set of label values for metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -182,18 +191,6 @@ pub enum CodecError {
     Trailing(usize),
     #[error("decoder is unusable after an earlier error")]
     Poisoned,
-}
-
-impl CodecError {
-    /// Closed set of label values for metrics (`frame_errors_total{reason}`).
-    pub fn label(&self) -> &'static str {
-        match self {
-            CodecError::Oversize { .. } => "oversize",
-            CodecError::Decode(_) => "decode",
-            CodecError::Trailing(_) => "trailing",
-            CodecError::Poisoned => "poisoned",
-        }
-    }
 }
 
 /// Encodes `msg` as one frame. Fails (without sending anything) if it would exceed `max_frame`.
@@ -405,6 +402,15 @@ impl FrameDecoder {
 }
 
 impl ErrorReply {
+    /// One of each kind (the labels' closed set; `retry_after_ms` is not part of the label).
+    pub const ALL: [ErrorReply; 5] = [
+        ErrorReply::RateLimited { retry_after_ms: 0 },
+        ErrorReply::TooLarge,
+        ErrorReply::NotFound,
+        ErrorReply::Invalid,
+        ErrorReply::Shutdown,
+    ];
+
     /// Closed set of label values for metrics.
     pub fn label(&self) -> &'static str {
         match self {

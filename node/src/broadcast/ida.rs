@@ -18,10 +18,11 @@ use tracing::{debug, warn};
 
 use super::{BroadcastMode, Delivered, Inserter};
 use crate::chain::{Block, ChainSpec, H256};
+use crate::faults::FaultKind;
 use crate::ida::assembler::{Assembler, Outcome, Timeout};
 use crate::ida::relay::{PeerHas, Relay};
 use crate::ida::{Chunk, Encoded, encode};
-use crate::metrics::BroadcastMetrics;
+use crate::metrics::{BlockOutcome, BroadcastMetrics, ChunkOutcome, RepairKind};
 use crate::p2p::P2pHandle;
 use crate::store::Store;
 use crate::wire::{self, FrameDecoder};
@@ -320,7 +321,7 @@ impl Service {
             return false;
         };
         if lacks(&n.has, &key).not() {
-            self.metrics.chunk("skipped_has").inc();
+            self.metrics.chunk(ChunkOutcome::SkippedHas).inc();
             return false;
         }
         // A full queue (in frames or bytes) drops the frame; repair fetches what went missing.
@@ -329,7 +330,7 @@ impl Service {
         if n.bytes.mine.load(Relaxed) + len > self.cfg.queue_bytes
             || n.bytes.all.load(Relaxed) + len > self.cfg.queue_bytes_total
         {
-            self.metrics.chunk("queue_full").inc();
+            self.metrics.chunk(ChunkOutcome::QueueFull).inc();
             return false;
         }
         n.bytes.mine.fetch_add(len, Relaxed);
@@ -344,7 +345,7 @@ impl Service {
             self.metrics.queued_frames.inc();
             true
         } else {
-            self.metrics.chunk("queue_full").inc();
+            self.metrics.chunk(ChunkOutcome::QueueFull).inc();
             false
         }
     }
@@ -354,7 +355,7 @@ impl Service {
         if let Some(n) = self.out.get(peer)
             && n.ctl.try_send(frame).is_err()
         {
-            self.metrics.chunk("queue_full").inc();
+            self.metrics.chunk(ChunkOutcome::QueueFull).inc();
         }
     }
 
@@ -369,7 +370,7 @@ impl Service {
             let mut d = chunk.data.to_vec();
             d[0] ^= 0xff;
             chunk.data = d.into();
-            self.p2p.fault_injected("corrupt_chunk");
+            self.p2p.fault_injected(FaultKind::CorruptChunk);
         }
         self.frame(&IdaMessage::Chunk(Box::new(chunk)))
     }
@@ -387,7 +388,7 @@ impl Service {
                     if let Some(f) = self.chunk_frame(c)
                         && self.send(peer, key(&enc, root, i as u16), f)
                     {
-                        self.metrics.chunk("sent").inc();
+                        self.metrics.chunk(ChunkOutcome::Sent).inc();
                     }
                 }
             }
@@ -427,11 +428,11 @@ impl Service {
 
     async fn on_chunk(&mut self, peer: PeerId, chunk: Chunk) {
         if crate::p2p::session::roll(self.p2p.faults().chunk_drop_rate) {
-            self.metrics.chunk("fault_dropped").inc();
-            self.p2p.fault_injected("chunk_drop");
+            self.metrics.chunk(ChunkOutcome::FaultDropped).inc();
+            self.p2p.fault_injected(FaultKind::ChunkDrop);
             return;
         }
-        self.metrics.chunk("received").inc();
+        self.metrics.chunk(ChunkOutcome::Received).inc();
         // Cheap: the shard is shared, not copied; it is encoded only if it is forwarded.
         let copy = chunk.clone();
         let started = Instant::now();
@@ -447,23 +448,20 @@ impl Service {
                     Ok(block) => self.deliver(root, *block),
                     Err(e) => {
                         warn!(%root, "IDA block not rebuilt: {e}");
-                        self.metrics
-                            .blocks
-                            .get_or_create(&[("outcome", "rebuild_failed")])
-                            .inc();
+                        self.metrics.block(BlockOutcome::RebuildFailed).inc();
                     }
                 }
             }
             Outcome::Duplicate => {
-                self.metrics.chunk("duplicate").inc();
+                self.metrics.chunk(ChunkOutcome::Duplicate).inc();
             }
             // Arrived after the block was rebuilt (it was on its way when `Done` went out).
             Outcome::Known => {
-                self.metrics.chunk("late").inc();
+                self.metrics.chunk(ChunkOutcome::Late).inc();
             }
             Outcome::Invalid(e) => {
                 debug!(%peer, "invalid chunk: {e}");
-                self.metrics.chunk("invalid").inc();
+                self.metrics.chunk(ChunkOutcome::Invalid).inc();
                 self.metrics
                     .invalid_chunks
                     .get_or_create(&[("reason", e.reason())])
@@ -471,7 +469,7 @@ impl Service {
                 self.p2p.penalise(peer).await;
             }
             Outcome::TooLarge => {
-                self.metrics.chunk("too_large").inc();
+                self.metrics.chunk(ChunkOutcome::TooLarge).inc();
             }
         }
     }
@@ -511,16 +509,13 @@ impl Service {
         };
         for p in targets {
             if self.send(&p, key, frame.clone()) {
-                self.metrics.chunk("forwarded").inc();
+                self.metrics.chunk(ChunkOutcome::Forwarded).inc();
             }
         }
     }
 
     fn deliver(&mut self, root: H256, block: Block) {
-        self.metrics
-            .blocks
-            .get_or_create(&[("outcome", "decoded")])
-            .inc();
+        self.metrics.block(BlockOutcome::Decoded).inc();
         if let Some(f) = self.frame(&IdaMessage::Done { root }) {
             for p in self.relay.neighbours().copied().collect::<Vec<_>>() {
                 self.send_ctl(&p, f.clone());
@@ -560,7 +555,7 @@ impl Service {
                 {
                     self.metrics
                         .repairs
-                        .get_or_create(&[("kind", "served")])
+                        .get_or_create(&[("kind", RepairKind::Served.label())])
                         .inc();
                 }
             }
@@ -580,7 +575,7 @@ impl Service {
                 }
                 self.metrics
                     .repairs
-                    .get_or_create(&[("kind", "requested")])
+                    .get_or_create(&[("kind", RepairKind::Requested.label())])
                     .inc();
                 let msg = IdaMessage::Want {
                     root,
@@ -597,10 +592,7 @@ impl Service {
             // The header was announced on the sync streams too; the downloader fetches the block.
             Timeout::GiveUp { header, .. } => {
                 debug!(height = header.height, "IDA gave up");
-                self.metrics
-                    .blocks
-                    .get_or_create(&[("outcome", "gave_up")])
-                    .inc();
+                self.metrics.block(BlockOutcome::GaveUp).inc();
             }
         }
     }
@@ -649,7 +641,7 @@ impl Writer {
             if lacks(&self.has, &key) {
                 return Some(f);
             }
-            self.metrics.chunk("skipped_has").inc();
+            self.metrics.chunk(ChunkOutcome::SkippedHas).inc();
         }
         None
     }

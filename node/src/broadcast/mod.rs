@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 use tracing::debug;
 
 use crate::chain::{Block, ChainSpec, H256};
-use crate::metrics::BroadcastMetrics;
+use crate::metrics::{BlockOutcome, BroadcastMetrics};
 use crate::p2p::P2pHandle;
 use crate::store::Store;
 pub use syncnet_proto::config::{BroadcastConfig, BroadcastMode, GossipConfig, IdaConfig};
@@ -98,10 +98,7 @@ impl Inserter {
         match self.tx.try_send(block) {
             Ok(()) => true,
             Err(_) => {
-                self.metrics
-                    .blocks
-                    .get_or_create(&[("outcome", "orphaned")])
-                    .inc();
+                self.metrics.block(BlockOutcome::Orphaned).inc();
                 false
             }
         }
@@ -123,10 +120,7 @@ impl Worker {
     fn offer(&mut self, block: Block) {
         let head = self.store.head().height;
         if block.header.height <= head || self.pending.contains_key(&block.header.height) {
-            self.metrics
-                .blocks
-                .get_or_create(&[("outcome", "stale")])
-                .inc();
+            self.metrics.block(BlockOutcome::Stale).inc();
             return;
         }
         let latency = Duration::from_millis(now_ms().saturating_sub(block.header.timestamp_ms));
@@ -143,10 +137,7 @@ impl Worker {
         self.pending.insert(block.header.height, block);
         while self.pending.len() > PENDING_BLOCKS {
             self.pending.pop_last();
-            self.metrics
-                .blocks
-                .get_or_create(&[("outcome", "orphaned")])
-                .inc();
+            self.metrics.block(BlockOutcome::Orphaned).inc();
         }
         self.drain();
     }
@@ -161,10 +152,7 @@ impl Worker {
             match self.spec.verify(b, &head.header) {
                 Ok(v) => match self.store.insert_batch(&[v]) {
                     Ok(h) => {
-                        self.metrics
-                            .blocks
-                            .get_or_create(&[("outcome", "inserted")])
-                            .inc();
+                        self.metrics.block(BlockOutcome::Inserted).inc();
                         self.p2p.announce(h.header.clone(), h.signature);
                     }
                     Err(e) => {

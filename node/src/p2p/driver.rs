@@ -22,7 +22,7 @@ use super::swarm::{Behaviour, BehaviourEvent};
 use super::{NetEvent, NetState, RequestError, gate, gossip, network_version};
 use crate::canary::CanarySet;
 use crate::config::split_peer;
-use crate::metrics::P2pMetrics;
+use crate::metrics::{Discovery, FrameError, P2pMetrics, RateLimitDirection, Refused, Tracked};
 use crate::netem::Netem;
 use crate::peers::{Count, Input, Offence, Output, Peers, SessionId};
 use crate::requests::ReqId;
@@ -168,10 +168,11 @@ impl Driver {
         self.next_housekeeping = now + HOUSEKEEPING;
         self.ctx.limiter.prune();
         let t = &self.metrics.tracked;
-        t.get_or_create(&[("table", "rate_limiter_peers")])
+        t.get_or_create(&[("table", Tracked::RateLimiterPeers.label())])
             .set(self.ctx.limiter.tracked_peers() as i64);
         for (table, n) in self.peers.tracked() {
-            t.get_or_create(&[("table", table)]).set(n as i64);
+            t.get_or_create(&[("table", Tracked::Peers(table).label())])
+                .set(n as i64);
         }
     }
 
@@ -325,11 +326,12 @@ impl Driver {
         let m = &self.metrics;
         match c {
             Count::Dial(outcome) => {
-                m.dials.get_or_create(&[("outcome", outcome)]).inc();
+                m.dials.get_or_create(&[("outcome", outcome.label())]).inc();
             }
             Count::Setup(r) => {
-                let outcome = r.map_or_else(|f| f.label(), |()| "ok");
-                m.setups.get_or_create(&[("outcome", outcome)]).inc();
+                m.setups
+                    .get_or_create(&[("outcome", crate::streams::setup_outcome(r))])
+                    .inc();
             }
             Count::Removal(r) => {
                 m.removals.get_or_create(&[("reason", r.label())]).inc();
@@ -338,13 +340,8 @@ impl Driver {
                 m.resets.get_or_create(&[("reason", r.label())]).inc();
             }
             Count::DiscoveryRound { productive } => {
-                let outcome = if productive {
-                    "productive"
-                } else {
-                    "unproductive"
-                };
                 m.discovery_rounds
-                    .get_or_create(&[("outcome", outcome)])
+                    .get_or_create(&[("outcome", Discovery::of(productive).label())])
                     .inc();
             }
             Count::PeerFound => {
@@ -352,18 +349,17 @@ impl Driver {
             }
             Count::Injected(i) => {
                 m.faults_injected
-                    .get_or_create(&[("kind", i.label())])
+                    .get_or_create(&[("kind", i.kind().label())])
                     .inc();
             }
             Count::RateLimitedReceived => {
                 m.rate_limited
-                    .get_or_create(&[("direction", "received")])
+                    .get_or_create(&[("direction", RateLimitDirection::Received.label())])
                     .inc();
             }
             Count::Request { kind, outcome } => {
-                let kind = kind.map_or("any", |k| k.label());
                 m.requests
-                    .get_or_create(&[("kind", kind), ("outcome", outcome.label())])
+                    .get_or_create(&[("kind", kind.label()), ("outcome", outcome.label())])
                     .inc();
             }
             Count::Latency(kind, d) => {
@@ -376,7 +372,7 @@ impl Driver {
             }
             Count::BadAnnounce => {
                 m.frame_errors
-                    .get_or_create(&[("reason", "bad_announce")])
+                    .get_or_create(&[("reason", FrameError::BadAnnounce.label())])
                     .inc();
             }
             Count::Offence(o) => {
@@ -386,7 +382,9 @@ impl Driver {
                 m.bans.inc();
             }
             Count::Refused(why) => {
-                m.refused.get_or_create(&[("reason", why.label())]).inc();
+                m.refused
+                    .get_or_create(&[("reason", Refused::Admission(why).label())])
+                    .inc();
             }
             Count::HeadStale(stale) => {
                 debug!(stale, "head staleness changed");

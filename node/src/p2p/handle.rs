@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::session::SessionCtx;
 use super::{NetEvent, NetState, RequestError, gossip};
-use crate::faults::Faults;
+use crate::faults::{FaultKind, Faults};
 use crate::netem::Netem;
 use crate::wire::{self, Request, Response};
 
@@ -127,12 +127,12 @@ impl P2pHandle {
         let _ = applied.wait_for(|g| *g >= generation).await;
     }
 
-    /// Counts one injected fault of this kind (a closed set of labels).
-    pub fn fault_injected(&self, kind: &'static str) {
+    /// Counts one injected fault of this kind.
+    pub fn fault_injected(&self, kind: FaultKind) {
         self.ctx
             .metrics
             .faults_injected
-            .get_or_create(&[("kind", kind)])
+            .get_or_create(&[("kind", kind.label())])
             .inc();
     }
 

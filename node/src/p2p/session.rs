@@ -14,8 +14,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::FaultsRx;
 use crate::canary::Canaries;
 use crate::chain::ChainSpec;
-use crate::faults::Faults;
-use crate::metrics::P2pMetrics;
+use crate::faults::{FaultKind, Faults};
+use crate::metrics::{
+    Direction, FrameError, P2pMetrics, Protocol, RateLimitDirection, Refused, ServeOutcome,
+};
 use crate::ratelimit::ServerLimiter;
 use crate::store::Store;
 use crate::wire::{
@@ -265,7 +267,10 @@ async fn read_message<R: AsyncRead + Unpin>(
         started.get_or_insert_with(tokio::time::Instant::now);
         metrics
             .bytes
-            .get_or_create(&[("protocol", "sync"), ("direction", "in")])
+            .get_or_create(&[
+                ("protocol", Protocol::Sync.label()),
+                ("direction", Direction::In.label()),
+            ])
             .inc_by(n as u64);
         dec.feed(&buf[..n]);
     }
@@ -316,7 +321,7 @@ pub async fn run<S>(
     let Ok(handshake_permit) = ctx.budget.handshakes.clone().try_acquire_owned() else {
         ctx.metrics
             .refused
-            .get_or_create(&[("reason", "handshakes_full")])
+            .get_or_create(&[("reason", Refused::HandshakesFull.label())])
             .inc();
         return drop(events.send(fail(SetupError::Busy)).await);
     };
@@ -342,7 +347,7 @@ pub async fn run<S>(
             Err(ReadError::Codec(e)) => {
                 ctx.metrics
                     .frame_errors
-                    .get_or_create(&[("reason", e.label())])
+                    .get_or_create(&[("reason", FrameError::from(&e).label())])
                     .inc();
                 Err(SetupError::Malformed)
             }
@@ -369,7 +374,7 @@ pub async fn run<S>(
     if outbound && roll(ctx.faults().setup_failure_rate) {
         ctx.metrics
             .faults_injected
-            .get_or_create(&[("kind", "setup_failure")])
+            .get_or_create(&[("kind", FaultKind::SetupFailure.label())])
             .inc();
         return drop(events.send(fail(SetupError::Injected)).await);
     }
@@ -417,7 +422,10 @@ pub async fn run<S>(
             within(stall, wr.flush()).await?;
             metrics
                 .bytes
-                .get_or_create(&[("protocol", "sync"), ("direction", "out")])
+                .get_or_create(&[
+                    ("protocol", Protocol::Sync.label()),
+                    ("direction", Direction::Out.label()),
+                ])
                 .inc_by(n as u64);
         }
         wr.close().await
@@ -439,7 +447,7 @@ pub async fn run<S>(
                 Ok(Message::Request { .. }) if roll(ctx.faults().stream_reset_rate) => {
                     ctx.metrics
                         .faults_injected
-                        .get_or_create(&[("kind", "stream_reset")])
+                        .get_or_create(&[("kind", FaultKind::StreamReset.label())])
                         .inc();
                     return CloseReason::Io;
                 }
@@ -525,14 +533,14 @@ pub async fn run<S>(
                 Err(ReadError::Stalled) => {
                     ctx.metrics
                         .frame_errors
-                        .get_or_create(&[("reason", "stalled")])
+                        .get_or_create(&[("reason", FrameError::Stalled.label())])
                         .inc();
                     return CloseReason::Stalled;
                 }
                 Err(ReadError::Codec(e)) => {
                     ctx.metrics
                         .frame_errors
-                        .get_or_create(&[("reason", e.label())])
+                        .get_or_create(&[("reason", FrameError::from(&e).label())])
                         .inc();
                     tracing::debug!(%peer, "malformed frame: {e}");
                     return CloseReason::Malformed;
@@ -571,7 +579,7 @@ async fn serve(ctx: &Arc<SessionCtx>, peer: &PeerId, req_id: wire::ReqId, req: R
     if roll(faults.request_error_rate) {
         ctx.metrics
             .faults_injected
-            .get_or_create(&[("kind", "request_error")])
+            .get_or_create(&[("kind", FaultKind::RequestError.label())])
             .inc();
         return Reply::Response(Response::Error(ErrorReply::Invalid));
     }
@@ -579,14 +587,14 @@ async fn serve(ctx: &Arc<SessionCtx>, peer: &PeerId, req_id: wire::ReqId, req: R
     if stall > 0 {
         ctx.metrics
             .faults_injected
-            .get_or_create(&[("kind", "stall")])
+            .get_or_create(&[("kind", FaultKind::Stall.label())])
             .inc();
         tokio::time::sleep(Duration::from_millis(stall)).await;
     }
     if let Some(d) = ctx.canaries.cpu_burn(std::time::Instant::now()) {
         ctx.metrics
             .faults_injected
-            .get_or_create(&[("kind", "cpu_canary")])
+            .get_or_create(&[("kind", FaultKind::CpuCanary.label())])
             .inc();
         // On the blocking pool: the canary burns CPU, it does not stall the runtime's workers.
         let _ = tokio::task::spawn_blocking(move || crate::canary::cpu_canary_burn(d)).await;
@@ -597,16 +605,16 @@ async fn serve(ctx: &Arc<SessionCtx>, peer: &PeerId, req_id: wire::ReqId, req: R
         Reply::Response(Response::Error(ErrorReply::RateLimited { .. })) => {
             ctx.metrics
                 .rate_limited
-                .get_or_create(&[("direction", "sent")])
+                .get_or_create(&[("direction", RateLimitDirection::Sent.label())])
                 .inc();
-            "rate_limited"
+            ServeOutcome::RateLimited
         }
-        Reply::Response(Response::Error(_)) => "error",
-        _ => "ok",
+        Reply::Response(Response::Error(_)) => ServeOutcome::Error,
+        _ => ServeOutcome::Ok,
     };
     ctx.metrics
         .served
-        .get_or_create(&[("kind", kind), ("outcome", outcome)])
+        .get_or_create(&[("kind", kind), ("outcome", outcome.label())])
         .inc();
     reply
 }
@@ -732,7 +740,7 @@ async fn serve_inner(
             }
             ctx.metrics
                 .faults_injected
-                .get_or_create(&[("kind", "corrupt_block")])
+                .get_or_create(&[("kind", FaultKind::CorruptBlock.label())])
                 .inc();
             R(Response::Blocks(blocks))
         }

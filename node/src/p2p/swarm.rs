@@ -26,8 +26,8 @@ use super::{NetState, gate, gossip, network_version, sync_protocol};
 use crate::chain::ChainSpec;
 use crate::config::{P2pConfig, split_peer};
 use crate::dial::DialConfig;
-use crate::faults::Faults;
-use crate::metrics::P2pMetrics;
+use crate::faults::{FaultKind, Faults};
+use crate::metrics::{P2pMetrics, Refused};
 use crate::netem::Netem;
 use crate::peers::{Peers, PeersConfig};
 use crate::ratelimit::ServerLimiter;
@@ -111,7 +111,7 @@ pub async fn spawn(
             let mut m = metrics.netem.clone();
             m.partition_holds = metrics
                 .faults_injected
-                .get_or_create(&[("kind", "partition")])
+                .get_or_create(&[("kind", FaultKind::Partition.label())])
                 .clone();
             Some(Arc::new(Netem::new(region.clone(), local, n.clone(), m)))
         }
@@ -124,16 +124,20 @@ pub async fn spawn(
     let builder = builder.with_quic();
     let mut swarm = builder
         .with_other_transport(|key| {
-            let refused =
-                |why: &'static str| metrics.refused.get_or_create(&[("reason", why)]).clone();
+            let refused = |why: Refused| {
+                metrics
+                    .refused
+                    .get_or_create(&[("reason", why.label())])
+                    .clone()
+            };
             tcp_transport(key, netem.clone())
                 .map(|t| {
                     super::pending::Pending::new(
                         t,
                         cfg.admission.max_pending,
                         cfg.admission.pending_timeout,
-                        refused("pending_evicted"),
-                        refused("pending_timeout"),
+                        refused(Refused::PendingEvicted),
+                        refused(Refused::PendingTimeout),
                     )
                 })
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)

@@ -258,6 +258,17 @@ pub enum ChunkError {
 }
 
 impl ChunkError {
+    /// One of each kind (the labels' closed set; a header's verify error is one label).
+    pub const ALL: [ChunkError; 7] = [
+        ChunkError::NoRoot,
+        ChunkError::Params,
+        ChunkError::Index,
+        ChunkError::Length,
+        ChunkError::Proof,
+        ChunkError::Header(crate::chain::VerifyError::Signature),
+        ChunkError::HeaderMismatch,
+    ];
+
     /// Closed set of metric label values.
     pub fn reason(&self) -> &'static str {
         match self {

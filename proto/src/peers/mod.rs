@@ -33,7 +33,7 @@ use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use crate::chain::ChainSpec;
-use crate::dial::{DialDecision, DialManager};
+use crate::dial::{DialDecision, DialManager, DialOutcome};
 use crate::requests::{FailKind, ReqAction, ReqId, RequestManager};
 use crate::streams::{
     Action as SmAction, Event as SmEvent, RemovalReason, Report, StreamManager, StreamStats,
@@ -170,7 +170,7 @@ where
             }
             Input::ConnectionDead { peer, conn } => self.connection_dead(peer, conn, now),
             Input::DialFailed(peer) => {
-                self.count(Count::Dial("failed"));
+                self.count(Count::Dial(DialOutcome::Failed));
                 self.dials.on_failed(&peer, now);
                 if self.conns.contains_key(&peer) {
                     self.maybe_report_connected(peer, now);
@@ -452,13 +452,13 @@ where
     }
 
     /// Sizes of the tables this core holds (`tracked_entries{table}`).
-    pub fn tracked(&self) -> [(&'static str, usize); 4] {
+    pub fn tracked(&self) -> [(Table, usize); 4] {
         // (Admission's table is bounded by its caps; its counts are `connections{direction}`.)
         [
-            ("dial_book", self.dials.tracked_peers()),
-            ("reputation", self.reputation.tracked()),
-            ("sessions", self.sessions.len()),
-            ("direct_requests", self.direct.len()),
+            (Table::DialBook, self.dials.tracked_peers()),
+            (Table::Reputation, self.reputation.tracked()),
+            (Table::Sessions, self.sessions.len()),
+            (Table::DirectRequests, self.direct.len()),
         ]
     }
 
@@ -559,7 +559,7 @@ where
         }
         let dialer = if we_dialled {
             self.dials.on_connected(&peer);
-            self.count(Count::Dial("connected"));
+            self.count(Count::Dial(DialOutcome::Connected));
             self.local
         } else {
             peer
@@ -641,7 +641,7 @@ where
             return true;
         }
         let decision = self.dials.request(&peer, now);
-        self.count(Count::Dial(decision.label()));
+        self.count(Count::Dial(decision.outcome()));
         match decision {
             DialDecision::Dial(addrs) => {
                 self.out.push_back(Output::Dial { peer, addrs });
@@ -758,28 +758,31 @@ where
                 );
             }
             Response::Error(e) => {
-                // NotFound/TooLarge/Shutdown: this peer cannot serve it; try another.
+                // NotFound/TooLarge/Shutdown: this peer cannot serve it; try another. Counted
+                // only as the answer to an attempt of ours.
+                if let Some(kind) = self.rm.request(id, &peer).map(Request::kind) {
+                    self.count(Count::Request {
+                        kind,
+                        outcome: RequestOutcome::Remote(e),
+                    });
+                }
                 self.rm.on_failure(id, &peer, FailKind::Refused, now);
-                self.count(Count::Request {
-                    kind: None,
-                    outcome: RequestOutcome::Remote(e),
-                });
             }
             resp => {
-                if let Some((_, latency)) = self.rm.on_success(id, &peer, now) {
+                let kind = self.rm.request(id, &peer).map(Request::kind);
+                if let (Some(kind), Some((_, latency))) = (kind, self.rm.on_success(id, &peer, now))
+                {
                     self.sm.handle(SmEvent::Useful(peer), now);
                     if let Response::Status(s) = &resp
                         && self.spec.verify_head(&s.head, &s.head_signature).is_ok()
                     {
                         self.note_head(peer, s.head.height);
                     }
-                    if let Some(kind) = ResponseKind::of(&resp) {
-                        self.count(Count::Latency(kind, latency));
-                        self.count(Count::Request {
-                            kind: Some(kind),
-                            outcome: RequestOutcome::Ok,
-                        });
-                    }
+                    self.count(Count::Latency(kind, latency));
+                    self.count(Count::Request {
+                        kind,
+                        outcome: RequestOutcome::Ok,
+                    });
                     self.out.push_back(Output::Reply {
                         id,
                         result: Ok((peer, resp)),
@@ -889,8 +892,8 @@ where
                 }),
                 None => self.rm.on_failure(id, &peer, FailKind::Transport, now),
             },
-            ReqAction::Abandon { .. } => self.count(Count::Request {
-                kind: None,
+            ReqAction::Abandon { req, .. } => self.count(Count::Request {
+                kind: req.kind(),
                 outcome: RequestOutcome::Timeout,
             }),
             ReqAction::Failed { id, why, .. } => self.out.push_back(Output::Reply {

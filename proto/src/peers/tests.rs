@@ -8,6 +8,7 @@ use crate::chain::testkit::{key, spec_for};
 use crate::dial::DialConfig;
 use crate::requests::RequestConfig;
 use crate::streams::StreamConfig;
+use crate::wire::RequestKind;
 
 type Core = Peers<u32, u32, u32>;
 type Out = Output<u32, u32, u32>;
@@ -750,4 +751,67 @@ fn a_bad_announce_flood_bans_the_peer_and_its_connections_are_refused() {
         out.contains(&Output::CloseConnection { peer: 1, conn: 2 }),
         "{out:?}"
     );
+}
+
+/// Client-side request metrics name a request by its kind, the server's vocabulary
+/// (`blocks_by_range`, not the reply's `blocks`), however the attempt ended; a reply that answers
+/// no attempt of ours is not counted.
+#[test]
+fn request_counts_name_the_requests_kind_however_it_ends() {
+    let t0 = Instant::now();
+    let mut p = Pair::new(t0);
+    p.settle();
+    p.hold = true;
+    let counts = |c: &mut Core| -> Vec<Count> {
+        std::iter::from_fn(|| c.poll_output())
+            .filter_map(|o| match o {
+                Output::Count(k @ (Count::Request { .. } | Count::Latency(..))) => Some(k),
+                _ => None,
+            })
+            .collect()
+    };
+    let send = |p: &mut Pair, req: Request| {
+        let id = p.a.submit(req, None, p.t).unwrap();
+        p.settle();
+        assert_eq!(p.sent.last().map(|s| s.2), Some(id));
+        id
+    };
+    let answer = |id, resp| Input::Response { peer: 2, id, resp };
+
+    let range = Request::GetBlocksByRange {
+        from: 1,
+        count: 4,
+        max_bytes: 1 << 20,
+    };
+    let id = send(&mut p, range);
+    let later = p.t + Duration::from_millis(30);
+    p.a.handle(answer(id, Response::Blocks(vec![])), later);
+    assert_eq!(
+        counts(&mut p.a),
+        [
+            Count::Latency(RequestKind::BlocksByRange, Duration::from_millis(30)),
+            Count::Request {
+                kind: RequestKind::BlocksByRange,
+                outcome: RequestOutcome::Ok,
+            },
+        ]
+    );
+    // Answered already: a second reply is nobody's.
+    p.a.handle(answer(id, Response::Blocks(vec![])), later);
+    assert_eq!(counts(&mut p.a), []);
+
+    let id = send(&mut p, Request::Status);
+    let not_found = Response::Error(ErrorReply::NotFound);
+    p.a.handle(answer(id, not_found), later);
+    assert!(counts(&mut p.a).contains(&Count::Request {
+        kind: RequestKind::Status,
+        outcome: RequestOutcome::Remote(ErrorReply::NotFound),
+    }));
+
+    send(&mut p, Request::GetBlockHashes { from: 1, count: 8 });
+    p.a.handle(Input::Tick, p.t + Duration::from_secs(11));
+    assert!(counts(&mut p.a).contains(&Count::Request {
+        kind: RequestKind::BlockHashes,
+        outcome: RequestOutcome::Timeout,
+    }));
 }

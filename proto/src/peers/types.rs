@@ -7,10 +7,11 @@ use serde::Serialize;
 use super::admission::{AdmissionConfig, Refusal};
 use super::reputation::{Offence, ReputationConfig};
 use crate::chain::{Header, Sig};
-use crate::dial::DialConfig;
+use crate::dial::{DialConfig, DialOutcome};
+use crate::faults::FaultKind;
 use crate::requests::{GiveUp, ReqId, RequestConfig};
 use crate::streams::{self, InjectedRound, RemovalReason, ResetReason, SetupFailure, StreamConfig};
-use crate::wire::{ErrorReply, Request, Response};
+use crate::wire::{ErrorReply, Request, RequestKind, Response};
 
 /// A sync stream's id (the stream manager's `StreamId`).
 pub type SessionId = streams::StreamId;
@@ -189,7 +190,7 @@ pub enum Output<P, C, A> {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Count {
     /// `dials_total{outcome}`: a dial decision, or `connected` / `failed`.
-    Dial(&'static str),
+    Dial(DialOutcome),
     Setup(Result<(), SetupFailure>),
     Removal(RemovalReason),
     Reset(ResetReason),
@@ -200,13 +201,13 @@ pub enum Count {
     Injected(Injected),
     /// A rate-limited reply received.
     RateLimitedReceived,
-    /// A managed request ended: its kind (`None` = not known any more) and outcome.
+    /// An attempt of a managed request ended: its kind and outcome.
     Request {
-        kind: Option<ResponseKind>,
+        kind: RequestKind,
         outcome: RequestOutcome,
     },
-    /// A managed request's latency, by the kind of its reply.
-    Latency(ResponseKind, Duration),
+    /// A managed request's latency (a successful attempt), by its kind.
+    Latency(RequestKind, Duration),
     ForeignPeer,
     BadAnnounce,
     /// `peer_offences_total{offence}`.
@@ -227,37 +228,11 @@ pub enum Injected {
 }
 
 impl Injected {
-    pub fn label(self) -> &'static str {
+    /// The fault injected (`faults_injected_total{kind}`).
+    pub fn kind(self) -> FaultKind {
         match self {
-            Injected::Isolate => "isolate",
-            Injected::Round(r) => r.label(),
-        }
-    }
-}
-
-/// The kind of a successful reply (`requests_total{kind}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResponseKind {
-    Status,
-    BlockHashes,
-    Blocks,
-}
-
-impl ResponseKind {
-    pub fn of(r: &Response) -> Option<ResponseKind> {
-        match r {
-            Response::Status(_) => Some(ResponseKind::Status),
-            Response::BlockHashes(_) => Some(ResponseKind::BlockHashes),
-            Response::Blocks(_) => Some(ResponseKind::Blocks),
-            Response::Error(_) => None,
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            ResponseKind::Status => "status",
-            ResponseKind::BlockHashes => "block_hashes",
-            ResponseKind::Blocks => "blocks",
+            Injected::Isolate => FaultKind::Isolate,
+            Injected::Round(r) => r.kind(),
         }
     }
 }
@@ -270,11 +245,28 @@ pub enum RequestOutcome {
 }
 
 impl RequestOutcome {
+    /// One of each label value.
+    pub fn all() -> impl Iterator<Item = RequestOutcome> {
+        [RequestOutcome::Ok, RequestOutcome::Timeout]
+            .into_iter()
+            .chain(ErrorReply::ALL.map(RequestOutcome::Remote))
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             RequestOutcome::Ok => "ok",
             RequestOutcome::Timeout => "timeout",
             RequestOutcome::Remote(e) => e.label(),
         }
+    }
+}
+
+crate::label_enum! {
+    /// The core's bounded tables (`tracked_entries{table}`, see [`super::Peers::tracked`]).
+    pub enum Table {
+        DialBook => "dial_book",
+        Reputation => "reputation",
+        Sessions => "sessions",
+        DirectRequests => "direct_requests",
     }
 }

@@ -1,8 +1,17 @@
 //! Metric label values of the stream manager's enums (closed sets).
 
 use super::{InjectedRound, RemovalReason, ResetReason, SetupFailure};
+use crate::faults::FaultKind;
 
 impl SetupFailure {
+    pub const ALL: [SetupFailure; 5] = [
+        SetupFailure::Dial,
+        SetupFailure::Open,
+        SetupFailure::Timeout,
+        SetupFailure::Disconnected,
+        SetupFailure::Refused,
+    ];
+
     /// Closed set of label values for metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -15,7 +24,27 @@ impl SetupFailure {
     }
 }
 
+/// `stream_setups_total{outcome}`: `ok`, or why the setup failed.
+pub fn setup_outcome(r: Result<(), SetupFailure>) -> &'static str {
+    r.map_or_else(SetupFailure::label, |()| "ok")
+}
+
+/// Every value of [`setup_outcome`].
+pub fn setup_outcomes() -> impl Iterator<Item = &'static str> {
+    std::iter::once(Ok(()))
+        .chain(SetupFailure::ALL.map(Err))
+        .map(setup_outcome)
+}
+
 impl RemovalReason {
+    pub const ALL: [RemovalReason; 5] = [
+        RemovalReason::StreamError,
+        RemovalReason::Disconnected,
+        RemovalReason::Conflict,
+        RemovalReason::Penalised,
+        RemovalReason::Evicted,
+    ];
+
     /// Closed set of label values for metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -29,6 +58,15 @@ impl RemovalReason {
 }
 
 impl ResetReason {
+    pub const ALL: [ResetReason; 6] = [
+        ResetReason::Full,
+        ResetReason::Duplicate,
+        ResetReason::Cooldown,
+        ResetReason::Conflict,
+        ResetReason::Penalised,
+        ResetReason::Evicted,
+    ];
+
     /// Closed set of label values for metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -43,11 +81,11 @@ impl ResetReason {
 }
 
 impl InjectedRound {
-    /// Closed set of label values for metrics.
-    pub fn label(self) -> &'static str {
+    /// The fault behind the round (`faults_injected_total{kind}`).
+    pub fn kind(self) -> FaultKind {
         match self {
-            InjectedRound::ForcedDiscovery => "forced_discovery",
-            InjectedRound::StormCanary => "storm_canary",
+            InjectedRound::ForcedDiscovery => FaultKind::ForcedDiscovery,
+            InjectedRound::StormCanary => FaultKind::StormCanary,
         }
     }
 }
