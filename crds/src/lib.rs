@@ -317,6 +317,22 @@ impl FaultAction {
         }
     }
 
+    /// The one parameter the action takes besides its window and targets, if any: the one place
+    /// that says which action reads which field (validation checks it is given, and that no
+    /// other is).
+    pub fn parameter(self) -> Option<FaultParam> {
+        use FaultAction::*;
+        match self {
+            ErrorRate | StreamReset | SetupFailure | ChunkDrop => Some(FaultParam::Rate),
+            Stall | DiscoveryPeriod => Some(FaultParam::Ms),
+            LeakCanary => Some(FaultParam::KibPerSetup),
+            FdCanary | ThreadCanary => Some(FaultParam::SetupsPerLeak),
+            CpuCanary => Some(FaultParam::UsPerRequestPerMinute),
+            Partition => Some(FaultParam::Regions),
+            KillRestart | StormCanary | CorruptBlocks | CorruptChunks => None,
+        }
+    }
+
     /// A planted defect, left out of a control run (`stressnet run --no-canaries`).
     pub fn is_canary(self) -> bool {
         matches!(
@@ -327,6 +343,41 @@ impl FaultAction {
                 | FaultAction::ThreadCanary
                 | FaultAction::CpuCanary
         )
+    }
+}
+
+/// A fault's parameter field ([`FaultAction::parameter`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultParam {
+    Rate,
+    Ms,
+    KibPerSetup,
+    SetupsPerLeak,
+    UsPerRequestPerMinute,
+    /// Optional: a partition without regions cuts the targets off from everyone else.
+    Regions,
+}
+
+impl FaultParam {
+    pub const ALL: [FaultParam; 6] = [
+        FaultParam::Rate,
+        FaultParam::Ms,
+        FaultParam::KibPerSetup,
+        FaultParam::SetupsPerLeak,
+        FaultParam::UsPerRequestPerMinute,
+        FaultParam::Regions,
+    ];
+
+    /// The field's name in the spec.
+    pub fn field(self) -> &'static str {
+        match self {
+            FaultParam::Rate => "rate",
+            FaultParam::Ms => "ms",
+            FaultParam::KibPerSetup => "kibPerSetup",
+            FaultParam::SetupsPerLeak => "setupsPerLeak",
+            FaultParam::UsPerRequestPerMinute => "usPerRequestPerMinute",
+            FaultParam::Regions => "regions",
+        }
     }
 }
 

@@ -204,6 +204,21 @@ fn a_mis_indented_field_is_found_at_its_real_line() {
         e.message.contains(&format!("`soak:` is at line {line}")),
         "{e}"
     );
+    assert!(
+        e.message.contains("(under `tolerations:`")
+            || e.message.contains("(in the list item at line"),
+        "{e}"
+    );
+    // A `faults:` dedented to the top level takes `soak:` after it along: both lines are named.
+    let dedented = GOOD.replace("\n  faults:", "\nfaults:");
+    let faults = 1 + dedented.lines().position(|l| l == "faults:").unwrap();
+    let e = SyncNetwork::from_yaml(&dedented).unwrap_err();
+    assert!(e.message.starts_with("missing field `soak`"), "{e}");
+    assert!(
+        e.message
+            .contains(&format!("(under `faults:` at line {faults})")),
+        "{e}"
+    );
     // An unknown field: the path is said once, by the field.
     let e = SyncNetwork::from_yaml(&GOOD.replace("count: 1}", "count: 1, soak: 1}")).unwrap_err();
     assert_eq!(e.field, "spec.faults[0].target.soak", "{e}");

@@ -6,8 +6,9 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 
 use crate::{
-    API_VERSION, FaultAction, FaultSpec, KIND, MAX_FAULT_REGIONS, MAX_FAULTS, MAX_NAME, MAX_NODES,
-    MAX_REGION_NAME, MAX_REGIONS, RegionSpec, SyncNetwork, SyncNetworkSpec, SyncNetworkStatus,
+    API_VERSION, FaultAction, FaultParam, FaultSpec, KIND, MAX_FAULT_REGIONS, MAX_FAULTS, MAX_NAME,
+    MAX_NODES, MAX_REGION_NAME, MAX_REGIONS, RegionSpec, SyncNetwork, SyncNetworkSpec,
+    SyncNetworkStatus,
 };
 
 /// A rejected spec: which field (a dotted path), and why. The same type as every other
@@ -69,7 +70,9 @@ impl SyncNetwork {
         }
         let de = serde_yaml::Deserializer::from_str(text);
         let doc: Doc = serde_path_to_error::deserialize(de).map_err(|e| {
+            // A syntax error has no field yet: serde_path_to_error says "?" for it.
             let path = e.path().to_string();
+            let path = path.trim_end_matches(".?").to_owned();
             let message = yaml_message(&path, &e.inner().to_string(), text);
             err(if path == "." { "document".into() } else { path }, message)
         })?;
@@ -110,20 +113,43 @@ fn yaml_message(path: &str, inner: &str, text: &str) -> String {
         return message.to_owned();
     };
     let key = format!("{field}:");
-    let lines: Vec<String> = (text.lines().enumerate())
-        .filter(|(_, l)| {
-            let l = l.trim_start().trim_start_matches("- ").trim_start();
-            l.starts_with(&key)
-        })
-        .map(|(i, _)| (i + 1).to_string())
+    let all: Vec<&str> = text.lines().collect();
+    let key_of = |l: &str| {
+        let t = l.trim_start();
+        let t = t.strip_prefix("- ").unwrap_or(t).trim_start();
+        t.split_once(':').map(|(k, _)| k.trim().to_owned())
+    };
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    // Where each stray key is, and what it ended up under: the nearest line above it indented
+    // less (the misplaced line is often that one, e.g. a `faults:` dedented to the top level
+    // that takes the keys after it along).
+    let found: Vec<String> = (all.iter().enumerate())
+        .filter(|(_, l)| key_of(l).as_deref() == Some(field))
         .take(3)
+        .map(|(i, l)| {
+            let parent = (0..i).rev().find(|&j| {
+                let t = all[j].trim_start();
+                !t.is_empty() && !t.starts_with('#') && indent(all[j]) < indent(l)
+            });
+            let under = match parent.and_then(|j| key_of(all[j]).map(|k| (j, k))) {
+                _ if indent(l) == 0 => " (at the top level)".to_owned(),
+                Some((j, _)) if all[j].trim_start().starts_with("- ") => {
+                    format!(" (in the list item at line {})", j + 1)
+                }
+                Some((j, k)) => format!(" (under `{k}:` at line {})", j + 1),
+                None => String::new(),
+            };
+            format!("line {}{under}", i + 1)
+        })
         .collect();
-    if lines.is_empty() {
+    if found.is_empty() {
         return message.to_owned();
     }
+    let parent = path.rsplit('.').next().filter(|p| !p.is_empty());
     format!(
-        "{message}; `{key}` is at line {}, inside another mapping: check its indentation",
-        lines.join(", ")
+        "{message}; `{key}` is at {}{}: check the indentation there and of the lines above it",
+        found.join(", "),
+        parent.map_or(String::new(), |p| format!(", not under `{p}:`")),
     )
 }
 
@@ -348,25 +374,22 @@ impl SyncNetworkSpec {
                 Err(err(field, format!("{} needs {what}", f.action.label())))
             }
         };
-        match f.action {
-            FaultAction::ErrorRate
-            | FaultAction::StreamReset
-            | FaultAction::SetupFailure
-            | FaultAction::ChunkDrop => {
+        match f.action.parameter() {
+            Some(FaultParam::Rate) => {
                 let r = f.rate.unwrap_or(-1.0);
                 need((0.0..=1.0).contains(&r), "rate", "a probability 0..1")?;
             }
-            FaultAction::Stall | FaultAction::DiscoveryPeriod => {
+            Some(FaultParam::Ms) => {
                 need(f.ms.is_some_and(|m| m > 0), "ms", "milliseconds > 0")?;
             }
-            FaultAction::LeakCanary => {
+            Some(FaultParam::KibPerSetup) => {
                 need(
                     f.kib_per_setup.is_some_and(|k| (1..=16_384).contains(&k)),
                     "kibPerSetup",
                     "1..=16384 KiB",
                 )?;
             }
-            FaultAction::Partition => {
+            Some(FaultParam::Regions) => {
                 if f.regions.len() > MAX_FAULT_REGIONS {
                     return Err(err(
                         "regions",
@@ -382,7 +405,7 @@ impl SyncNetworkSpec {
                     }
                 }
             }
-            FaultAction::FdCanary | FaultAction::ThreadCanary => {
+            Some(FaultParam::SetupsPerLeak) => {
                 need(
                     f.setups_per_leak
                         .is_some_and(|k| (1..=1_000_000).contains(&k)),
@@ -390,7 +413,7 @@ impl SyncNetworkSpec {
                     "1..=1000000 setups",
                 )?;
             }
-            FaultAction::CpuCanary => {
+            Some(FaultParam::UsPerRequestPerMinute) => {
                 need(
                     f.us_per_request_per_minute
                         .is_some_and(|k| (1..=10_000).contains(&k)),
@@ -398,10 +421,7 @@ impl SyncNetworkSpec {
                     "1..=10000 µs",
                 )?;
             }
-            FaultAction::KillRestart
-            | FaultAction::StormCanary
-            | FaultAction::CorruptBlocks
-            | FaultAction::CorruptChunks => {}
+            None => {}
         }
         if matches!(
             f.action,
@@ -417,44 +437,17 @@ impl SyncNetworkSpec {
             ));
         }
         // Parameters an action does not use are mistakes, not silently ignored.
-        let unused = [
-            (
-                "regions",
-                !f.regions.is_empty(),
-                f.action == FaultAction::Partition,
-            ),
-            (
-                "rate",
-                f.rate.is_some(),
-                matches!(
-                    f.action,
-                    FaultAction::ErrorRate
-                        | FaultAction::StreamReset
-                        | FaultAction::SetupFailure
-                        | FaultAction::ChunkDrop
-                ),
-            ),
-            (
-                "ms",
-                f.ms.is_some(),
-                matches!(f.action, FaultAction::Stall | FaultAction::DiscoveryPeriod),
-            ),
-            (
-                "kibPerSetup",
-                f.kib_per_setup.is_some(),
-                f.action == FaultAction::LeakCanary,
-            ),
-            (
-                "setupsPerLeak",
-                f.setups_per_leak.is_some(),
-                matches!(f.action, FaultAction::FdCanary | FaultAction::ThreadCanary),
-            ),
-            (
-                "usPerRequestPerMinute",
-                f.us_per_request_per_minute.is_some(),
-                f.action == FaultAction::CpuCanary,
-            ),
-        ];
+        let unused = FaultParam::ALL.map(|p| {
+            let given = match p {
+                FaultParam::Rate => f.rate.is_some(),
+                FaultParam::Ms => f.ms.is_some(),
+                FaultParam::KibPerSetup => f.kib_per_setup.is_some(),
+                FaultParam::SetupsPerLeak => f.setups_per_leak.is_some(),
+                FaultParam::UsPerRequestPerMinute => f.us_per_request_per_minute.is_some(),
+                FaultParam::Regions => !f.regions.is_empty(),
+            };
+            (p.field(), given, f.action.parameter() == Some(p))
+        });
         for (field, given, used) in unused {
             if given && !used {
                 return Err(err(
