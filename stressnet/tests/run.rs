@@ -291,22 +291,13 @@ fn report_reads_as_it_should(run: &Path, leaker: &str) {
     let summary = report::summarize(&info, &samples, &events);
     for c in report::charts(&info, &samples, &summary.verdicts) {
         let svg = std::fs::read_to_string(run.join("charts").join(c.file)).unwrap();
-        let ys: Vec<f64> = c
-            .series
-            .iter()
-            .flat_map(|s| s.2.iter().map(|p| p.1))
-            .filter(|y| y.is_finite())
-            .collect();
-        let range = ys.iter().copied().fold(None, |r: Option<(f64, f64)>, y| {
-            Some(r.map_or((y, y), |(a, b)| (a.min(y), b.max(y))))
-        });
         let legend: Vec<String> = if c.by_region {
             vec!["us (".to_owned()]
         } else {
             info.nodes.iter().map(|n| n.name.clone()).collect()
         };
         let legend: Vec<&str> = legend.iter().map(String::as_str).collect();
-        let problems = svgcheck::problems(&svg, &legend, range);
+        let problems = svgcheck::problems(&svg, &legend, c.data_range());
         assert!(problems.is_empty(), "{}: {problems:#?}", c.file);
     }
     let rss = std::fs::read_to_string(run.join("charts/rss.svg")).unwrap();

@@ -78,6 +78,17 @@ pub struct Chart {
     pub flagged: Vec<String>,
 }
 
+impl Chart {
+    /// The lowest and highest value of the chart's data (None: no data): what its y-axis must
+    /// cover ([`svgcheck::problems`]).
+    pub fn data_range(&self) -> Option<(f64, f64)> {
+        let ys = self.series.iter().flat_map(|s| s.2.iter().map(|p| p.1));
+        ys.filter(|y| y.is_finite()).fold(None, |r, y| {
+            Some(r.map_or((y, y), |(a, b): (f64, f64)| (a.min(y), b.max(y))))
+        })
+    }
+}
+
 /// A line a chart draws besides its data.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Mark {

@@ -178,23 +178,8 @@ fn a_node_never_judged_makes_the_run_inconclusive_and_is_named() {
     );
 }
 
-/// The y range of a chart's data.
-fn data_range(c: &Chart) -> Option<(f64, f64)> {
-    let ys: Vec<f64> = c
-        .series
-        .iter()
-        .flat_map(|s| s.2.iter().map(|p| p.1))
-        .filter(|y| y.is_finite())
-        .collect();
-    let lo = ys.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (lo <= hi).then_some((lo, hi))
-}
-
-#[test]
-fn charts_follow_their_data_with_legends_beside_the_plot_and_nothing_clipped() {
-    let info = info();
-    // eu-0 leaks 2 MiB a scrape (1.4 GiB/h) from its restart on: flagged on the memory chart.
+/// [`samples`] with eu-0 keeping 2 MiB a scrape (1.4 GiB/h) from 60 s on.
+fn leaking() -> Vec<Sample> {
     let mut samples = samples();
     for s in samples
         .iter_mut()
@@ -203,6 +188,14 @@ fn charts_follow_their_data_with_legends_beside_the_plot_and_nothing_clipped() {
         *s.values.get_mut("process_resident_memory_bytes").unwrap() +=
             2.0 * 1048576.0 * (s.t - 60.0) / 5.0;
     }
+    samples
+}
+
+#[test]
+fn charts_follow_their_data_with_legends_beside_the_plot_and_nothing_clipped() {
+    let info = info();
+    // eu-0 leaks: flagged on the memory chart.
+    let samples = leaking();
     let s = summarize(&info, &samples, &[]);
     let charts = charts(&info, &samples, &s.verdicts);
     let out = std::env::var_os("REPORT_SVG_DIR").map(std::path::PathBuf::from);
@@ -216,7 +209,7 @@ fn charts_follow_their_data_with_legends_beside_the_plot_and_nothing_clipped() {
         } else {
             vec!["us-0", "eu-0"]
         };
-        let problems = svgcheck::problems(&svg, &legend, data_range(c));
+        let problems = svgcheck::problems(&svg, &legend, c.data_range());
         assert!(problems.is_empty(), "{}: {problems:#?}", c.file);
         // Every chart marks the end of the warm-up.
         assert!(svg.contains("warm-up (10 s)"), "{}", c.file);
@@ -287,15 +280,7 @@ fn the_svg_check_finds_clipped_labels_legends_on_the_plot_and_axes_from_zero() {
 #[test]
 fn the_page_puts_failing_nodes_first_with_their_logs_and_when_each_verdict_failed() {
     let info = info();
-    // eu-0 keeps 2 MiB a scrape from 60 s on.
-    let mut samples = samples();
-    for s in samples
-        .iter_mut()
-        .filter(|s| s.node == "eu-0" && s.t >= 60.0)
-    {
-        *s.values.get_mut("process_resident_memory_bytes").unwrap() +=
-            2.0 * 1048576.0 * (s.t - 60.0) / 5.0;
-    }
+    let samples = leaking();
     let s = summarize(&info, &samples, &[]);
     assert_eq!(s.failed, ["leak:eu-0:rss"], "{:?}", s.verdicts.leaks);
     let d = &s.detected;
