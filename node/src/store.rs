@@ -752,7 +752,9 @@ impl Store {
 
     /// Walks the whole chain: every block verifies against its parent, every record's length prefix
     /// and place agree with the index, the indexes agree with the blocks, and nothing follows the
-    /// head's record. Returns the number of blocks checked (excluding genesis).
+    /// head's record. Returns the number of blocks checked (excluding genesis). Meant for a store
+    /// nobody is writing to (`syncnode inspect --check`, a stopped node): a commit in flight reads
+    /// as data after the head.
     pub fn check(&self, spec: &ChainSpec) -> Result<u64, StoreError> {
         if spec.genesis_hash() != self.genesis {
             return Err(StoreError::GenesisMismatch {

@@ -61,6 +61,22 @@ pub async fn start(net: &Net, cfg: P2pConfig, blocks: u64) -> Node {
 }
 
 /// Starts a node on an existing data dir and identity (a restart).
+/// The store in `dir`, once the tasks of a stopped instance have released it.
+pub async fn reopen(dir: &tempfile::TempDir, spec: &syncnet_proto::ChainSpec) -> Store {
+    let path = dir.path().join("chain.redb");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Store::open_or_init(&path, spec) {
+            Err(syncnet_node::store::StoreError::Locked(_))
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => break r.unwrap(),
+        }
+    }
+}
+
 pub async fn start_in(
     net: &Net,
     cfg: P2pConfig,
@@ -68,19 +84,7 @@ pub async fn start_in(
     dir: Arc<tempfile::TempDir>,
     key: libp2p::identity::Keypair,
 ) -> Node {
-    // After a stop, tasks of the old instance may take a moment to release the store.
-    let path = dir.path().join("chain.redb");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let store = loop {
-        match Store::open_or_init(&path, &net.spec) {
-            Err(syncnet_node::store::StoreError::Locked(_))
-                if std::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            r => break Arc::new(r.unwrap()),
-        }
-    };
+    let store = Arc::new(reopen(&dir, &net.spec).await);
     if blocks > 0 {
         generate_chain(&store, &net.spec, &net.producer, blocks, 256, 1000, |_| {}).unwrap();
     }
