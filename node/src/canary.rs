@@ -181,15 +181,17 @@ impl Canaries {
     }
 }
 
+/// The level first, then the count: whoever reads the count sees at least the level it came with
+/// (the other way round, a test read two setups with one setup's memory; seen under load).
 fn count(metrics: &P2pMetrics, kind: FaultKind, table: Tracked, held: i64) {
-    metrics
-        .faults_injected
-        .get_or_create(&[("kind", kind.label())])
-        .inc();
     metrics
         .tracked
         .get_or_create(&[("table", table.label())])
         .set(held);
+    metrics
+        .faults_injected
+        .get_or_create(&[("kind", kind.label())])
+        .inc();
 }
 
 /// The memory canary's allocation site, kept out of line so that heap profiles name it.

@@ -233,7 +233,8 @@ async fn range_replies_reuse_their_frame_buffers() {
     };
     let cap = cfg(vec![]).stream_serve_budget_bytes as i64;
     let pooled = || server.metrics.frame_pool_bytes.get();
-    for i in 0..3 {
+    let idle = || pooled() > 0 && server.metrics.serve_budget_used.get() == 0;
+    let fetch = || async {
         let req = Request::GetBlocksByRange {
             from: 1,
             count: 1024,
@@ -244,15 +245,25 @@ async fn range_replies_reuse_their_frame_buffers() {
         };
         assert!(raw.len() > 100, "{}", raw.len());
         // The client can hold the whole reply a moment before the server's writer is done
-        // with it and gives the buffer back.
-        eventually(
-            "the buffer back in the pool",
-            Duration::from_secs(10),
-            || pooled() > 0,
-        )
-        .await;
+        // with it and gives the buffer back; nothing else may be in flight.
+        eventually("the buffer back in the pool", Duration::from_secs(10), idle).await;
         assert!(pooled() <= cap, "{} > {cap}", pooled());
-        assert_eq!((buffers("fresh"), buffers("reused")), (1, i));
+    };
+    // The first reply needs a fresh buffer, and may be served twice: when both ends open a stream
+    // at once one is kept, and a request already sent on the other goes again (seen once in CI).
+    fetch().await;
+    let (fresh, reused) = (buffers("fresh"), buffers("reused"));
+    assert!(
+        (1..=2).contains(&fresh) && reused <= 1,
+        "{fresh} fresh, {reused} reused"
+    );
+    for i in 1..=3 {
+        fetch().await;
+        assert_eq!(
+            (buffers("fresh"), buffers("reused")),
+            (fresh, reused + i),
+            "reply {i} after the first"
+        );
     }
 }
 
