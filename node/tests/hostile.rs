@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use tokio::sync::RwLock;
+use tokio::sync::Mutex;
 
 use common::hostile::*;
 use common::net::*;
@@ -37,10 +37,11 @@ fn resets(n: &Node, why: &'static str) -> u64 {
     n.metrics.resets.get_or_create(&[("reason", why)]).get()
 }
 
-/// Tests that measure the process (RSS) or keep a deadline take this exclusively, the others
-/// shared: RSS is the whole test process's, and two hundred throwaway swarms next door read as
-/// ~190 MB of "growth" (seen in CI) and starve a 1.5 s frame deadline of CPU.
-static ALONE: RwLock<()> = RwLock::const_new(());
+/// Every test here runs alone in its binary: each runs a server and hostile swarms whose memory
+/// and CPU would land in its neighbour's measurements. RSS is the whole test process's (two
+/// hundred throwaway swarms next door read as ~190 MB of "growth"), and the same swarms starved a
+/// 1.5 s frame deadline and a 10 s stream open (each seen once in CI).
+static ALONE: Mutex<()> = Mutex::const_new(());
 
 /// An honest node syncing `blocks` from `server` must get there within the bound.
 async fn honest_syncs(net: &Net, server: &Node, blocks: u64, what: &str) {
@@ -62,7 +63,7 @@ async fn honest_syncs(net: &Net, server: &Node, blocks: u64, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_idle_peers_holding_every_stream_leave_room_for_an_honest_syncer() {
-    let _shared = ALONE.read().await;
+    let _alone = ALONE.lock().await;
     let net = Net::new("testnet");
     let server = start(&net, server_cfg(), 300).await;
     let mut held = vec![];
@@ -83,7 +84,7 @@ async fn eight_idle_peers_holding_every_stream_leave_room_for_an_honest_syncer()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_throwaway_identities_leave_room_for_an_honest_syncer() {
-    let _shared = ALONE.read().await;
+    let _alone = ALONE.lock().await;
     let net = Net::new("testnet");
     let server = start(&net, server_cfg(), 300).await;
     // One after another, each connected before the next (a burst is the pending pool's job,
@@ -121,7 +122,7 @@ async fn two_hundred_throwaway_identities_leave_room_for_an_honest_syncer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sockets_filling_the_pending_pool_leave_room_for_an_honest_syncer() {
-    let _shared = ALONE.read().await;
+    let _alone = ALONE.lock().await;
     let net = Net::new("testnet");
     let server = start(&net, server_cfg(), 300).await;
     let addr = tcp_addr(&server);
@@ -151,7 +152,7 @@ fn rss_bytes() -> u64 {
 /// (Once: 717 MB for one such peer.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_does_not_read_is_bounded_in_memory_and_dropped() {
-    let _alone = ALONE.write().await;
+    let _alone = ALONE.lock().await;
     let net = Net::new("testnet");
     let mut c = server_cfg();
     c.write_stall_timeout = Duration::from_secs(2);
@@ -200,7 +201,7 @@ async fn a_peer_that_does_not_read_is_bounded_in_memory_and_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_frame_after_the_handshake_is_cut_at_its_deadline() {
-    let _alone = ALONE.write().await;
+    let _alone = ALONE.lock().await;
     let net = Net::new("testnet");
     let mut c = server_cfg();
     c.frame_timeout = Duration::from_millis(500);
@@ -232,7 +233,7 @@ async fn a_truncated_frame_after_the_handshake_is_cut_at_its_deadline() {
 /// was accepted on every immediate reopen after a malformed frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_sent_a_malformed_frame_is_refused_on_reopen_whether_lower_or_higher() {
-    let _shared = ALONE.read().await;
+    let _alone = ALONE.lock().await;
     let net = Net::new("testnet");
     let server = start(&net, server_cfg(), 10).await;
     for lower in [true, false] {
@@ -261,7 +262,7 @@ async fn a_peer_that_sent_a_malformed_frame_is_refused_on_reopen_whether_lower_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_announce_flood_gets_the_peer_penalised_and_costs_at_most_four_verifications() {
-    let _shared = ALONE.read().await;
+    let _alone = ALONE.lock().await;
     let net = Net::new("testnet");
     let server = start(&net, server_cfg(), 10).await;
     let mut h = Hostile::connect(&server).await;
@@ -309,7 +310,7 @@ async fn a_bad_announce_flood_gets_the_peer_penalised_and_costs_at_most_four_ver
 /// all answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_flood_is_rate_limited_while_a_polite_peer_is_served() {
-    let _shared = ALONE.read().await;
+    let _alone = ALONE.lock().await;
     let net = Net::new("testnet");
     let server = start(&net, server_cfg(), 50).await;
     let polite = start(&net, cfg(vec![server.addr.clone()]), 0).await;
